@@ -1,0 +1,56 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// CIDRClaimSpec records that one block of a ClusterSet is taken.
+type CIDRClaimSpec struct {
+	// ClusterSet the block belongs to.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec.clusterSet is immutable"
+	ClusterSet string `json:"clusterSet"`
+
+	// CIDR is the block.
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec.cidr is immutable"
+	CIDR CIDR `json:"cidr"`
+
+	// Member holds the block.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec.member is immutable"
+	Member string `json:"member"`
+
+	// ReleasedAt is set when the member let the block go; the block stays
+	// claimed (quarantined) until the ClusterSet's quarantine has passed.
+	// +optional
+	ReleasedAt *metav1.Time `json:"releasedAt,omitempty"`
+}
+
+// CIDRClaim is the hub's record that a block of a ClusterSet is taken. Its
+// name is derived from the ClusterSet and the block, so creating it is the
+// atomic step that takes the block: a second hub (or a hub restarted midway)
+// that chose the same block gets AlreadyExists and can never hand it to
+// another member. Written by the hub only.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:scope=Cluster
+// +kubebuilder:printcolumn:name="ClusterSet",type=string,JSONPath=`.spec.clusterSet`
+// +kubebuilder:printcolumn:name="CIDR",type=string,JSONPath=`.spec.cidr`
+// +kubebuilder:printcolumn:name="Member",type=string,JSONPath=`.spec.member`
+// +kubebuilder:printcolumn:name="Released",type=date,JSONPath=`.spec.releasedAt`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type CIDRClaim struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec CIDRClaimSpec `json:"spec"`
+}
+
+// CIDRClaimList is a list of CIDRClaims.
+//
+// +kubebuilder:object:root=true
+type CIDRClaimList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []CIDRClaim `json:"items"`
+}

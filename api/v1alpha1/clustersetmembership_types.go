@@ -1,0 +1,148 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// ClusterSetMembership condition types.
+const (
+	// MembershipJoined is True when the agent reached the hub and the hub assigned ranges.
+	MembershipJoined = "Joined"
+	// MembershipCIDRsMatch is True when every Node's spec.podCIDRs lie inside the assigned ranges.
+	MembershipCIDRsMatch = "CIDRsMatch"
+	// MembershipTunnelsReady is True when the tunnels to every peer are up.
+	MembershipTunnelsReady = "TunnelsReady"
+)
+
+// HubConnection says how a member's agent reaches the hub.
+type HubConnection struct {
+	// Server is the URL of the hub's Kubernetes API.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:XValidation:rule="isURL(self) && url(self).getScheme() == 'https'",message="spec.hub.server must be an https:// URL"
+	Server string `json:"server"`
+
+	// SecretRef names the Secret with this member's hub credentials: keys
+	// "token" (a token of the member's hub ServiceAccount) and "ca.crt" (the
+	// hub API's CA bundle).
+	SecretRef SecretReference `json:"secretRef"`
+}
+
+// SecretReference names a Secret in the member cluster.
+type SecretReference struct {
+	// +kubebuilder:validation:MinLength=1
+	Name string `json:"name"`
+	// +kubebuilder:validation:MinLength=1
+	Namespace string `json:"namespace"`
+}
+
+// ClusterSetMembershipSpec is the join of this cluster to a ClusterSet.
+type ClusterSetMembershipSpec struct {
+	// ClusterName is this cluster's name in the ClusterSet (the name of its
+	// MemberCluster on the hub).
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",message="spec.clusterName must be a DNS label: lowercase letters, digits and '-'"
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec.clusterName is immutable: delete the membership and join again"
+	ClusterName string `json:"clusterName"`
+
+	// ClusterSet is the name of the ClusterSet on the hub.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec.clusterSet is immutable: delete the membership and join again"
+	ClusterSet string `json:"clusterSet"`
+
+	// Hub says how to reach the hub.
+	Hub HubConnection `json:"hub"`
+}
+
+// MembershipPeer is one remote member as this cluster's gateway sees it.
+type MembershipPeer struct {
+	// Cluster is the peer's name.
+	Cluster string `json:"cluster"`
+	// PodCIDRs are the peer's ranges as the hub assigned them.
+	// +optional
+	PodCIDRs []string `json:"podCIDRs,omitempty"`
+	// Gateway is the peer's active gateway node.
+	// +optional
+	Gateway string `json:"gateway,omitempty"`
+	// Endpoint is the address the tunnel sends to (or last received from).
+	// +optional
+	Endpoint string `json:"endpoint,omitempty"`
+	// State: Up, Connecting, Invalid.
+	State string `json:"state"`
+	// LatestHandshake is the time of the latest WireGuard handshake.
+	// +optional
+	LatestHandshake *metav1.Time `json:"latestHandshake,omitempty"`
+	// Message explains a state that is not Up.
+	// +optional
+	Message string `json:"message,omitempty"`
+}
+
+// Peer states.
+const (
+	PeerUp         = "Up"
+	PeerConnecting = "Connecting"
+	PeerInvalid    = "Invalid"
+)
+
+// ClusterSetMembershipStatus is written by the member's elected agent.
+type ClusterSetMembershipStatus struct {
+	// ObservedGeneration is the generation this status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// PodCIDRs are the ranges the hub assigned to this cluster.
+	// +optional
+	PodCIDRs []string `json:"podCIDRs,omitempty"`
+	// HubNamespace is this member's namespace on the hub.
+	// +optional
+	HubNamespace string `json:"hubNamespace,omitempty"`
+	// ActiveGateway is the node that holds this cluster's tunnels.
+	// +optional
+	ActiveGateway string `json:"activeGateway,omitempty"`
+	// ActiveGatewayIP is that node's address, the next hop of the other nodes' routes.
+	// +optional
+	ActiveGatewayIP string `json:"activeGatewayIP,omitempty"`
+	// Peers are the other members.
+	// +optional
+	// +listType=map
+	// +listMapKey=cluster
+	Peers []MembershipPeer `json:"peers,omitempty"`
+	// ReadyPeers is "k/n", for kubectl get.
+	// +optional
+	ReadyPeers string `json:"readyPeers,omitempty"`
+	// Conditions: Joined, CIDRsMatch, TunnelsReady.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// ClusterSetMembership joins the member cluster it lives in to a ClusterSet
+// on the hub. There is one per member cluster.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:scope=Cluster,shortName=csm
+// +kubebuilder:printcolumn:name="Cluster",type=string,JSONPath=`.spec.clusterName`
+// +kubebuilder:printcolumn:name="ClusterSet",type=string,JSONPath=`.spec.clusterSet`
+// +kubebuilder:printcolumn:name="Pod CIDRs",type=string,JSONPath=`.status.podCIDRs`
+// +kubebuilder:printcolumn:name="Gateway",type=string,JSONPath=`.status.activeGateway`
+// +kubebuilder:printcolumn:name="Peers",type=string,JSONPath=`.status.readyPeers`
+// +kubebuilder:printcolumn:name="Joined",type=string,JSONPath=`.status.conditions[?(@.type=="Joined")].status`
+// +kubebuilder:printcolumn:name="CIDRs Match",type=string,priority=1,JSONPath=`.status.conditions[?(@.type=="CIDRsMatch")].status`
+// +kubebuilder:printcolumn:name="Tunnels",type=string,JSONPath=`.status.conditions[?(@.type=="TunnelsReady")].status`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type ClusterSetMembership struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   ClusterSetMembershipSpec   `json:"spec"`
+	Status ClusterSetMembershipStatus `json:"status,omitempty"`
+}
+
+// ClusterSetMembershipList is a list of ClusterSetMemberships.
+//
+// +kubebuilder:object:root=true
+type ClusterSetMembershipList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []ClusterSetMembership `json:"items"`
+}

@@ -1,0 +1,157 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// MemberCluster condition types.
+const (
+	// MemberAccepted is True when the member's ClusterSet exists.
+	MemberAccepted = "Accepted"
+	// MemberCIDRAllocated is True when the member holds a pod range for every family of its ClusterSet.
+	MemberCIDRAllocated = "CIDRAllocated"
+	// MemberGatewaysValid is False when one of the member's Gateway objects is invalid.
+	MemberGatewaysValid = "GatewaysValid"
+	// MemberAgentConnected is True when the member's agent published at least one valid Gateway.
+	MemberAgentConnected = "AgentConnected"
+	// MemberConnected is True when the member's active gateway reports tunnels up to every other member.
+	MemberConnected = "Connected"
+)
+
+// MemberCluster condition reasons.
+const (
+	ReasonAccepted            = "Accepted"
+	ReasonClusterSetNotFound  = "ClusterSetNotFound"
+	ReasonClusterSetDeleting  = "ClusterSetDeleting"
+	ReasonAllocated           = "Allocated"
+	ReasonAdopted             = "Adopted"
+	ReasonConflict            = "Conflict"
+	ReasonOutsidePool         = "OutsidePool"
+	ReasonPoolExhausted       = "PoolExhausted"
+	ReasonInvalidRequest      = "InvalidRequest"
+	ReasonPending             = "Pending"
+	ReasonValid               = "Valid"
+	ReasonInvalidGateway      = "InvalidGateway"
+	ReasonNoGateway           = "NoGateway"
+	ReasonGatewayPublished    = "GatewayPublished"
+	ReasonAllPeersUp          = "AllPeersUp"
+	ReasonPeersDown           = "PeersDown"
+	ReasonNoPeers             = "NoPeers"
+	ReasonNotReady            = "NotReady"
+	ReasonReady               = "Ready"
+	ReasonRequestDiffers      = "RequestDiffersFromAssignment"
+	ReasonMultipleActive      = "MultipleActiveGateways"
+	ReasonNamespaceTerminated = "NamespaceTerminating"
+)
+
+// MemberClusterSpec says which ClusterSet a member cluster belongs to.
+type MemberClusterSpec struct {
+	// ClusterSet is the name of the ClusterSet this member belongs to.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec.clusterSet is immutable: delete the MemberCluster and create it again to move it to another ClusterSet"
+	ClusterSet string `json:"clusterSet"`
+
+	// PodCIDRs are pod ranges the cluster already uses, at most one per
+	// family, to adopt instead of being assigned new ones. They are accepted
+	// only if they lie inside a pool of the ClusterSet and overlap no other
+	// member. Once assigned, a range never changes while the member exists;
+	// a later edit of this field is reported, not applied.
+	// +kubebuilder:validation:MaxItems=2
+	// +listType=set
+	// +kubebuilder:validation:XValidation:rule="self.size() < 2 || !isCIDR(self[0]) || !isCIDR(self[1]) || cidr(self[0]).ip().family() != cidr(self[1]).ip().family()",message="spec.podCIDRs may hold at most one range per IP family"
+	// +optional
+	PodCIDRs []CIDR `json:"podCIDRs,omitempty"`
+}
+
+// MemberGateway is a validated gateway of a member, copied by the hub from
+// the member's Gateway object. Peers build their tunnels from this, never
+// from the Gateway object itself.
+type MemberGateway struct {
+	// Name of the Gateway object in the member's hub namespace.
+	Name string `json:"name"`
+	// Node is the member cluster's node that runs this gateway.
+	Node string `json:"node"`
+	// PublicKey is the gateway's WireGuard public key (base64).
+	PublicKey string `json:"publicKey"`
+	// Endpoints are host:port addresses where the gateway receives tunnel traffic.
+	// +optional
+	Endpoints []string `json:"endpoints,omitempty"`
+	// Active is true for the gateway that currently holds the member's tunnels.
+	// +optional
+	Active bool `json:"active,omitempty"`
+}
+
+// MemberClusterStatus is written by the hub alone.
+type MemberClusterStatus struct {
+	// ObservedGeneration is the generation this status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// PodCIDRs are the member's pod ranges, one per family. This is the
+	// authoritative record of who owns which range: peers route exactly these
+	// ranges to this member. Never changes while the member exists.
+	// +optional
+	// +listType=set
+	PodCIDRs []string `json:"podCIDRs,omitempty"`
+
+	// Namespace is the member's namespace on the hub: its credentials and the
+	// Gateway objects its agent writes live there.
+	// +optional
+	Namespace string `json:"namespace,omitempty"`
+
+	// ServiceAccount is the name of the member's ServiceAccount in Namespace.
+	// +optional
+	ServiceAccount string `json:"serviceAccount,omitempty"`
+
+	// Gateways are the member's validated gateways.
+	// +optional
+	// +listType=map
+	// +listMapKey=name
+	Gateways []MemberGateway `json:"gateways,omitempty"`
+
+	// ActiveGateway is the node of the active gateway, for kubectl get.
+	// +optional
+	ActiveGateway string `json:"activeGateway,omitempty"`
+
+	// ConnectedPeers is "k/n": tunnels the active gateway reports up, out of the other members with ranges.
+	// +optional
+	ConnectedPeers string `json:"connectedPeers,omitempty"`
+
+	// Conditions: Ready, Accepted, CIDRAllocated, GatewaysValid, AgentConnected, Connected.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// MemberCluster is one cluster of a ClusterSet, as the hub sees it. Its name
+// is the member's cluster ID.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:scope=Cluster,shortName=member
+// +kubebuilder:validation:XValidation:rule="self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",message="metadata.name is the member's cluster ID and must be a DNS label: lowercase letters, digits and '-', at most 63 characters"
+// +kubebuilder:printcolumn:name="ClusterSet",type=string,JSONPath=`.spec.clusterSet`
+// +kubebuilder:printcolumn:name="Pod CIDRs",type=string,JSONPath=`.status.podCIDRs`
+// +kubebuilder:printcolumn:name="Gateway",type=string,JSONPath=`.status.activeGateway`
+// +kubebuilder:printcolumn:name="Peers",type=string,JSONPath=`.status.connectedPeers`
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Reason",type=string,priority=1,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type MemberCluster struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   MemberClusterSpec   `json:"spec"`
+	Status MemberClusterStatus `json:"status,omitempty"`
+}
+
+// MemberClusterList is a list of MemberClusters.
+//
+// +kubebuilder:object:root=true
+type MemberClusterList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []MemberCluster `json:"items"`
+}
