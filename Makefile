@@ -1,0 +1,81 @@
+# archipelago — make help lists the targets.
+SHELL := /usr/bin/env bash -o pipefail
+.SHELLFLAGS := -ec
+
+ROOT        := $(shell pwd)
+BIN         := $(ROOT)/bin
+K8S_BIN     := $(BIN)/k8s
+DEV_TOOLS   := cd $(ROOT)/hack/tools/dev && go tool
+CONTROLLER_GEN := $(DEV_TOOLS) controller-gen
+GOLANGCI_LINT  := $(DEV_TOOLS) golangci-lint
+export KUBEBUILDER_ASSETS ?= $(K8S_BIN)
+
+FUZZTIME ?= 15s
+
+.PHONY: help
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z0-9_-]+:.*##/ {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+##@ Development
+
+.PHONY: generate
+generate: ## Generate deepcopy code (controller-gen).
+	$(CONTROLLER_GEN) object paths=$(ROOT)/api/...
+
+.PHONY: manifests
+manifests: ## Generate CRDs and RBAC into config/ (controller-gen).
+	$(CONTROLLER_GEN) crd paths=$(ROOT)/api/... output:crd:artifacts:config=$(ROOT)/config/crd/bases
+	$(CONTROLLER_GEN) rbac:roleName=archipelago-hub paths=$(ROOT)/controllers/... output:rbac:artifacts:config=$(ROOT)/config/rbac
+
+.PHONY: verify-generated
+verify-generated: generate manifests ## Fail when generated files are not committed.
+	@if [ -n "$$(git status --porcelain -- api config)" ]; then \
+	  echo "generated files are stale; run 'make generate manifests' and commit:"; \
+	  git status --porcelain -- api config; git diff --stat -- api config; exit 1; fi
+	@echo "==> generated files are up to date"
+
+.PHONY: fmt
+fmt: ## Run gofmt.
+	gofmt -s -w $$(git ls-files '*.go')
+
+.PHONY: vet
+vet: ## Run go vet (all build tags).
+	go vet ./...
+	go vet -tags privileged,e2e ./...
+
+.PHONY: lint
+lint: ## Run golangci-lint.
+	$(GOLANGCI_LINT) run --config $(ROOT)/.golangci.yml $(ROOT)/...
+
+##@ Build
+
+.PHONY: build
+build: ## Build the binaries into bin/.
+	CGO_ENABLED=0 go build -trimpath -o $(BIN)/ ./cmd/...
+
+.PHONY: test-binaries
+test-binaries: ## Build kube-apiserver, etcd and kubectl for tests into bin/k8s (minutes the first time).
+	hack/build-test-binaries.sh $(K8S_BIN)
+
+.PHONY: packages
+packages: ## Install the Debian packages privileged tests use (root).
+	hack/install-packages.sh
+
+##@ Test
+
+.PHONY: test
+test: test-binaries ## Run all tests: unit, fuzz (short), API integration, and privileged ones when root.
+	hack/test.sh
+
+.PHONY: test-unit
+test-unit: ## Run unit tests only (no root, no apiserver).
+	go test ./... -short
+
+.PHONY: bench
+bench: test-binaries ## Run the benchmarks and print a table.
+	hack/bench.sh
+
+.PHONY: demo
+demo: ## Show archipelago working end to end (the lab).
+	@echo "make demo: not yet — the lab (a hub and three member clusters on this machine) is being built."
+	@echo "Until then, 'make test' runs the hub against a real kube-apiserver."

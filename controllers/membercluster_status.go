@@ -1,0 +1,105 @@
+package controllers
+
+import (
+	"fmt"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
+)
+
+// setCondition stamps the generation and keeps LastTransitionTime when the
+// status does not change (meta.SetStatusCondition's behaviour).
+func setCondition(conds *[]metav1.Condition, gen int64, typ string, status metav1.ConditionStatus, reason, msg string) {
+	meta.SetStatusCondition(conds, metav1.Condition{
+		Type: typ, Status: status, Reason: reason, Message: msg, ObservedGeneration: gen,
+	})
+}
+
+func boolStatus(b bool) metav1.ConditionStatus {
+	if b {
+		return metav1.ConditionTrue
+	}
+	return metav1.ConditionFalse
+}
+
+// setAcceptedCondition records whether the member's ClusterSet exists.
+func setAcceptedCondition(m *meshv1.MemberCluster, cs *meshv1.ClusterSet) {
+	switch {
+	case cs == nil:
+		setCondition(&m.Status.Conditions, m.Generation, meshv1.MemberAccepted, metav1.ConditionFalse,
+			meshv1.ReasonClusterSetNotFound, fmt.Sprintf("ClusterSet %q does not exist; create it or fix spec.clusterSet", m.Spec.ClusterSet))
+	case !cs.DeletionTimestamp.IsZero():
+		setCondition(&m.Status.Conditions, m.Generation, meshv1.MemberAccepted, metav1.ConditionFalse,
+			meshv1.ReasonClusterSetDeleting, fmt.Sprintf("ClusterSet %q is being deleted", cs.Name))
+	default:
+		setCondition(&m.Status.Conditions, m.Generation, meshv1.MemberAccepted, metav1.ConditionTrue,
+			meshv1.ReasonAccepted, fmt.Sprintf("member of ClusterSet %q", cs.Name))
+	}
+}
+
+// setCIDRAllocatedCondition records the outcome of a range assignment.
+func setCIDRAllocatedCondition(m *meshv1.MemberCluster, a Assignment) {
+	setCondition(&m.Status.Conditions, m.Generation, meshv1.MemberCIDRAllocated, boolStatus(a.Assigned()), a.Reason, a.Message)
+}
+
+// setCIDRPendingCondition is used while no assignment can be attempted.
+func setCIDRPendingCondition(m *meshv1.MemberCluster, msg string) {
+	if len(m.Status.PodCIDRs) > 0 {
+		return // an assigned range stays assigned whatever happens to the set
+	}
+	setCondition(&m.Status.Conditions, m.Generation, meshv1.MemberCIDRAllocated, metav1.ConditionFalse, meshv1.ReasonPending, msg)
+}
+
+// setGatewayConditions records the validation of the member's Gateway objects.
+func setGatewayConditions(m *meshv1.MemberCluster, total int, invalid []string) {
+	if len(invalid) > 0 {
+		setCondition(&m.Status.Conditions, m.Generation, meshv1.MemberGatewaysValid, metav1.ConditionFalse,
+			meshv1.ReasonInvalidGateway, "invalid Gateway objects (not given to peers): "+joinStrings(invalid))
+	} else {
+		setCondition(&m.Status.Conditions, m.Generation, meshv1.MemberGatewaysValid, metav1.ConditionTrue,
+			meshv1.ReasonValid, fmt.Sprintf("%d gateway(s) valid", total))
+	}
+	if total-len(invalid) > 0 {
+		setCondition(&m.Status.Conditions, m.Generation, meshv1.MemberAgentConnected, metav1.ConditionTrue,
+			meshv1.ReasonGatewayPublished, fmt.Sprintf("agent published %d valid gateway(s)", total-len(invalid)))
+	} else {
+		setCondition(&m.Status.Conditions, m.Generation, meshv1.MemberAgentConnected, metav1.ConditionFalse,
+			meshv1.ReasonNoGateway, "no valid Gateway published yet: join the member cluster (kubectl archipelago join) and check its agent")
+	}
+}
+
+// setConnectedCondition records k of n peers up, as the active gateway reports.
+func setConnectedCondition(m *meshv1.MemberCluster, up, total int, down []string) {
+	m.Status.ConnectedPeers = fmt.Sprintf("%d/%d", up, total)
+	switch {
+	case total == 0:
+		setCondition(&m.Status.Conditions, m.Generation, meshv1.MemberConnected, metav1.ConditionTrue,
+			meshv1.ReasonNoPeers, "no other member to connect to")
+	case up == total:
+		setCondition(&m.Status.Conditions, m.Generation, meshv1.MemberConnected, metav1.ConditionTrue,
+			meshv1.ReasonAllPeersUp, fmt.Sprintf("tunnels up to %d of %d peers", up, total))
+	default:
+		setCondition(&m.Status.Conditions, m.Generation, meshv1.MemberConnected, metav1.ConditionFalse,
+			meshv1.ReasonPeersDown, fmt.Sprintf("tunnels up to %d of %d peers; down: %s", up, total, joinStrings(down)))
+	}
+}
+
+// setReadyCondition summarizes: the member is part of the archipelago when it
+// is accepted, holds its ranges and its agent published a valid gateway.
+func setReadyCondition(m *meshv1.MemberCluster) {
+	for _, t := range []string{meshv1.MemberAccepted, meshv1.MemberCIDRAllocated, meshv1.MemberAgentConnected} {
+		c := meta.FindStatusCondition(m.Status.Conditions, t)
+		if c == nil || c.Status != metav1.ConditionTrue {
+			reason, msg := meshv1.ReasonPending, t+" not yet known"
+			if c != nil {
+				reason, msg = c.Reason, t+": "+c.Message
+			}
+			setCondition(&m.Status.Conditions, m.Generation, meshv1.ConditionReady, metav1.ConditionFalse, reason, msg)
+			return
+		}
+	}
+	setCondition(&m.Status.Conditions, m.Generation, meshv1.ConditionReady, metav1.ConditionTrue, meshv1.ReasonReady,
+		"ranges assigned and gateway published")
+}

@@ -1,0 +1,153 @@
+package framework
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/labels"
+	kruntime "k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
+	"github.com/archipelago-mesh/archipelago/controllers"
+)
+
+// RepoRoot is the repository's top folder.
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// Scheme knows the core kinds and archipelago's.
+func Scheme() *kruntime.Scheme {
+	s := kruntime.NewScheme()
+	if err := clientgoscheme.AddToScheme(s); err != nil {
+		panic(err)
+	}
+	if err := meshv1.AddToScheme(s); err != nil {
+		panic(err)
+	}
+	return s
+}
+
+// AssetsDir returns where envtest finds kube-apiserver and etcd, or "" with
+// the reason when they are missing.
+func AssetsDir() (string, string) {
+	dir := os.Getenv("KUBEBUILDER_ASSETS")
+	if dir == "" {
+		dir = filepath.Join(RepoRoot(), "bin", "k8s")
+	}
+	for _, b := range []string{"kube-apiserver", "etcd"} {
+		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
+			return "", fmt.Sprintf("no %s in %s: run 'make test-binaries' (or 'make test')", b, dir)
+		}
+	}
+	return dir, ""
+}
+
+// APIServer is a running kube-apiserver + etcd with the CRDs installed.
+type APIServer struct {
+	Env    *envtest.Environment
+	Config *rest.Config
+	Client client.Client
+}
+
+// StartAPIServer starts an apiserver for a test binary (call it from
+// TestMain). It returns nil and a reason when the binaries are missing.
+func StartAPIServer() (*APIServer, string, error) {
+	dir, why := AssetsDir()
+	if dir == "" {
+		return nil, why, nil
+	}
+	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapLevel())))
+	env := &envtest.Environment{
+		BinaryAssetsDirectory: dir,
+		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+		Scheme:                Scheme(),
+	}
+	cfg, err := env.Start()
+	if err != nil {
+		return nil, "", fmt.Errorf("start envtest: %w", err)
+	}
+	// Many clients hammer one apiserver in these tests.
+	cfg.QPS, cfg.Burst = 500, 1000
+	c, err := client.New(cfg, client.Options{Scheme: env.Scheme})
+	if err != nil {
+		_ = env.Stop()
+		return nil, "", err
+	}
+	return &APIServer{Env: env, Config: cfg, Client: c}, "", nil
+}
+
+// Stop stops the apiserver and etcd.
+func (a *APIServer) Stop() error { return a.Env.Stop() }
+
+// Hub is the hub's controllers running in this process.
+type Hub struct {
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// StartHub runs the hub's controllers against cfg until t ends (or Stop).
+func StartHub(t testing.TB, cfg *rest.Config, opts controllers.Options) *Hub {
+	t.Helper()
+	managed := cache.ByObject{Label: labels.SelectorFromSet(labels.Set{"app.kubernetes.io/managed-by": "archipelago-hub"})}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                 Scheme(),
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+			&corev1.Namespace{}: managed, &corev1.ServiceAccount{}: managed,
+			&rbacv1.Role{}: managed, &rbacv1.RoleBinding{}: managed,
+			&rbacv1.ClusterRole{}: managed, &rbacv1.ClusterRoleBinding{}: managed,
+		}},
+		Controller: ctrlConfigSkipNameValidation(),
+	})
+	if err != nil {
+		t.Fatalf("new manager: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := controllers.SetupHub(ctx, mgr, opts); err != nil {
+		cancel()
+		t.Fatalf("setup hub: %v", err)
+	}
+	h := &Hub{cancel: cancel, done: make(chan error, 1)}
+	go func() { h.done <- mgr.Start(ctx) }()
+	t.Cleanup(h.Stop)
+	return h
+}
+
+// Stop stops the hub and waits for it.
+func (h *Hub) Stop() {
+	if h.cancel == nil {
+		return
+	}
+	h.cancel()
+	select {
+	case <-h.done:
+	case <-time.After(30 * time.Second):
+	}
+	h.cancel = nil
+}
+
+func zapLevel() zapcoreLevel {
+	if os.Getenv("ARCHIPELAGO_TEST_VERBOSE") != "" {
+		return -1
+	}
+	return 2 // errors only
+}
