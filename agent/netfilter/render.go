@@ -1,0 +1,365 @@
+package netfilter
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// TableName is the agent's nftables table, family inet (IPv4 and IPv6 in
+	// one table; NAT in inet tables needs Linux 5.2+).
+	TableName = "archipelago"
+
+	// Set names. All four always exist, even when empty, so that a change of
+	// ranges is an element update and never a ruleset change.
+	SetLocal4  = "local4"
+	SetRemote4 = "remote4"
+	SetLocal6  = "local6"
+	SetRemote6 = "remote6"
+
+	// Chain names.
+	ChainNoSNAT  = "postrouting"
+	ChainForward = "forward"
+	ChainMSS     = "mss-clamp"
+
+	// PriorityNoSNAT runs before srcnat (100), where CNIs and iptables-nft's
+	// nat POSTROUTING masquerade.
+	PriorityNoSNAT = 100 - 10
+	// PriorityForward runs before the default filter priority (0). Order only
+	// decides who sees a packet first: an accept here does not stop a drop in
+	// a later base chain (see doc.go).
+	PriorityForward = 0 - 10
+	// PriorityMSS is mangle (-150).
+	PriorityMSS = -150
+)
+
+// FilterPlan is the desired packet filter of one node.
+type FilterPlan struct {
+	// LocalPodCIDRs are the pod ranges of this cluster (all of them, not
+	// only this node's: a gateway forwards traffic of every node's pods).
+	LocalPodCIDRs []netip.Prefix
+	// RemotePodCIDRs are the pod ranges of all other member clusters.
+	RemotePodCIDRs []netip.Prefix
+	// TunnelInterface is the WireGuard interface; empty on non-gateway nodes.
+	TunnelInterface string
+	// MSSClamp clamps the MSS of TCP SYNs through TunnelInterface to the
+	// route MTU. Ignored when TunnelInterface is empty.
+	MSSClamp bool
+}
+
+// Ruleset is the rendered form of a FilterPlan: what the agent's table must
+// contain. Two Rulesets with equal Shape differ at most in set elements.
+type Ruleset struct {
+	Sets   []Set
+	Chains []Chain
+}
+
+// Set is one named interval set of addresses.
+type Set struct {
+	Name   string
+	IPv6   bool
+	Ranges []Range // sorted, merged, never overlapping or adjacent
+}
+
+// Range is an inclusive address range.
+type Range struct{ First, Last netip.Addr }
+
+func (r Range) String() string {
+	if p, ok := r.prefix(); ok {
+		return p.String()
+	}
+	return r.First.String() + "-" + r.Last.String()
+}
+
+// prefix returns the range as a prefix when it is exactly one.
+func (r Range) prefix() (netip.Prefix, bool) {
+	for bits := 0; bits <= r.First.BitLen(); bits++ {
+		p := netip.PrefixFrom(r.First, bits)
+		if p.Masked().Addr() == r.First && lastOf(p) == r.Last {
+			return p, true
+		}
+	}
+	return netip.Prefix{}, false
+}
+
+// Chain is one base chain with its rules in order.
+type Chain struct {
+	Name     string
+	Type     nftables.ChainType
+	Hook     nftables.ChainHook
+	Priority nftables.ChainPriority
+	Rules    []Rule
+}
+
+// Rule is one rule. Comment is stored in the rule's user data (nft shows it
+// as `comment "…"`): the rule's ID plus a hash of its expressions, so that
+// Apply can compare rules with the kernel without decoding expressions, and
+// a new agent version with other expressions rebuilds the table.
+type Rule struct {
+	ID      string
+	Comment string
+	Exprs   []expr.Any
+}
+
+// Shape describes everything but set elements, for comparison.
+func (r Ruleset) Shape() string {
+	s := ""
+	for _, set := range r.Sets {
+		s += fmt.Sprintf("set %s ipv6=%v\n", set.Name, set.IPv6)
+	}
+	for _, c := range r.Chains {
+		s += fmt.Sprintf("chain %s type %s hook %d priority %d\n", c.Name, c.Type, c.Hook, c.Priority)
+		for _, rule := range c.Rules {
+			s += fmt.Sprintf("  rule %q\n", rule.Comment)
+		}
+	}
+	return s
+}
+
+// Render computes the agent's table for plan. It is pure: same plan, same
+// Ruleset.
+func Render(plan FilterPlan) (Ruleset, error) {
+	sets := []Set{
+		{Name: SetLocal4}, {Name: SetRemote4},
+		{Name: SetLocal6, IPv6: true}, {Name: SetRemote6, IPv6: true},
+	}
+	var err error
+	if sets[0].Ranges, sets[2].Ranges, err = ranges(plan.LocalPodCIDRs); err != nil {
+		return Ruleset{}, fmt.Errorf("local pod CIDRs: %w", err)
+	}
+	if sets[1].Ranges, sets[3].Ranges, err = ranges(plan.RemotePodCIDRs); err != nil {
+		return Ruleset{}, fmt.Errorf("remote pod CIDRs: %w", err)
+	}
+	if len(plan.TunnelInterface) >= unix.IFNAMSIZ {
+		return Ruleset{}, fmt.Errorf("tunnel interface name %q is longer than %d bytes", plan.TunnelInterface, unix.IFNAMSIZ-1)
+	}
+
+	v4 := family{proto: unix.NFPROTO_IPV4, saddrOff: 12, daddrOff: 16, alen: 4, local: SetLocal4, remote: SetRemote4, name: "v4"}
+	v6 := family{proto: unix.NFPROTO_IPV6, saddrOff: 8, daddrOff: 24, alen: 16, local: SetLocal6, remote: SetRemote6, name: "v6"}
+
+	noSNAT := Chain{Name: ChainNoSNAT, Type: nftables.ChainTypeNAT, Hook: *nftables.ChainHookPostrouting, Priority: PriorityNoSNAT}
+	fwd := Chain{Name: ChainForward, Type: nftables.ChainTypeFilter, Hook: *nftables.ChainHookForward, Priority: PriorityForward}
+	for _, f := range []family{v4, v6} {
+		// ip saddr @local ip daddr @remote counter snat ip to ip saddr:
+		// a NAT binding to the address the packet already has. Once any
+		// nat chain at this hook has set up a binding, the kernel consults
+		// no later nat chain for this connection (nf_nat_inet_fn stops at
+		// nf_nat_initialized), so the CNI's masquerade never runs for it.
+		noSNAT.Rules = append(noSNAT.Rules, rule("no-snat-"+f.name,
+			f.match(f.saddr(), f.local),
+			f.match(f.daddr(), f.remote),
+			[]expr.Any{
+				&expr.Counter{},
+				f.saddr(),
+				&expr.NAT{Type: expr.NATTypeSourceNAT, Family: uint32(f.proto), RegAddrMin: 1},
+			}))
+		fwd.Rules = append(fwd.Rules,
+			rule("forward-out-"+f.name, f.match(f.saddr(), f.local), f.match(f.daddr(), f.remote), accept()),
+			rule("forward-in-"+f.name, f.match(f.saddr(), f.remote), f.match(f.daddr(), f.local), accept()))
+	}
+	rs := Ruleset{Sets: sets, Chains: []Chain{noSNAT, fwd}}
+
+	if plan.MSSClamp && plan.TunnelInterface != "" {
+		mss := Chain{Name: ChainMSS, Type: nftables.ChainTypeFilter, Hook: *nftables.ChainHookForward, Priority: PriorityMSS}
+		for _, dir := range []struct {
+			id  string
+			key expr.MetaKey
+		}{{"mss-out", expr.MetaKeyOIFNAME}, {"mss-in", expr.MetaKeyIIFNAME}} {
+			mss.Rules = append(mss.Rules, rule(dir.id,
+				[]expr.Any{
+					&expr.Meta{Key: dir.key, Register: 1},
+					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(plan.TunnelInterface)},
+				},
+				clampMSS()))
+		}
+		rs.Chains = append(rs.Chains, mss)
+	}
+	return rs, nil
+}
+
+type family struct {
+	proto              byte
+	saddrOff, daddrOff uint32
+	alen               uint32
+	local, remote      string
+	name               string
+}
+
+func (f family) saddr() expr.Any {
+	return &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: f.saddrOff, Len: f.alen}
+}
+
+func (f family) daddr() expr.Any {
+	return &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: f.daddrOff, Len: f.alen}
+}
+
+// match is "meta nfproto <f>" (an inet table sees both families, and the
+// payload offsets only make sense for one) followed by a set lookup.
+func (f family) match(load expr.Any, set string) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{f.proto}},
+		load,
+		&expr.Lookup{SourceRegister: 1, SetName: set},
+	}
+}
+
+func accept() []expr.Any {
+	return []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}}
+}
+
+// clampMSS is `tcp flags syn / syn,rst tcp option maxseg size set rt mtu`,
+// in the byte code nft 1.0 generates for it. "rt mtu" is NFT_RT_TCPMSS: the
+// route's MTU minus the IP and TCP headers. The kernel only ever lowers the
+// MSS option with it, never raises it.
+func clampMSS() []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0x02 | 0x04}, Xor: []byte{0}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0x02}},
+		&expr.Rt{Register: 1, Key: expr.RtTCPMSS},
+		&expr.Byteorder{SourceRegister: 1, DestRegister: 1, Op: expr.ByteorderHton, Len: 2, Size: 2},
+		&expr.Exthdr{SourceRegister: 1, Type: 2 /* maxseg */, Offset: 2, Len: 2, Op: expr.ExthdrOpTcpopt},
+	}
+}
+
+func ifname(name string) []byte {
+	b := make([]byte, unix.IFNAMSIZ)
+	copy(b, name)
+	return b
+}
+
+func rule(id string, parts ...[]expr.Any) Rule {
+	r := Rule{ID: id}
+	for _, p := range parts {
+		r.Exprs = append(r.Exprs, p...)
+	}
+	h := sha256.New()
+	for _, e := range r.Exprs {
+		b, err := expr.Marshal(byte(nftables.TableFamilyINet), e)
+		if err != nil {
+			// Only reachable with an expression type the library cannot
+			// marshal, which would be a bug in this file.
+			panic(fmt.Sprintf("marshal expression of rule %s: %v", id, err))
+		}
+		h.Write(b)
+	}
+	r.Comment = "archipelago:" + id + ":" + hex.EncodeToString(h.Sum(nil)[:4])
+	return r
+}
+
+// ranges turns prefixes into sorted, merged ranges per family. Interval sets
+// without auto-merge reject overlapping elements, and adjacent ranges would
+// share a key (one's end is the next one's start), so both are merged here.
+func ranges(ps []netip.Prefix) (v4, v6 []Range, _ error) {
+	for _, p := range ps {
+		if !p.IsValid() {
+			return nil, nil, fmt.Errorf("invalid prefix %v", p)
+		}
+		if p.Addr().Is4In6() && p.Bits() >= 96 {
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+		}
+		p = p.Masked()
+		r := Range{First: p.Addr(), Last: lastOf(p)}
+		if p.Addr().Is4() {
+			v4 = append(v4, r)
+		} else {
+			v6 = append(v6, r)
+		}
+	}
+	return merge(v4), merge(v6), nil
+}
+
+func merge(rs []Range) []Range {
+	if len(rs) == 0 {
+		return nil
+	}
+	slices.SortFunc(rs, func(a, b Range) int { return a.First.Compare(b.First) })
+	out := []Range{rs[0]}
+	for _, r := range rs[1:] {
+		last := &out[len(out)-1]
+		next := last.Last.Next()
+		if r.First.Compare(last.Last) <= 0 || (next.IsValid() && r.First == next) {
+			if r.Last.Compare(last.Last) > 0 {
+				last.Last = r.Last
+			}
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+func lastOf(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}
+
+// elements encodes ranges the way nft does for interval sets: a start key and
+// an end key one past the last address, flagged IntervalEnd. A range that
+// reaches the top of the address space has no end key.
+func elements(rs []Range) []nftables.SetElement {
+	var out []nftables.SetElement
+	for _, r := range rs {
+		out = append(out, nftables.SetElement{Key: r.First.AsSlice()})
+		if end := r.Last.Next(); end.IsValid() {
+			out = append(out, nftables.SetElement{Key: end.AsSlice(), IntervalEnd: true})
+		}
+	}
+	return out
+}
+
+// rangesOf decodes interval set elements (in any order) back into ranges.
+// ok is false when the elements are not a well-formed sequence the agent
+// could have written; the caller then rewrites the set.
+func rangesOf(els []nftables.SetElement, ipv6 bool) (rs []Range, ok bool) {
+	type el struct {
+		a   netip.Addr
+		end bool
+	}
+	var sorted []el
+	for _, e := range els {
+		a, valid := netip.AddrFromSlice(e.Key)
+		if !valid || a.Is4() == ipv6 {
+			return nil, false
+		}
+		sorted = append(sorted, el{a, e.IntervalEnd})
+	}
+	slices.SortFunc(sorted, func(x, y el) int { return x.a.Compare(y.a) })
+	for i := 0; i < len(sorted); i++ {
+		e := sorted[i]
+		if e.end {
+			// nft(8) writes an end element at the zero address as a
+			// "nothing below the first start" marker; tolerate stray ends.
+			continue
+		}
+		if i+1 < len(sorted) {
+			n := sorted[i+1]
+			if !n.end {
+				return nil, false
+			}
+			rs = append(rs, Range{First: e.a, Last: n.a.Prev()})
+			i++
+			continue
+		}
+		top := netip.IPv6Unspecified()
+		if !ipv6 {
+			top = netip.IPv4Unspecified()
+		}
+		rs = append(rs, Range{First: e.a, Last: lastOf(netip.PrefixFrom(top, 0))})
+	}
+	return rs, true
+}
