@@ -56,6 +56,9 @@ type Assignment struct {
 	Message string
 	// Adopted is true when a requested range was honoured.
 	Adopted bool
+	// Unchanged is true when every block came from the member's status:
+	// nothing was assigned in this pass.
+	Unchanged bool
 }
 
 // Assigned reports whether every family got a block.
@@ -82,7 +85,7 @@ func (l *BlockLedger) setFor(ctx context.Context, cs *meshv1.ClusterSet) (*setLe
 	if err != nil {
 		return nil, err
 	}
-	quarantine := time.Duration(cs.Spec.QuarantineSeconds) * time.Second
+	quarantine := cs.Spec.Quarantine()
 	if s, ok := l.sets[cs.Name]; ok && s.blockSize == cs.Spec.BlockSize && s.quarantine == quarantine {
 		if !slices.Equal(s.pools, pools) {
 			if err := s.alloc.SetPools(pools); err != nil {
@@ -234,9 +237,10 @@ func (l *BlockLedger) Assign(ctx context.Context, cs *meshv1.ClusterSet, m *mesh
 	}
 
 	var (
-		out     []string
-		taken   []netip.Prefix // blocks this pass claimed, rolled back on failure
-		adopted bool
+		out        []string
+		taken      []netip.Prefix // blocks this pass claimed, rolled back on failure
+		adopted    bool
+		fromStatus int
 	)
 	fail := func(reason, msg string) (Assignment, error) {
 		return Assignment{Reason: reason, Message: msg}, l.rollback(ctx, cs.Name, s, m.Name, taken)
@@ -254,6 +258,7 @@ func (l *BlockLedger) Assign(ctx context.Context, cs *meshv1.ClusterSet, m *mesh
 				return Assignment{}, err
 			}
 			out = append(out, p.String())
+			fromStatus++
 			continue
 		}
 		var (
@@ -301,7 +306,7 @@ func (l *BlockLedger) Assign(ctx context.Context, cs *meshv1.ClusterSet, m *mesh
 	if adopted {
 		reason, msg = meshv1.ReasonAdopted, "adopted "+joinStrings(out)
 	}
-	return Assignment{PodCIDRs: out, Reason: reason, Message: msg, Adopted: adopted}, nil
+	return Assignment{PodCIDRs: out, Reason: reason, Message: msg, Adopted: adopted, Unchanged: fromStatus == len(out)}, nil
 }
 
 // rollback gives back blocks a failed pass took: they were never published
@@ -340,7 +345,7 @@ func (l *BlockLedger) Release(ctx context.Context, set string, cs *meshv1.Cluste
 	now := metav1.NewTime(l.now())
 	for i := range claims.Items {
 		c := &claims.Items[i]
-		if cs == nil || cs.Spec.QuarantineSeconds == 0 {
+		if cs == nil || cs.Spec.Quarantine() == 0 {
 			if err := l.Client.Delete(ctx, c); err != nil && !apierrors.IsNotFound(err) {
 				return fmt.Errorf("delete claim %s: %w", c.Name, err)
 			}
@@ -369,7 +374,7 @@ func (l *BlockLedger) Expire(ctx context.Context, cs *meshv1.ClusterSet) (time.D
 	if err := l.Client.List(ctx, &claims, client.MatchingLabels{meshv1.LabelClusterSet: cs.Name}); err != nil {
 		return 0, fmt.Errorf("list claims of clusterset %s: %w", cs.Name, err)
 	}
-	quarantine := time.Duration(cs.Spec.QuarantineSeconds) * time.Second
+	quarantine := cs.Spec.Quarantine()
 	now := l.now()
 	var next time.Duration
 	for i := range claims.Items {

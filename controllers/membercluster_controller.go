@@ -182,13 +182,20 @@ func (r *MemberClusterReconciler) reconcileRanges(ctx context.Context, s *member
 	if err != nil {
 		return ctrl.Result{}, fmt.Errorf("assign ranges to member %s: %w", m.Name, err)
 	}
+	if a.Unchanged {
+		// Keep the reason of the pass that assigned the ranges (Allocated or
+		// Adopted); only a request that now differs is worth a new message.
+		if cond := findCondition(m.Status.Conditions, meshv1.MemberCIDRAllocated); cond != nil && cond.Status == metav1.ConditionTrue && cond.Reason != meshv1.ReasonRequestDiffers {
+			a.Reason, a.Message = cond.Reason, cond.Message
+		}
+	}
 	if a.Assigned() {
 		if len(m.Status.PodCIDRs) == 0 {
 			r.Recorder.Eventf(m, corev1.EventTypeNormal, a.Reason, "Pod ranges %s", joinStrings(a.PodCIDRs))
 		}
 		m.Status.PodCIDRs = a.PodCIDRs
 		if req := requestedNotAssigned(m); req != "" {
-			a.Message += "; spec.podCIDRs asks for " + req + " but an assigned range never changes: delete and re-create the member to move it"
+			a.Message = "assigned " + joinStrings(a.PodCIDRs) + "; spec.podCIDRs asks for " + req + " but an assigned range never changes: delete and re-create the member to move it"
 			a.Reason = meshv1.ReasonRequestDiffers
 		}
 	} else if len(m.Status.PodCIDRs) > 0 {

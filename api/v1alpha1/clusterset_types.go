@@ -1,6 +1,8 @@
 package v1alpha1
 
 import (
+	"time"
+
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -58,7 +60,7 @@ type TunnelSettings struct {
 	// +kubebuilder:validation:Minimum=0
 	// +kubebuilder:validation:Maximum=3600
 	// +optional
-	PersistentKeepaliveSeconds int32 `json:"persistentKeepaliveSeconds,omitempty"`
+	PersistentKeepaliveSeconds *int32 `json:"persistentKeepaliveSeconds,omitempty"`
 }
 
 // ClusterSetSpec is the address space and tunnel settings of a set of member clusters.
@@ -94,7 +96,7 @@ type ClusterSetSpec struct {
 	// +kubebuilder:validation:Minimum=0
 	// +kubebuilder:validation:Maximum=604800
 	// +optional
-	QuarantineSeconds int32 `json:"quarantineSeconds,omitempty"`
+	QuarantineSeconds *int32 `json:"quarantineSeconds,omitempty"`
 }
 
 // FamilyStatus counts the blocks of one IP family. Counts saturate at the
@@ -172,4 +174,20 @@ type ClusterSetList struct {
 	metav1.TypeMeta `json:",inline"`
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []ClusterSet `json:"items"`
+}
+
+// Quarantine returns how long a released block stays unassignable.
+func (s *ClusterSetSpec) Quarantine() time.Duration {
+	if s.QuarantineSeconds == nil {
+		return 300 * time.Second
+	}
+	return time.Duration(*s.QuarantineSeconds) * time.Second
+}
+
+// Keepalive returns the tunnels' persistent keepalive interval (0: off).
+func (t *TunnelSettings) Keepalive() time.Duration {
+	if t.PersistentKeepaliveSeconds == nil {
+		return 25 * time.Second
+	}
+	return time.Duration(*t.PersistentKeepaliveSeconds) * time.Second
 }

@@ -100,6 +100,12 @@ type ClusterSetMembershipStatus struct {
 	// ActiveGatewayIP is that node's address, the next hop of the other nodes' routes.
 	// +optional
 	ActiveGatewayIP string `json:"activeGatewayIP,omitempty"`
+	// Tunnel are the ClusterSet's tunnel settings, copied from the hub by
+	// the elected agent so that every node (gateway candidates publishing
+	// their endpoint port) knows them without reading the hub.
+	// +optional
+	Tunnel *TunnelSettings `json:"tunnel,omitempty"`
+
 	// Peers are the other members.
 	// +optional
 	// +listType=map

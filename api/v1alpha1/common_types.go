@@ -7,7 +7,7 @@ package v1alpha1
 //
 // +kubebuilder:validation:MaxLength=43
 // +kubebuilder:validation:XValidation:rule="isCIDR(self)",message="must be a CIDR such as 10.64.0.0/16 or fd00:10::/48"
-// +kubebuilder:validation:XValidation:rule="!isCIDR(self) || string(cidr(self).masked()) == self",messageExpression="'must be canonical (no host bits set, canonical spelling): use ' + string(cidr(self).masked())"
+// +kubebuilder:validation:XValidation:rule="!isCIDR(self) || string(cidr(self).masked()) == self",message="must be canonical: no host bits set (10.1.0.0/16, not 10.1.2.3/16) and in canonical spelling (lowercase, shortest IPv6 form)"
 type CIDR string
 
 // IPFamily is IPv4 or IPv6.

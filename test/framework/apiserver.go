@@ -9,12 +9,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
+	"go.uber.org/zap/zapcore"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	kruntime "k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
-	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -73,7 +75,7 @@ func StartAPIServer() (*APIServer, string, error) {
 	if dir == "" {
 		return nil, why, nil
 	}
-	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapLevel())))
+	ctrl.SetLogger(testLogger())
 	env := &envtest.Environment{
 		BinaryAssetsDirectory: dir,
 		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "config", "crd", "bases")},
@@ -145,9 +147,17 @@ func (h *Hub) Stop() {
 	h.cancel = nil
 }
 
-func zapLevel() zapcoreLevel {
+// testLogger logs the controllers to stderr when ARCHIPELAGO_TEST_VERBOSE is
+// set, and otherwise to a file (named on stderr) so a failure can be read
+// without drowning a passing run in reconcile retries at shutdown.
+func testLogger() logr.Logger {
 	if os.Getenv("ARCHIPELAGO_TEST_VERBOSE") != "" {
-		return -1
+		return zap.New(zap.WriteTo(os.Stderr), zap.Level(zapcore.Level(-1)))
 	}
-	return 2 // errors only
+	f, err := os.CreateTemp("", "archipelago-test-*.log")
+	if err != nil {
+		return logr.Discard()
+	}
+	fmt.Fprintf(os.Stderr, "controller logs: %s (ARCHIPELAGO_TEST_VERBOSE=1 prints them here)\n", f.Name())
+	return zap.New(zap.WriteTo(f), zap.Level(zapcore.InfoLevel))
 }

@@ -1,12 +1,9 @@
 package framework
 
 import (
-	"go.uber.org/zap/zapcore"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 )
-
-type zapcoreLevel = zapcore.Level
 
 // ctrlConfigSkipNameValidation lets several managers in one process register
 // controllers of the same name (one per test, one after another).
