@@ -1,0 +1,298 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+
+	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/*.golden from the current output")
+
+// now is the fixed clock of the golden tests.
+var now = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+
+func ago(d time.Duration) *metav1.Time { return &metav1.Time{Time: now.Add(-d)} }
+
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := filepath.Join("testdata", name+".golden")
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("read %s (run go test -update to create it): %v", path, err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("output differs from %s (run go test ./internal/cli -update if the change is intended)\n--- got:\n%s\n--- want:\n%s", path, got, want)
+	}
+}
+
+func fakeClient(objs ...client.Object) client.Client {
+	return fake.NewClientBuilder().WithScheme(scheme).WithObjects(objs...).Build()
+}
+
+func cond(typ string, status metav1.ConditionStatus, reason, msg string) metav1.Condition {
+	return metav1.Condition{Type: typ, Status: status, Reason: reason, Message: msg, LastTransitionTime: metav1.Time{Time: now}}
+}
+
+// memberOpt changes a MemberCluster built by member().
+type memberOpt func(*meshv1.MemberCluster)
+
+func member(name, cidr string, opts ...memberOpt) *meshv1.MemberCluster {
+	m := &meshv1.MemberCluster{
+		ObjectMeta: metav1.ObjectMeta{Name: name, CreationTimestamp: *ago(2 * time.Hour)},
+		Spec:       meshv1.MemberClusterSpec{ClusterSet: "demo"},
+		Status: meshv1.MemberClusterStatus{
+			PodCIDRs: []string{cidr}, Namespace: "member-" + name, ServiceAccount: "archipelago-agent",
+			ActiveGateway: name + "-gw", ConnectedPeers: "2/2",
+			Conditions: []metav1.Condition{
+				cond(meshv1.MemberAccepted, metav1.ConditionTrue, meshv1.ReasonAccepted, "member of ClusterSet \"demo\""),
+				cond(meshv1.MemberCIDRAllocated, metav1.ConditionTrue, meshv1.ReasonAllocated, "assigned "+cidr),
+				cond(meshv1.MemberGatewaysValid, metav1.ConditionTrue, meshv1.ReasonValid, "1 gateway(s) valid"),
+				cond(meshv1.MemberAgentConnected, metav1.ConditionTrue, meshv1.ReasonGatewayPublished, "agent published 1 valid gateway(s)"),
+				cond(meshv1.MemberConnected, metav1.ConditionTrue, meshv1.ReasonAllPeersUp, "tunnels up to 2 of 2 peers"),
+				cond(meshv1.ConditionReady, metav1.ConditionTrue, meshv1.ReasonReady, "ranges assigned and gateway published"),
+			},
+		},
+	}
+	for _, o := range opts {
+		o(m)
+	}
+	return m
+}
+
+func withCondition(c metav1.Condition) memberOpt {
+	return func(m *meshv1.MemberCluster) {
+		for i := range m.Status.Conditions {
+			if m.Status.Conditions[i].Type == c.Type {
+				m.Status.Conditions[i] = c
+			}
+		}
+	}
+}
+
+func gateway(member string, peers ...meshv1.GatewayPeerStatus) *meshv1.Gateway {
+	return &meshv1.Gateway{
+		ObjectMeta: metav1.ObjectMeta{Name: member + "-gw", Namespace: "member-" + member},
+		Spec:       meshv1.GatewaySpec{NodeName: member + "-gw", PublicKey: "k", Active: true},
+		Status:     meshv1.GatewayStatus{Peers: peers},
+	}
+}
+
+func peer(cluster string, up bool, hs *metav1.Time) meshv1.GatewayPeerStatus {
+	return meshv1.GatewayPeerStatus{Cluster: cluster, Up: up, LatestHandshake: hs}
+}
+
+func statusFixture() client.Client {
+	return fakeClient(
+		&meshv1.ClusterSet{
+			ObjectMeta: metav1.ObjectMeta{Name: "demo"},
+			Spec:       meshv1.ClusterSetSpec{PodCIDRPools: []meshv1.CIDR{"10.0.0.0/8"}},
+			Status:     meshv1.ClusterSetStatus{FreeBlocks: "IPv4: 253"},
+		},
+		member("alpha", "10.1.0.0/16"),
+		gateway("alpha", peer("bravo", true, ago(12*time.Second)), peer("charlie", true, ago(45*time.Second))),
+		member("bravo", "10.2.0.0/16", func(m *meshv1.MemberCluster) { m.Status.ConnectedPeers = "1/2" },
+			withCondition(cond(meshv1.MemberConnected, metav1.ConditionFalse, meshv1.ReasonPeersDown, "tunnels up to 1 of 2 peers; down: charlie"))),
+		gateway("bravo", peer("alpha", true, ago(20*time.Second)), peer("charlie", false, ago(184*time.Second))),
+		member("charlie", "10.3.0.0/16", func(m *meshv1.MemberCluster) {
+			m.Status.ActiveGateway, m.Status.ConnectedPeers = "", "0/2"
+		},
+			withCondition(cond(meshv1.MemberAgentConnected, metav1.ConditionFalse, meshv1.ReasonNoGateway, "no valid Gateway published yet")),
+			withCondition(cond(meshv1.MemberConnected, metav1.ConditionFalse, meshv1.ReasonPeersDown, "tunnels up to 0 of 2 peers; down: alpha, bravo")),
+			withCondition(cond(meshv1.ConditionReady, metav1.ConditionFalse, meshv1.ReasonNoGateway, "AgentConnected: no valid Gateway published yet"))),
+		&meshv1.ClusterSet{
+			ObjectMeta: metav1.ObjectMeta{Name: "empty"},
+			Spec:       meshv1.ClusterSetSpec{PodCIDRPools: []meshv1.CIDR{"172.16.0.0/12"}},
+		},
+	)
+}
+
+func TestStatusGolden(t *testing.T) {
+	for _, format := range []string{"table", "wide"} {
+		t.Run(format, func(t *testing.T) {
+			r, err := BuildStatus(context.Background(), statusFixture(), "", now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var buf bytes.Buffer
+			if err := WriteStatus(&buf, r, format); err != nil {
+				t.Fatal(err)
+			}
+			golden(t, "status-"+format, buf.Bytes())
+			if r.Healthy() {
+				t.Error("a ClusterSet with a tunnel down reports healthy")
+			}
+		})
+	}
+}
+
+func TestStatusHealthySet(t *testing.T) {
+	c := fakeClient(
+		&meshv1.ClusterSet{ObjectMeta: metav1.ObjectMeta{Name: "demo"}, Spec: meshv1.ClusterSetSpec{PodCIDRPools: []meshv1.CIDR{"10.0.0.0/8"}}},
+		member("alpha", "10.1.0.0/16"), gateway("alpha", peer("bravo", true, ago(5*time.Second))),
+	)
+	r, err := BuildStatus(context.Background(), c, "demo", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.Healthy() {
+		t.Fatalf("healthy set reported unhealthy: %+v", r)
+	}
+	if got := r.ClusterSets[0].Members[0].OldestHandshakeAge; got != "5s" {
+		t.Errorf("oldest handshake %q, want 5s", got)
+	}
+	if _, err := BuildStatus(context.Background(), c, "nope", now); ExitCode(err) != ExitFinding {
+		t.Errorf("unknown --clusterset: %v (exit %d), want exit 1", err, ExitCode(err))
+	}
+}
+
+// Diagnose fixtures.
+
+func node(name string, podCIDR string, report *meshv1.NodeReport) *corev1.Node {
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: corev1.NodeSpec{PodCIDR: podCIDR, PodCIDRs: []string{podCIDR}}}
+	if report != nil {
+		b, err := json.Marshal(report)
+		if err != nil {
+			panic(err)
+		}
+		n.Annotations = map[string]string{meshv1.AnnotationDatapath: string(b)}
+	}
+	return n
+}
+
+func membership(peers ...meshv1.MembershipPeer) *meshv1.ClusterSetMembership {
+	return &meshv1.ClusterSetMembership{
+		ObjectMeta: metav1.ObjectMeta{Name: MembershipName},
+		Spec: meshv1.ClusterSetMembershipSpec{ClusterName: "alpha", ClusterSet: "demo", Hub: meshv1.HubConnection{
+			Server: "https://hub-control-plane:6443", SecretRef: meshv1.SecretReference{Name: HubSecretName, Namespace: SystemNamespace},
+		}},
+		Status: meshv1.ClusterSetMembershipStatus{
+			PodCIDRs: []string{"10.1.0.0/16"}, HubNamespace: "member-alpha", ActiveGateway: "alpha-gw", ActiveGatewayIP: "172.18.0.2",
+			Peers: peers,
+			Conditions: []metav1.Condition{
+				cond(meshv1.MembershipJoined, metav1.ConditionTrue, "Joined", "hub assigned 10.1.0.0/16"),
+				cond(meshv1.MembershipCIDRsMatch, metav1.ConditionTrue, "Inside", "all node podCIDRs inside 10.1.0.0/16"),
+				cond(meshv1.MembershipTunnelsReady, metav1.ConditionTrue, "AllPeersUp", "2/2 peers up"),
+			},
+		},
+	}
+}
+
+func hubSecret() *corev1.Secret {
+	return &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: HubSecretName, Namespace: SystemNamespace,
+			Annotations: map[string]string{AnnotationTokenExpires: now.Add(300 * 24 * time.Hour).Format(time.RFC3339)}},
+		Data: map[string][]byte{SecretKeyToken: []byte("t"), SecretKeyCA: []byte("ca")},
+	}
+}
+
+func gatewayReport(peers ...meshv1.NodePeerReport) *meshv1.NodeReport {
+	return &meshv1.NodeReport{
+		Role: meshv1.RoleGateway, Interface: "archipelago0", InterfaceUp: true, WireGuard: "kernel", MTU: 1420, ListenPort: 51820,
+		Peers: peers, Routes: 2, NoSNAT: true, MSSClamp: true, IPForwarding: true, LastReconcile: *ago(8 * time.Second),
+	}
+}
+
+func workerReport() *meshv1.NodeReport {
+	return &meshv1.NodeReport{Role: meshv1.RoleWorker, NextHop: "172.18.0.2", Routes: 2, NoSNAT: true, IPForwarding: true, LastReconcile: *ago(9 * time.Second)}
+}
+
+func mpeer(cluster, cidr, state string, hs *metav1.Time) meshv1.MembershipPeer {
+	return meshv1.MembershipPeer{Cluster: cluster, PodCIDRs: []string{cidr}, Gateway: cluster + "-gw", Endpoint: "172.18.1.2:51820", State: state, LatestHandshake: hs}
+}
+
+func TestDiagnoseGolden(t *testing.T) {
+	healthy := fakeClient(
+		membership(mpeer("bravo", "10.2.0.0/16", meshv1.PeerUp, ago(12*time.Second)), mpeer("charlie", "10.3.0.0/16", meshv1.PeerUp, ago(40*time.Second))),
+		hubSecret(),
+		node("alpha-gw", "10.1.0.0/24", gatewayReport(
+			meshv1.NodePeerReport{Cluster: "bravo", Endpoint: "172.18.1.2:51820", LatestHandshake: ago(12 * time.Second)},
+			meshv1.NodePeerReport{Cluster: "charlie", Endpoint: "172.18.2.2:51820", LatestHandshake: ago(40 * time.Second)})),
+		node("alpha-worker", "10.1.1.0/24", workerReport()),
+	)
+	broken := membership(mpeer("bravo", "10.2.0.0/16", meshv1.PeerUp, ago(12*time.Second)), mpeer("charlie", "10.3.0.0/16", meshv1.PeerConnecting, ago(184*time.Second)))
+	broken.Status.Peers[1].Message = "no handshake for 3m4s"
+	broken.Status.Conditions[1] = cond(meshv1.MembershipCIDRsMatch, metav1.ConditionFalse, "Outside", "node alpha-worker2 has 10.244.2.0/24")
+	broken.Status.Conditions[2] = cond(meshv1.MembershipTunnelsReady, metav1.ConditionFalse, "PeersDown", "1/2 peers up; down: charlie")
+	brokenClient := fakeClient(
+		broken, hubSecret(),
+		node("alpha-gw", "10.1.0.0/24", gatewayReport(
+			meshv1.NodePeerReport{Cluster: "bravo", Endpoint: "172.18.1.2:51820", LatestHandshake: ago(12 * time.Second)},
+			meshv1.NodePeerReport{Cluster: "charlie", Endpoint: "172.18.2.2:51820", LatestHandshake: ago(184 * time.Second)})),
+		node("alpha-worker", "10.1.1.0/24", nil),
+		node("alpha-worker2", "10.244.2.0/24", workerReport()),
+	)
+	for _, tc := range []struct {
+		name   string
+		c      client.Client
+		failed bool
+	}{
+		{"diagnose-healthy", healthy, false},
+		{"diagnose-broken", brokenClient, true},
+		{"diagnose-not-joined", fakeClient(node("lonely", "10.244.0.0/24", nil)), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := BuildDiagnosis(context.Background(), tc.c, now, DefaultDiagnoseLimits)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var buf bytes.Buffer
+			if err := WriteDiagnosis(&buf, r, "table"); err != nil {
+				t.Fatal(err)
+			}
+			golden(t, tc.name, buf.Bytes())
+			if r.Failed() != tc.failed {
+				t.Errorf("Failed() = %v, want %v", r.Failed(), tc.failed)
+			}
+		})
+	}
+}
+
+func TestDiagnoseAgentPods(t *testing.T) {
+	pod := func(name, nodeName string, ready corev1.ConditionStatus) *corev1.Pod {
+		return &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: SystemNamespace, Labels: map[string]string{AgentPodLabel: AgentPodLabelValue}},
+			Spec:       corev1.PodSpec{NodeName: nodeName},
+			Status:     corev1.PodStatus{Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: ready}}},
+		}
+	}
+	c := fakeClient(membership(), hubSecret(),
+		node("alpha-gw", "10.1.0.0/24", gatewayReport()), node("alpha-worker", "10.1.1.0/24", workerReport()),
+		pod("agent-1", "alpha-gw", corev1.ConditionTrue), pod("agent-2", "alpha-worker", corev1.ConditionFalse))
+	r, err := BuildDiagnosis(context.Background(), c, now, DefaultDiagnoseLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var agents *Finding
+	for i := range r.Findings {
+		if r.Findings[i].Check == "agents" {
+			agents = &r.Findings[i]
+		}
+	}
+	if agents == nil || agents.Status != StatusFail || !bytes.Contains([]byte(agents.Detail), []byte("alpha-worker")) {
+		t.Fatalf("agents finding %+v, want a failure naming alpha-worker", agents)
+	}
+}
+
+func streamsFor(out, errOut *bytes.Buffer) genericiooptions.IOStreams {
+	return genericiooptions.IOStreams{In: strings.NewReader(""), Out: out, ErrOut: errOut}
+}

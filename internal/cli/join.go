@@ -1,0 +1,615 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
+
+	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
+)
+
+// Names of what join writes into a member cluster. The agent reads the
+// membership by this name; keep them in step with docs/cli.md.
+const (
+	// SystemNamespace holds the hub Secret (and the agents, where they run as pods).
+	SystemNamespace = "archipelago-system"
+	// HubSecretName is the Secret with the member's hub token and the hub's CA.
+	HubSecretName = "archipelago-hub"
+	// MembershipName is the name of the one ClusterSetMembership of a member.
+	MembershipName = "membership"
+	// SecretKeyToken and SecretKeyCA are the keys of the hub Secret.
+	SecretKeyToken = "token"
+	SecretKeyCA    = "ca.crt"
+
+	// AnnotationAwaitingMember marks a MemberCluster whose credentials join
+	// printed (--print-only, --kind-config) instead of delivering them. A
+	// later join of the same name may then complete it from the member.
+	AnnotationAwaitingMember = "archipelago.dev/awaiting-member"
+	// AnnotationTokenExpires on the hub Secret says when its token expires.
+	AnnotationTokenExpires = "archipelago.dev/token-expires"
+)
+
+type joinOptions struct {
+	*Options
+	name          string
+	clusterSet    string
+	hubContext    string
+	hubServer     string
+	podCIDRs      []string
+	serviceSubnet string
+	tokenTTL      time.Duration
+	timeout       time.Duration
+	printOnly     bool
+	kindConfig    bool
+}
+
+func newJoinCommand(o *Options) *cobra.Command {
+	j := &joinOptions{Options: o}
+	cmd := &cobra.Command{
+		Use:   "join NAME --clusterset SET --hub-context HUB [--context MEMBER]",
+		Short: "Join a member cluster to a ClusterSet: range from the hub, credentials into the member",
+		Long: `join makes the cluster of --context (or the current context) a member named
+NAME of ClusterSet SET on the hub of --hub-context:
+
+  1. checks that the hub answers, SET exists and NAME is free (nothing is
+     written before these checks pass);
+  2. creates the MemberCluster NAME on the hub (adopting --pod-cidr if given)
+     and waits until the hub assigns its pod range, hub namespace and
+     ServiceAccount; if the hub refuses the range (Conflict, OutsidePool,
+     PoolExhausted) the MemberCluster is deleted again and join fails;
+  3. requests a token of that ServiceAccount (TokenRequest, --token-ttl);
+  4. writes into the member: Namespace archipelago-system, Secret
+     archipelago-hub (keys token, ca.crt) and the ClusterSetMembership
+     "membership".
+
+The hub URL written into the member comes from the hub context. kind writes
+https://127.0.0.1:PORT into kubeconfigs, which other clusters cannot reach:
+pass --hub-server with an address the member's nodes can reach (for kind,
+the hub's control-plane container, e.g. https://hub-control-plane:6443).
+
+Re-running join for a member that already joined (same NAME, same cluster)
+rotates its token. With --print-only or --kind-config nothing is written
+into a member; the MemberCluster is marked awaiting-member, and a later join
+of the same NAME with --context completes it.`,
+		Example: `  # Join the current cluster as "c1"
+  kubectl archipelago join c1 --clusterset demo --hub-context kind-hub \
+    --hub-server https://hub-control-plane:6443
+
+  # Join an existing cluster that already uses 10.244.0.0/16 for pods (adopt it)
+  kubectl archipelago join c2 --clusterset demo --hub-context kind-hub --context kind-c2 \
+    --pod-cidr 10.244.0.0/16
+
+  # Reserve a range for a cluster that does not exist yet, and create it with kind
+  kubectl archipelago join c3 --clusterset demo --hub-context kind-hub --kind-config > c3.yaml
+  kind create cluster --name c3 --config c3.yaml
+  kubectl archipelago join c3 --clusterset demo --hub-context kind-hub --context kind-c3
+
+  # GitOps: print the member-side manifests instead of applying them
+  kubectl archipelago join c4 --clusterset demo --hub-context kind-hub --print-only > c4.yaml`,
+		Args: exactArgs(1, "exactly one argument, the member's NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			j.name = args[0]
+			return j.run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&j.clusterSet, "clusterset", "", "ClusterSet on the hub to join (required)")
+	f.StringVar(&j.hubContext, "hub-context", "", "Kubeconfig context of the hub cluster (required)")
+	f.StringVar(&j.hubServer, "hub-server", "", "Hub API URL as the member's nodes reach it (default: the hub context's server; kind's 127.0.0.1 addresses do not work from other clusters)")
+	f.StringSliceVar(&j.podCIDRs, "pod-cidr", nil, "Pod range the cluster already uses, to adopt (at most one per IP family; repeat or comma-separate)")
+	f.StringVar(&j.serviceSubnet, "service-subnet", "", "serviceSubnet written by --kind-config (default: kind's 10.96.0.0/16, or another range outside the ClusterSet's pools)")
+	f.DurationVar(&j.tokenTTL, "token-ttl", 8760*time.Hour, "Lifetime of the member's hub token; re-run join before it ends to rotate it")
+	f.DurationVar(&j.timeout, "timeout", 2*time.Minute, "How long to wait for the hub to assign the range")
+	f.BoolVar(&j.printOnly, "print-only", false, "Print the member-side manifests as YAML instead of applying them")
+	f.BoolVar(&j.kindConfig, "kind-config", false, "Print a kind cluster config whose podSubnet is the assigned range (for a cluster that does not exist yet)")
+	return cmd
+}
+
+// JoinResult is what join reports with -o json|yaml.
+type JoinResult struct {
+	Member        string       `json:"member"`
+	ClusterSet    string       `json:"clusterSet"`
+	PodCIDRs      []string     `json:"podCIDRs"`
+	HubNamespace  string       `json:"hubNamespace"`
+	HubServer     string       `json:"hubServer"`
+	TokenExpires  *metav1.Time `json:"tokenExpires,omitempty"`
+	Rejoined      bool         `json:"rejoined"`
+	MemberWritten bool         `json:"memberWritten"`
+	MemberContext string       `json:"memberContext,omitempty"`
+}
+
+func (j *joinOptions) validate() error {
+	if errs := validation.IsDNS1123Label(j.name); len(errs) > 0 {
+		return usageError("member name %q is not a DNS label (%s): use lowercase letters, digits and '-'", j.name, strings.Join(errs, "; "))
+	}
+	if j.clusterSet == "" {
+		return usageError("--clusterset is required: the ClusterSet on the hub to join")
+	}
+	if j.hubContext == "" {
+		return usageError("--hub-context is required: the kubeconfig context of the hub cluster")
+	}
+	if j.printOnly && j.kindConfig {
+		return usageError("--print-only and --kind-config both print to stdout: choose one")
+	}
+	if j.tokenTTL < 10*time.Minute {
+		return usageError("--token-ttl %s is too short: the TokenRequest API needs at least 10m", j.tokenTTL)
+	}
+	if err := j.checkOutput(); err != nil {
+		return err
+	}
+	seen := map[bool]bool{}
+	for i, c := range j.podCIDRs {
+		p, err := netip.ParsePrefix(strings.TrimSpace(c))
+		if err != nil {
+			return usageError("--pod-cidr %q is not a CIDR: %v", c, err)
+		}
+		if p.Masked() != p {
+			return usageError("--pod-cidr %q has host bits set: did you mean %s?", c, p.Masked())
+		}
+		if seen[p.Addr().Is4()] {
+			return usageError("--pod-cidr: at most one range per IP family")
+		}
+		seen[p.Addr().Is4()] = true
+		j.podCIDRs[i] = p.String()
+	}
+	return nil
+}
+
+func (j *joinOptions) run(ctx context.Context) (retErr error) {
+	if err := j.validate(); err != nil {
+		return err
+	}
+	printing := j.printOnly || j.kindConfig
+	hub, err := j.connect(j.hubContext)
+	if err != nil {
+		return err
+	}
+	server := j.hubServer
+	if server == "" {
+		server = hub.Config.Host
+	}
+	if u, err := url.Parse(server); err != nil || u.Scheme != "https" || u.Host == "" {
+		return usageError("hub server %q is not an https:// URL; pass --hub-server https://HOST:PORT", server)
+	}
+	ca, err := caBundle(hub.Config)
+	if err != nil {
+		return err
+	}
+	if len(ca) == 0 {
+		return usageError("hub context %q has no certificate authority (certificate-authority or -data): the member's agent could not verify the hub", j.hubContext)
+	}
+	var member *cluster
+	if !printing {
+		if member, err = j.connect(""); err != nil {
+			return err
+		}
+	}
+
+	// Preflight: nothing is written until the hub, the ClusterSet, the name
+	// and the member all check out.
+	pre, err := j.preflight(ctx, hub, member)
+	if err != nil {
+		return err
+	}
+
+	created := false
+	if pre.existing == nil {
+		mc := &meshv1.MemberCluster{
+			ObjectMeta: metav1.ObjectMeta{
+				Name:   j.name,
+				Labels: map[string]string{meshv1.LabelClusterSet: j.clusterSet},
+			},
+			Spec: meshv1.MemberClusterSpec{ClusterSet: j.clusterSet},
+		}
+		for _, c := range j.podCIDRs {
+			mc.Spec.PodCIDRs = append(mc.Spec.PodCIDRs, meshv1.CIDR(c))
+		}
+		if printing {
+			mc.Annotations = map[string]string{AnnotationAwaitingMember: "true"}
+		}
+		if err := hub.Client.Create(ctx, mc); err != nil {
+			if apierrors.IsAlreadyExists(err) {
+				return finding("member %q was created on the hub by someone else a moment ago: pick another name", j.name)
+			}
+			if apierrors.IsInvalid(err) {
+				return finding("the hub rejected MemberCluster %q: %v", j.name, err)
+			}
+			return unreachable(hub, fmt.Errorf("create MemberCluster %s: %w", j.name, err))
+		}
+		created = true
+		defer func() {
+			if retErr != nil {
+				// Also on Ctrl-C: ctx is done, so roll back with a fresh one.
+				rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+				defer cancel()
+				if err := deleteAndWait(rctx, hub.Client, mc); err != nil {
+					fmt.Fprintf(j.Streams.ErrOut, "Warning: could not remove MemberCluster %s after the failed join: %v; delete it with 'kubectl --context %s delete membercluster %s'\n", j.name, err, j.hubContext, j.name)
+				}
+			}
+		}()
+	}
+
+	mc, err := j.waitAssigned(ctx, hub)
+	if err != nil {
+		return err
+	}
+	tr, err := hub.Kube.CoreV1().ServiceAccounts(mc.Status.Namespace).CreateToken(ctx, mc.Status.ServiceAccount,
+		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To(int64(j.tokenTTL / time.Second))}},
+		metav1.CreateOptions{})
+	if err != nil {
+		return unreachable(hub, fmt.Errorf("request a token for ServiceAccount %s/%s (your hub user needs create on serviceaccounts/token): %w",
+			mc.Status.Namespace, mc.Status.ServiceAccount, err))
+	}
+	expires := tr.Status.ExpirationTimestamp
+	objs := memberObjects(j.name, j.clusterSet, server, tr.Status.Token, ca, expires)
+
+	res := JoinResult{
+		Member: j.name, ClusterSet: j.clusterSet, PodCIDRs: mc.Status.PodCIDRs, HubNamespace: mc.Status.Namespace,
+		HubServer: server, TokenExpires: &expires, Rejoined: !created,
+	}
+	switch {
+	case j.kindConfig:
+		fmt.Fprint(j.Streams.Out, kindConfig(j.name, j.clusterSet, mc.Status.PodCIDRs, j.serviceSubnet, pre.pools))
+		fmt.Fprintf(j.Streams.ErrOut, "Member %s holds pod ranges %s in ClusterSet %s.\nCreate the cluster with this config, then run: kubectl archipelago join %s --clusterset %s --hub-context %s --context <new cluster's context>\n",
+			j.name, strings.Join(mc.Status.PodCIDRs, ","), j.clusterSet, j.name, j.clusterSet, j.hubContext)
+		return nil
+	case j.printOnly:
+		out, err := manifestsYAML(objs)
+		if err != nil {
+			return err
+		}
+		fmt.Fprint(j.Streams.Out, out)
+		fmt.Fprintf(j.Streams.ErrOut, "Member %s holds pod ranges %s in ClusterSet %s; apply the manifests above in the member cluster.\n",
+			j.name, strings.Join(mc.Status.PodCIDRs, ","), j.clusterSet)
+		return nil
+	}
+
+	if err := applyMember(ctx, member, objs, created); err != nil {
+		return err
+	}
+	if mc.Annotations[AnnotationAwaitingMember] != "" {
+		patch := client.MergeFrom(mc.DeepCopy())
+		delete(mc.Annotations, AnnotationAwaitingMember)
+		if err := hub.Client.Patch(ctx, mc, patch); err != nil {
+			fmt.Fprintf(j.Streams.ErrOut, "Warning: could not clear annotation %s on MemberCluster %s: %v\n", AnnotationAwaitingMember, j.name, err)
+		}
+	}
+	res.MemberWritten = true
+	res.MemberContext = member.Context
+	if j.Output == "json" || j.Output == "yaml" {
+		return printStructured(j.Streams.Out, j.Output, res)
+	}
+	verb := "joined"
+	if res.Rejoined {
+		verb = "rejoined (token rotated)"
+	}
+	fmt.Fprintf(j.Streams.Out, "Member %s %s ClusterSet %s\n  Pod ranges:    %s\n  Hub namespace: %s\n  Hub server:    %s\n  Token expires: %s (run join again to rotate it)\n",
+		j.name, verb, j.clusterSet, strings.Join(mc.Status.PodCIDRs, ", "), mc.Status.Namespace, server, expires.UTC().Format(time.RFC3339))
+	return nil
+}
+
+type preflightResult struct {
+	existing *meshv1.MemberCluster
+	pools    []string
+}
+
+// preflight checks everything join needs before it writes anything.
+func (j *joinOptions) preflight(ctx context.Context, hub, member *cluster) (*preflightResult, error) {
+	cs := &meshv1.ClusterSet{}
+	if err := hub.Client.Get(ctx, types.NamespacedName{Name: j.clusterSet}, cs); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, finding("ClusterSet %q does not exist on the hub (context %q): create it first, or pick one from 'kubectl --context %s get clustersets'",
+				j.clusterSet, j.hubContext, j.hubContext)
+		}
+		return nil, unreachable(hub, fmt.Errorf("get ClusterSet %s: %w", j.clusterSet, err))
+	}
+	if !cs.DeletionTimestamp.IsZero() {
+		return nil, finding("ClusterSet %q is being deleted: join another one", j.clusterSet)
+	}
+	res := &preflightResult{}
+	for _, p := range cs.Spec.PodCIDRPools {
+		res.pools = append(res.pools, string(p))
+	}
+
+	var membership *meshv1.ClusterSetMembership
+	if member != nil {
+		m := &meshv1.ClusterSetMembership{}
+		err := member.Client.Get(ctx, types.NamespacedName{Name: MembershipName}, m)
+		switch {
+		case err == nil:
+			membership = m
+			if m.Spec.ClusterName != j.name || m.Spec.ClusterSet != j.clusterSet {
+				return nil, finding("this cluster (%s) already joined as %q of ClusterSet %q: run 'kubectl archipelago leave %s --context %s' first",
+					member.describe(), m.Spec.ClusterName, m.Spec.ClusterSet, m.Spec.ClusterName, member.Context)
+			}
+		case apierrors.IsNotFound(err):
+		case meta.IsNoMatchError(err):
+			return nil, finding("the member cluster (%s) has no ClusterSetMembership CRD: install the archipelago CRDs and agent there first (config/crd)", member.describe())
+		default:
+			return nil, unreachable(member, fmt.Errorf("get ClusterSetMembership %s: %w", MembershipName, err))
+		}
+	}
+
+	mc := &meshv1.MemberCluster{}
+	err := hub.Client.Get(ctx, types.NamespacedName{Name: j.name}, mc)
+	switch {
+	case apierrors.IsNotFound(err):
+		return res, nil
+	case err != nil:
+		return nil, unreachable(hub, fmt.Errorf("get MemberCluster %s: %w", j.name, err))
+	}
+	taken := finding("a member named %q already exists on the hub (ClusterSet %q, pod ranges %s): pick another name, or remove it with 'kubectl archipelago leave %s --hub-context %s'",
+		j.name, mc.Spec.ClusterSet, dash(strings.Join(mc.Status.PodCIDRs, ",")), j.name, j.hubContext)
+	switch {
+	case !mc.DeletionTimestamp.IsZero():
+		return nil, finding("member %q is being removed from the hub: wait until 'kubectl --context %s get membercluster %s' finds nothing, then join again", j.name, j.hubContext, j.name)
+	case mc.Spec.ClusterSet != j.clusterSet:
+		return nil, taken
+	case membership != nil:
+		// The same member joins again: rotate its token.
+	case mc.Annotations[AnnotationAwaitingMember] != "":
+		// Reserved by --print-only/--kind-config; this join delivers it.
+	default:
+		return nil, taken
+	}
+	if len(j.podCIDRs) > 0 {
+		want := slices.Clone(j.podCIDRs)
+		slices.Sort(want)
+		have := slices.Clone(mc.Status.PodCIDRs)
+		slices.Sort(have)
+		if !slices.Equal(want, have) {
+			return nil, finding("member %q already holds pod ranges %s; an assigned range never changes: leave and join again to move it", j.name, strings.Join(mc.Status.PodCIDRs, ","))
+		}
+	}
+	res.existing = mc
+	return res, nil
+}
+
+// refusedReasons are CIDRAllocated reasons that waiting will not fix.
+var refusedReasons = []string{meshv1.ReasonConflict, meshv1.ReasonOutsidePool, meshv1.ReasonPoolExhausted, meshv1.ReasonInvalidRequest}
+
+// waitAssigned waits until the hub assigned the member's ranges and made
+// its namespace and ServiceAccount, or refused.
+func (j *joinOptions) waitAssigned(ctx context.Context, hub *cluster) (*meshv1.MemberCluster, error) {
+	var (
+		last    *meshv1.MemberCluster
+		lastErr error
+	)
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, j.timeout, true, func(ctx context.Context) (bool, error) {
+		mc := &meshv1.MemberCluster{}
+		if err := hub.Client.Get(ctx, types.NamespacedName{Name: j.name}, mc); err != nil {
+			if apierrors.IsNotFound(err) {
+				return false, finding("MemberCluster %q disappeared from the hub while joining: someone deleted it", j.name)
+			}
+			lastErr = err
+			return false, nil
+		}
+		last = mc
+		if c := meta.FindStatusCondition(mc.Status.Conditions, meshv1.MemberCIDRAllocated); c != nil &&
+			c.Status == metav1.ConditionFalse && slices.Contains(refusedReasons, c.Reason) && len(mc.Status.PodCIDRs) == 0 {
+			return false, finding("the hub refused a pod range for member %q (%s): %s", j.name, c.Reason, c.Message)
+		}
+		return len(mc.Status.PodCIDRs) > 0 && mc.Status.Namespace != "" && mc.Status.ServiceAccount != "", nil
+	})
+	if err == nil {
+		return last, nil
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return nil, err
+	}
+	state := "the hub never answered"
+	if last != nil {
+		state = "no status yet: is the hub controller running?"
+		if c := meta.FindStatusCondition(last.Status.Conditions, meshv1.ConditionReady); c != nil {
+			state = fmt.Sprintf("Ready=%s %s: %s", c.Status, c.Reason, c.Message)
+		}
+	} else if lastErr != nil {
+		state = lastErr.Error()
+	}
+	return nil, &exitError{code: ExitError, err: fmt.Errorf("waited %s for the hub to assign member %q its range, namespace and ServiceAccount (%s); check 'kubectl --context %s get membercluster %s -o yaml' and the hub's logs: %w",
+		j.timeout, j.name, state, j.hubContext, j.name, err)}
+}
+
+// deleteAndWait deletes obj and waits until the hub's finalizer let it go.
+func deleteAndWait(ctx context.Context, c client.Client, obj client.Object) error {
+	if err := c.Delete(ctx, obj); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("delete %s: %w", obj.GetName(), err)
+	}
+	key := client.ObjectKeyFromObject(obj)
+	fresh := obj.DeepCopyObject().(client.Object)
+	return wait.PollUntilContextCancel(ctx, 200*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+		err := c.Get(ctx, key, fresh)
+		if apierrors.IsNotFound(err) {
+			return true, nil
+		}
+		return false, nil
+	})
+}
+
+// memberObjects are what join writes into a member: the namespace, the
+// Secret with the hub credentials, and the membership that points at both.
+func memberObjects(name, set, server, token string, ca []byte, expires metav1.Time) []client.Object {
+	labels := map[string]string{"app.kubernetes.io/part-of": "archipelago"}
+	ns := &corev1.Namespace{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Namespace"},
+		ObjectMeta: metav1.ObjectMeta{Name: SystemNamespace, Labels: labels},
+	}
+	secret := &corev1.Secret{
+		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
+		ObjectMeta: metav1.ObjectMeta{
+			Name: HubSecretName, Namespace: SystemNamespace, Labels: labels,
+			Annotations: map[string]string{AnnotationTokenExpires: expires.UTC().Format(time.RFC3339)},
+		},
+		Type: corev1.SecretTypeOpaque,
+		Data: map[string][]byte{SecretKeyToken: []byte(token), SecretKeyCA: ca},
+	}
+	membership := &meshv1.ClusterSetMembership{
+		TypeMeta:   metav1.TypeMeta{APIVersion: meshv1.GroupVersion.String(), Kind: "ClusterSetMembership"},
+		ObjectMeta: metav1.ObjectMeta{Name: MembershipName, Labels: labels},
+		Spec: meshv1.ClusterSetMembershipSpec{
+			ClusterName: name,
+			ClusterSet:  set,
+			Hub: meshv1.HubConnection{
+				Server:    server,
+				SecretRef: meshv1.SecretReference{Name: HubSecretName, Namespace: SystemNamespace},
+			},
+		},
+	}
+	return []client.Object{ns, secret, membership}
+}
+
+// manifestsYAML prints objects as one YAML stream, without the empty
+// status and creationTimestamp that typed objects carry.
+func manifestsYAML(objs []client.Object) (string, error) {
+	var buf bytes.Buffer
+	for i, o := range objs {
+		u, err := runtime.DefaultUnstructuredConverter.ToUnstructured(o)
+		if err != nil {
+			return "", fmt.Errorf("convert %s: %w", o.GetName(), err)
+		}
+		delete(u, "status")
+		if md, ok := u["metadata"].(map[string]any); ok {
+			delete(md, "creationTimestamp")
+		}
+		b, err := yaml.Marshal(u)
+		if err != nil {
+			return "", fmt.Errorf("encode %s: %w", o.GetName(), err)
+		}
+		if i > 0 {
+			buf.WriteString("---\n")
+		}
+		buf.Write(b)
+	}
+	return buf.String(), nil
+}
+
+// applyMember writes the member-side objects. On a failure it removes what
+// this join created there, so a failed join leaves the member as it was
+// (the caller removes the MemberCluster when it created it).
+func applyMember(ctx context.Context, member *cluster, objs []client.Object, fresh bool) (retErr error) {
+	var made []client.Object
+	defer func() {
+		if retErr == nil || !fresh {
+			return
+		}
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		for i := len(made) - 1; i >= 0; i-- {
+			if _, isNS := made[i].(*corev1.Namespace); isNS {
+				continue // others may use archipelago-system; an empty namespace is harmless
+			}
+			_ = member.Client.Delete(rctx, made[i])
+		}
+	}()
+	for _, o := range objs {
+		existing := o.DeepCopyObject().(client.Object)
+		err := member.Client.Get(ctx, client.ObjectKeyFromObject(o), existing)
+		switch {
+		case apierrors.IsNotFound(err):
+			if err := member.Client.Create(ctx, o); err != nil {
+				return unreachable(member, fmt.Errorf("create %T %s in the member: %w", o, o.GetName(), err))
+			}
+			made = append(made, o)
+		case err != nil:
+			return unreachable(member, fmt.Errorf("get %T %s in the member: %w", o, o.GetName(), err))
+		default:
+			if _, isNS := o.(*corev1.Namespace); isNS {
+				continue
+			}
+			o.SetResourceVersion(existing.GetResourceVersion())
+			if err := member.Client.Update(ctx, o); err != nil {
+				return unreachable(member, fmt.Errorf("update %T %s in the member: %w", o, o.GetName(), err))
+			}
+		}
+	}
+	return nil
+}
+
+// kindConfig is a kind cluster config whose pod subnet is the assigned range.
+func kindConfig(name, set string, podCIDRs []string, serviceSubnet string, pools []string) string {
+	var v4, v6 string
+	for _, c := range podCIDRs {
+		if p, err := netip.ParsePrefix(c); err == nil && p.Addr().Is4() {
+			v4 = c
+		} else {
+			v6 = c
+		}
+	}
+	svc4 := firstFree([]string{"10.96.0.0/16", "172.30.0.0/16", "192.168.240.0/20"}, pools)
+	svc6 := firstFree([]string{"fd00:10:96::/112", "fd00:ac1e::/112"}, pools)
+	family, pod, svc := "ipv4", v4, svc4
+	switch {
+	case v4 != "" && v6 != "":
+		family, pod, svc = "dual", v4+","+v6, svc4+","+svc6
+	case v4 == "":
+		family, pod, svc = "ipv6", v6, svc6
+	}
+	if serviceSubnet != "" {
+		svc = serviceSubnet
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "# kind cluster for archipelago member %q of ClusterSet %q.\n", name, set)
+	b.WriteString("# podSubnet is the range the hub assigned: keep it, or the member's pods get\n")
+	b.WriteString("# addresses the rest of the archipelago does not route to this cluster.\n")
+	b.WriteString("# serviceSubnet avoids the ClusterSet's pools: change it if it overlaps another\n")
+	b.WriteString("# network your pods must reach (join --service-subnet).\n")
+	if overlaps := overlappingPools(svc, pools); len(overlaps) > 0 {
+		fmt.Fprintf(&b, "# WARNING: serviceSubnet %s overlaps pool(s) %s of the ClusterSet: pick another one.\n", svc, strings.Join(overlaps, ", "))
+	}
+	b.WriteString("kind: Cluster\napiVersion: kind.x-k8s.io/v1alpha4\n")
+	fmt.Fprintf(&b, "name: %s\nnetworking:\n", name)
+	if family != "ipv4" {
+		fmt.Fprintf(&b, "  ipFamily: %s\n", family)
+	}
+	fmt.Fprintf(&b, "  podSubnet: %q\n  serviceSubnet: %q\n", pod, svc)
+	return b.String()
+}
+
+// firstFree returns the first candidate that overlaps no pool (or the first
+// candidate when all do; the config then carries a warning).
+func firstFree(candidates, pools []string) string {
+	for _, c := range candidates {
+		if len(overlappingPools(c, pools)) == 0 {
+			return c
+		}
+	}
+	return candidates[0]
+}
+
+func overlappingPools(subnets string, pools []string) []string {
+	var out []string
+	for _, s := range strings.Split(subnets, ",") {
+		sp, err := netip.ParsePrefix(strings.TrimSpace(s))
+		if err != nil {
+			continue
+		}
+		for _, p := range pools {
+			pp, err := netip.ParsePrefix(p)
+			if err == nil && pp.Overlaps(sp) && !slices.Contains(out, p) {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}

@@ -1,0 +1,82 @@
+package probe
+
+import (
+	"context"
+	"net"
+	"strconv"
+	"testing"
+	"time"
+)
+
+func TestServeAnswersWithRemoteAddress(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, ln) }()
+
+	for i := 0; i < 3; i++ {
+		answer, err := Connect(context.Background(), ln.Addr().String(), 5*time.Second)
+		if err != nil {
+			t.Fatalf("connect %d: %v", i, err)
+		}
+		host, port, err := net.SplitHostPort(answer)
+		if err != nil {
+			t.Fatalf("answer %q is not host:port: %v", answer, err)
+		}
+		if host != "127.0.0.1" {
+			t.Errorf("server saw %s, want 127.0.0.1", host)
+		}
+		if p, err := strconv.Atoi(port); err != nil || p == 0 {
+			t.Errorf("answer %q has no source port", answer)
+		}
+		if got := SeenHost(answer); got != "127.0.0.1" {
+			t.Errorf("SeenHost(%q) = %q", answer, got)
+		}
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("serve returned %v after cancel", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("serve did not return after cancel")
+	}
+}
+
+func TestConnectFailsOnClosedPort(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	if _, err := Connect(context.Background(), addr, 2*time.Second); err == nil {
+		t.Fatal("connect to a closed port succeeded")
+	}
+}
+
+func TestConnectTimesOutOnSilentServer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	defer ln.Close()
+	// Accepts (the kernel does) but never answers.
+	start := time.Now()
+	if _, err := Connect(context.Background(), ln.Addr().String(), 300*time.Millisecond); err == nil {
+		t.Fatal("connect to a silent server succeeded")
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("connect took %s, want about the 300ms timeout", d)
+	}
+}
+
+func TestSeenHostIPv6(t *testing.T) {
+	if got := SeenHost("[fd00::5]:4000\n"); got != "fd00::5" {
+		t.Fatalf("SeenHost = %q", got)
+	}
+}

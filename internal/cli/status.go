@@ -1,0 +1,325 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
+)
+
+type statusOptions struct {
+	*Options
+	hubContext string
+	clusterSet string
+}
+
+func newStatusCommand(o *Options) *cobra.Command {
+	s := &statusOptions{Options: o}
+	cmd := &cobra.Command{
+		Use:   "status [--hub-context HUB] [--clusterset SET]",
+		Short: "Show every member of the ClusterSets on the hub: ranges, gateway, tunnels, problems",
+		Long: `status reads the hub (--hub-context, else --context or the current context)
+and prints one table per ClusterSet:
+
+  MEMBER            the member's name
+  POD CIDRS         the ranges the hub assigned
+  GATEWAY           the member's active gateway node
+  TUNNELS           k/n: tunnels its active gateway reports up, of the other members
+  OLDEST HANDSHAKE  age of the stalest tunnel's latest WireGuard handshake
+  PROBLEMS          hub conditions that are not OK, as Type=Reason
+
+-o wide adds readiness, age and the conditions' messages.
+Exits 1 when a member is not Ready or not connected to every peer.`,
+		Example: `  kubectl archipelago status --hub-context kind-hub
+  kubectl archipelago status --hub-context kind-hub --clusterset demo -o wide
+  kubectl archipelago status --hub-context kind-hub -o json`,
+		Args: exactArgs(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, _ []string) error { return s.run(cmd.Context()) },
+	}
+	cmd.Flags().StringVar(&s.hubContext, "hub-context", "", "Kubeconfig context of the hub (default: --context or the current context)")
+	cmd.Flags().StringVar(&s.clusterSet, "clusterset", "", "Show only this ClusterSet")
+	return cmd
+}
+
+func (s *statusOptions) run(ctx context.Context) error {
+	if err := s.checkOutput(); err != nil {
+		return err
+	}
+	hub, err := s.connect(s.hubContext)
+	if err != nil {
+		return err
+	}
+	report, err := BuildStatus(ctx, hub.Client, s.clusterSet, s.now())
+	if err != nil {
+		if _, ok := err.(*exitError); ok {
+			return err
+		}
+		return unreachable(hub, err)
+	}
+	if err := WriteStatus(s.Streams.Out, report, s.Output); err != nil {
+		return err
+	}
+	if !report.Healthy() {
+		return errSilentFinding
+	}
+	return nil
+}
+
+// StatusReport is the archipelago as the hub sees it.
+type StatusReport struct {
+	ClusterSets []ClusterSetReport `json:"clusterSets"`
+}
+
+// ClusterSetReport is one ClusterSet and its members.
+type ClusterSetReport struct {
+	Name string `json:"name"`
+	// Missing is true when members name a ClusterSet that does not exist.
+	Missing    bool           `json:"missing,omitempty"`
+	Pools      []string       `json:"pools,omitempty"`
+	FreeBlocks string         `json:"freeBlocks,omitempty"`
+	Members    []MemberReport `json:"members"`
+}
+
+// MemberReport is one row of the status table.
+type MemberReport struct {
+	Name            string       `json:"name"`
+	PodCIDRs        []string     `json:"podCIDRs,omitempty"`
+	Gateway         string       `json:"gateway,omitempty"`
+	Tunnels         string       `json:"tunnels,omitempty"`
+	OldestHandshake *metav1.Time `json:"oldestHandshake,omitempty"`
+	// OldestHandshakeAge is OLDEST HANDSHAKE as printed: an age, "never" or "-".
+	OldestHandshakeAge string      `json:"oldestHandshakeAge"`
+	Ready              bool        `json:"ready"`
+	Connected          bool        `json:"connected"`
+	Age                string      `json:"age"`
+	Problems           []Condition `json:"problems,omitempty"`
+}
+
+// Condition is a condition that is not OK.
+type Condition struct {
+	Type    string `json:"type"`
+	Status  string `json:"status"`
+	Reason  string `json:"reason"`
+	Message string `json:"message,omitempty"`
+}
+
+// Healthy is true when every member is Ready and connected to all peers.
+func (r *StatusReport) Healthy() bool {
+	for _, cs := range r.ClusterSets {
+		if cs.Missing {
+			return false
+		}
+		for _, m := range cs.Members {
+			if !m.Ready || !m.Connected {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// memberConditionOrder is the order PROBLEMS lists conditions in: the
+// order in which a member comes to life, so the first is the root cause.
+var memberConditionOrder = []string{
+	meshv1.MemberAccepted, meshv1.MemberCIDRAllocated, meshv1.MemberGatewaysValid,
+	meshv1.MemberAgentConnected, meshv1.MemberConnected, meshv1.ConditionReady,
+}
+
+// BuildStatus reads the hub's ClusterSets, MemberClusters and the active
+// Gateways of each member.
+func BuildStatus(ctx context.Context, c client.Reader, onlySet string, now time.Time) (*StatusReport, error) {
+	var sets []meshv1.ClusterSet
+	if onlySet != "" {
+		cs := &meshv1.ClusterSet{}
+		if err := c.Get(ctx, types.NamespacedName{Name: onlySet}, cs); err != nil {
+			if apierrors.IsNotFound(err) {
+				return nil, finding("ClusterSet %q does not exist on the hub; list them with 'kubectl get clustersets'", onlySet)
+			}
+			return nil, fmt.Errorf("get ClusterSet %s: %w", onlySet, err)
+		}
+		sets = []meshv1.ClusterSet{*cs}
+	} else {
+		var list meshv1.ClusterSetList
+		if err := c.List(ctx, &list); err != nil {
+			return nil, fmt.Errorf("list ClusterSets: %w", err)
+		}
+		sets = list.Items
+	}
+	var members meshv1.MemberClusterList
+	if err := c.List(ctx, &members); err != nil {
+		return nil, fmt.Errorf("list MemberClusters: %w", err)
+	}
+	bySet := map[string]*ClusterSetReport{}
+	report := &StatusReport{}
+	for _, cs := range sets {
+		r := ClusterSetReport{Name: cs.Name, FreeBlocks: cs.Status.FreeBlocks, Members: []MemberReport{}}
+		for _, p := range cs.Spec.PodCIDRPools {
+			r.Pools = append(r.Pools, string(p))
+		}
+		report.ClusterSets = append(report.ClusterSets, r)
+	}
+	for i := range report.ClusterSets {
+		bySet[report.ClusterSets[i].Name] = &report.ClusterSets[i]
+	}
+	for i := range members.Items {
+		m := &members.Items[i]
+		if onlySet != "" && m.Spec.ClusterSet != onlySet {
+			continue
+		}
+		row, err := memberRow(ctx, c, m, now)
+		if err != nil {
+			return nil, err
+		}
+		r := bySet[m.Spec.ClusterSet]
+		if r == nil {
+			report.ClusterSets = append(report.ClusterSets, ClusterSetReport{Name: m.Spec.ClusterSet, Missing: true})
+			for i := range report.ClusterSets {
+				bySet[report.ClusterSets[i].Name] = &report.ClusterSets[i]
+			}
+			r = bySet[m.Spec.ClusterSet]
+		}
+		r.Members = append(r.Members, row)
+	}
+	slices.SortFunc(report.ClusterSets, func(a, b ClusterSetReport) int { return strings.Compare(a.Name, b.Name) })
+	for i := range report.ClusterSets {
+		slices.SortFunc(report.ClusterSets[i].Members, func(a, b MemberReport) int { return strings.Compare(a.Name, b.Name) })
+	}
+	return report, nil
+}
+
+func memberRow(ctx context.Context, c client.Reader, m *meshv1.MemberCluster, now time.Time) (MemberReport, error) {
+	row := MemberReport{
+		Name:     m.Name,
+		PodCIDRs: m.Status.PodCIDRs,
+		Gateway:  m.Status.ActiveGateway,
+		Tunnels:  m.Status.ConnectedPeers,
+		Age:      age(now, &m.CreationTimestamp),
+	}
+	row.Ready = isTrue(m.Status.Conditions, meshv1.ConditionReady)
+	row.Connected = isTrue(m.Status.Conditions, meshv1.MemberConnected)
+	for _, t := range memberConditionOrder {
+		cond := meta.FindStatusCondition(m.Status.Conditions, t)
+		switch {
+		case cond == nil:
+			if t == meshv1.ConditionReady {
+				row.Problems = append(row.Problems, Condition{Type: t, Status: "Unknown", Reason: "NotReconciled", Message: "the hub has not reported on this member: is the hub controller running?"})
+			}
+		case cond.Status != metav1.ConditionTrue:
+			row.Problems = append(row.Problems, Condition{Type: t, Status: string(cond.Status), Reason: cond.Reason, Message: cond.Message})
+		}
+	}
+	// Ready=False repeats the first problem; list it only when it is alone.
+	if len(row.Problems) > 1 && row.Problems[len(row.Problems)-1].Type == meshv1.ConditionReady {
+		row.Problems = row.Problems[:len(row.Problems)-1]
+	}
+	row.OldestHandshakeAge = "-"
+	if m.Status.Namespace == "" {
+		return row, nil
+	}
+	var gws meshv1.GatewayList
+	if err := c.List(ctx, &gws, client.InNamespace(m.Status.Namespace)); err != nil {
+		return row, fmt.Errorf("list Gateways of member %s in %s: %w", m.Name, m.Status.Namespace, err)
+	}
+	never := false
+	for i := range gws.Items {
+		gw := &gws.Items[i]
+		if !gw.Spec.Active || (m.Status.ActiveGateway != "" && gw.Spec.NodeName != m.Status.ActiveGateway) {
+			continue
+		}
+		for _, p := range gw.Status.Peers {
+			switch {
+			case p.LatestHandshake == nil:
+				never = true
+			case row.OldestHandshake == nil || p.LatestHandshake.Before(row.OldestHandshake):
+				row.OldestHandshake = p.LatestHandshake.DeepCopy()
+			}
+		}
+	}
+	switch {
+	case never:
+		row.OldestHandshakeAge = "never"
+	case row.OldestHandshake != nil:
+		row.OldestHandshakeAge = age(now, row.OldestHandshake)
+	}
+	return row, nil
+}
+
+func isTrue(conds []metav1.Condition, t string) bool {
+	c := meta.FindStatusCondition(conds, t)
+	return c != nil && c.Status == metav1.ConditionTrue
+}
+
+// WriteStatus prints the report as table, wide, json or yaml.
+func WriteStatus(w io.Writer, r *StatusReport, format string) error {
+	if format == "json" || format == "yaml" {
+		return printStructured(w, format, r)
+	}
+	wide := format == "wide"
+	if len(r.ClusterSets) == 0 {
+		_, err := fmt.Fprintln(w, "No ClusterSets on the hub: create one (see config/samples)")
+		return err
+	}
+	var unhealthy []string
+	for i, cs := range r.ClusterSets {
+		if i > 0 {
+			fmt.Fprintln(w)
+		}
+		switch {
+		case cs.Missing:
+			fmt.Fprintf(w, "ClusterSet %s (does not exist: its members cannot get ranges)\n", cs.Name)
+		default:
+			fmt.Fprintf(w, "ClusterSet %s   pools %s   free %s   members %d\n", cs.Name, dash(strings.Join(cs.Pools, ",")), dash(cs.FreeBlocks), len(cs.Members))
+		}
+		if len(cs.Members) == 0 {
+			fmt.Fprintln(w, "No members: join one with 'kubectl archipelago join'")
+			continue
+		}
+		t := newTable(w)
+		header := "MEMBER\tPOD CIDRS\tGATEWAY\tTUNNELS\tOLDEST HANDSHAKE\tPROBLEMS"
+		if wide {
+			header = "MEMBER\tPOD CIDRS\tGATEWAY\tTUNNELS\tOLDEST HANDSHAKE\tREADY\tAGE\tPROBLEMS"
+		}
+		fmt.Fprintln(t, header)
+		for _, m := range cs.Members {
+			probs := make([]string, 0, len(m.Problems))
+			for _, p := range m.Problems {
+				s := p.Type + "=" + p.Reason
+				if wide && p.Message != "" {
+					s += " (" + p.Message + ")"
+				}
+				probs = append(probs, s)
+			}
+			if !m.Ready || !m.Connected {
+				unhealthy = append(unhealthy, m.Name)
+			}
+			cols := []string{m.Name, dash(strings.Join(m.PodCIDRs, ",")), dash(m.Gateway), dash(m.Tunnels), m.OldestHandshakeAge}
+			if wide {
+				cols = append(cols, fmt.Sprint(m.Ready), m.Age)
+			}
+			sep := ", "
+			if wide {
+				sep = "; "
+			}
+			cols = append(cols, dash(strings.Join(probs, sep)))
+			fmt.Fprintln(t, strings.Join(cols, "\t"))
+		}
+		if err := t.Flush(); err != nil {
+			return err
+		}
+	}
+	if len(unhealthy) > 0 {
+		fmt.Fprintf(w, "\nNeed attention: %s (run 'kubectl archipelago diagnose --context <member>' for each)\n", strings.Join(unhealthy, ", "))
+	}
+	return nil
+}
