@@ -53,7 +53,7 @@ func (r *ClusterSetReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 	}()
 
 	var members meshv1.MemberClusterList
-	if err := r.Client.List(ctx, &members, client.MatchingFields{IndexClusterSet: cs.Name}); err != nil {
+	if err := r.Client.List(ctx, &members, client.MatchingFields{IndexClusterSet: cs.Name}, readOnly); err != nil {
 		return ctrl.Result{}, fmt.Errorf("list members of clusterset %s: %w", cs.Name, err)
 	}
 	cs.Status.Members = int32(len(members.Items))

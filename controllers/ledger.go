@@ -371,7 +371,7 @@ func (l *BlockLedger) Expire(ctx context.Context, cs *meshv1.ClusterSet) (time.D
 	// The cache is enough here: a claim it has not seen yet is not released,
 	// and deleting one that is gone already is harmless.
 	var claims meshv1.CIDRClaimList
-	if err := l.Client.List(ctx, &claims, client.MatchingLabels{meshv1.LabelClusterSet: cs.Name}); err != nil {
+	if err := l.Client.List(ctx, &claims, client.MatchingLabels{meshv1.LabelClusterSet: cs.Name}, readOnly); err != nil {
 		return 0, fmt.Errorf("list claims of clusterset %s: %w", cs.Name, err)
 	}
 	quarantine := cs.Spec.Quarantine()

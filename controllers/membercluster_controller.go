@@ -400,7 +400,7 @@ func (r *MemberClusterReconciler) reconcileConnectivity(ctx context.Context, s *
 		return ctrl.Result{}, nil
 	}
 	var peers meshv1.MemberClusterList
-	if err := r.Client.List(ctx, &peers, client.MatchingFields{IndexClusterSet: s.clusterSet.Name}); err != nil {
+	if err := r.Client.List(ctx, &peers, client.MatchingFields{IndexClusterSet: s.clusterSet.Name}, readOnly); err != nil {
 		return ctrl.Result{}, fmt.Errorf("list members of clusterset %s: %w", s.clusterSet.Name, err)
 	}
 	var active *meshv1.Gateway
@@ -497,7 +497,7 @@ func (r *MemberClusterReconciler) reconcileDelete(ctx context.Context, s *member
 // reports a tunnel to m.
 func (r *MemberClusterReconciler) peersStillRouting(ctx context.Context, m *meshv1.MemberCluster) ([]string, error) {
 	var peers meshv1.MemberClusterList
-	if err := r.Client.List(ctx, &peers, client.MatchingFields{IndexClusterSet: m.Spec.ClusterSet}); err != nil {
+	if err := r.Client.List(ctx, &peers, client.MatchingFields{IndexClusterSet: m.Spec.ClusterSet}, readOnly); err != nil {
 		return nil, fmt.Errorf("list members of clusterset %s: %w", m.Spec.ClusterSet, err)
 	}
 	var out []string
@@ -553,7 +553,7 @@ func (r *MemberClusterReconciler) SetupWithManager(ctx context.Context, mgr ctrl
 // every status change.
 func (r *MemberClusterReconciler) pendingMembersOfSet(ctx context.Context, o client.Object) []reconcile.Request {
 	var members meshv1.MemberClusterList
-	if err := r.Client.List(ctx, &members, client.MatchingFields{IndexClusterSet: o.GetName()}); err != nil {
+	if err := r.Client.List(ctx, &members, client.MatchingFields{IndexClusterSet: o.GetName()}, readOnly); err != nil {
 		logf.FromContext(ctx).Error(err, "List members of clusterset", "clusterset", o.GetName())
 		return nil
 	}

@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"net/netip"
 	"strings"
+
+	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
 const (
@@ -47,3 +49,8 @@ func ClaimName(set string, block netip.Prefix) string {
 	r := strings.NewReplacer(".", "-", ":", "-", "/", "-")
 	return set + "." + fam + r.Replace(block.String())
 }
+
+// readOnly lists from the cache without copying: for passes that only read
+// the listed objects. Lists of every member of a set run on every pass, and
+// copying thousands of objects each time would dominate the hub's work.
+var readOnly = client.UnsafeDisableDeepCopy
