@@ -214,19 +214,12 @@ func (l *BlockLedger) createClaim(ctx context.Context, set, member string, block
 // them. Blocks already in m's status are kept as they are; requested ranges
 // are adopted when free and inside a pool; otherwise the lowest free block
 // is taken. Either every family gets a block or none does.
+//
+// Blocks are chosen under the ledger's lock, and their claims are written
+// outside it, so members of one set are assigned concurrently. Two passes can
+// still never take one block: the index hands it to one of them, and the
+// claim's name lets the API server refuse a second claim.
 func (l *BlockLedger) Assign(ctx context.Context, cs *meshv1.ClusterSet, m *meshv1.MemberCluster) (Assignment, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	s, err := l.setFor(ctx, cs)
-	if err != nil {
-		return Assignment{}, err
-	}
-	current := map[ipam.Family]netip.Prefix{}
-	for _, c := range m.Status.PodCIDRs {
-		if p, err := netip.ParsePrefix(c); err == nil {
-			current[ipam.FamilyOf(p.Addr())] = p
-		}
-	}
 	requested := map[ipam.Family]netip.Prefix{}
 	for _, c := range m.Spec.PodCIDRs {
 		p, err := netip.ParsePrefix(string(c))
@@ -235,42 +228,88 @@ func (l *BlockLedger) Assign(ctx context.Context, cs *meshv1.ClusterSet, m *mesh
 		}
 		requested[ipam.FamilyOf(p.Addr())] = p
 	}
+	current := map[ipam.Family]netip.Prefix{}
+	for _, c := range m.Status.PodCIDRs {
+		if p, err := netip.ParsePrefix(c); err == nil {
+			current[ipam.FamilyOf(p.Addr())] = p
+		}
+	}
 
+	a, fresh, err := l.choose(ctx, cs, m.Name, current, requested)
+	if err != nil || !a.Assigned() {
+		return a, err
+	}
+	// Write the claims: the new blocks, and those of assigned ranges whose
+	// claim the cache does not know (a claim deleted by hand is repaired).
+	written := map[netip.Prefix]bool{}
+	for _, c := range a.PodCIDRs {
+		p := netip.MustParsePrefix(c)
+		if !fresh[p] && l.claimCached(ctx, cs.Name, m.Name, p) {
+			continue
+		}
+		if err := l.createClaim(ctx, cs.Name, m.Name, p); err != nil {
+			if !fresh[p] && errors.Is(err, errTakenByOther) {
+				// An assigned range is never taken away; report it loudly.
+				logf.FromContext(ctx).Error(err, "Assigned range is claimed by another member", "member", m.Name, "cidr", p)
+				continue
+			}
+			l.Forget(cs.Name)
+			l.deleteClaims(ctx, cs.Name, written)
+			if errors.Is(err, errTakenByOther) {
+				// The index was behind the claims (another hub wrote one):
+				// the next pass rebuilds it from the claims.
+				return Assignment{Reason: meshv1.ReasonConflict, Message: err.Error()}, nil
+			}
+			return Assignment{}, err
+		}
+		if fresh[p] {
+			written[p] = true
+		}
+	}
+	return a, nil
+}
+
+// choose picks one block per family under the lock and records them in the
+// index. fresh holds the blocks taken in this pass.
+func (l *BlockLedger) choose(ctx context.Context, cs *meshv1.ClusterSet, member string, current, requested map[ipam.Family]netip.Prefix) (Assignment, map[netip.Prefix]bool, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s, err := l.setFor(ctx, cs)
+	if err != nil {
+		return Assignment{}, nil, err
+	}
 	var (
-		out        []string
-		taken      []netip.Prefix // blocks this pass claimed, rolled back on failure
-		adopted    bool
-		fromStatus int
+		out     []string
+		fresh   = map[netip.Prefix]bool{}
+		adopted bool
 	)
-	fail := func(reason, msg string) (Assignment, error) {
-		return Assignment{Reason: reason, Message: msg}, l.rollback(ctx, cs.Name, s, m.Name, taken)
+	fail := func(reason, msg string) (Assignment, map[netip.Prefix]bool, error) {
+		if len(fresh) > 0 {
+			// Blocks of this pass were never written anywhere: drop the
+			// index so the next use rebuilds it from the claims, without
+			// putting them in quarantine.
+			delete(l.sets, cs.Name)
+		}
+		return Assignment{Reason: reason, Message: msg}, nil, nil
 	}
 	for _, fam := range families(s.pools) {
 		if p, ok := current[fam]; ok {
-			// Assigned ranges never change. Make sure the claim and the
-			// index agree, which repairs a claim that was deleted by hand.
-			if owner, held := s.alloc.Owner(p); !held || owner != m.Name {
-				if err := s.alloc.Reserve(m.Name, p); err != nil {
-					logf.FromContext(ctx).Error(err, "Assigned range conflicts with the ledger", "member", m.Name, "cidr", p)
+			// Assigned ranges never change; keep the index in step.
+			if owner, held := s.alloc.Owner(p); !held || owner != member {
+				if err := s.alloc.Reserve(member, p); err != nil {
+					logf.FromContext(ctx).Error(err, "Assigned range conflicts with the ledger", "member", member, "cidr", p)
 				}
 			}
-			if err := l.createClaim(ctx, cs.Name, m.Name, p); err != nil && !errors.Is(err, errTakenByOther) {
-				return Assignment{}, err
-			}
 			out = append(out, p.String())
-			fromStatus++
 			continue
 		}
-		var (
-			p   netip.Prefix
-			err error
-		)
+		var p netip.Prefix
 		if req, ok := requested[fam]; ok {
-			err = s.alloc.Reserve(m.Name, req)
+			err = s.alloc.Reserve(member, req)
 			p = req
 			adopted = true
 		} else {
-			p, err = s.alloc.Allocate(m.Name, fam)
+			p, err = s.alloc.Allocate(member, fam)
 		}
 		switch {
 		case errors.Is(err, ipam.ErrOutsidePool):
@@ -281,56 +320,40 @@ func (l *BlockLedger) Assign(ctx context.Context, cs *meshv1.ClusterSet, m *mesh
 			return fail(meshv1.ReasonOutsidePool, fmt.Sprintf("ClusterSet %s has no %s pool for requested range %s", cs.Name, fam, p))
 		case errors.Is(err, ipam.ErrPoolExhausted):
 			return fail(meshv1.ReasonPoolExhausted, fmt.Sprintf("no free %s block in ClusterSet %s: %v", fam, cs.Name, err))
-		case errors.Is(err, ipam.ErrNotCanonical):
-			return fail(meshv1.ReasonInvalidRequest, err.Error())
 		case err != nil:
 			return fail(meshv1.ReasonInvalidRequest, err.Error())
 		}
-		if err := l.createClaim(ctx, cs.Name, m.Name, p); err != nil {
-			if errors.Is(err, errTakenByOther) {
-				// The index was behind the claims (another hub wrote one):
-				// forget it so that the next pass rebuilds from the claims.
-				delete(l.sets, cs.Name)
-				return Assignment{Reason: meshv1.ReasonConflict, Message: err.Error()}, nil
-			}
-			_ = l.rollback(ctx, cs.Name, s, m.Name, taken)
-			return Assignment{}, err
-		}
-		taken = append(taken, p)
+		fresh[p] = true
 		out = append(out, p.String())
 	}
 	if len(out) == 0 {
-		return Assignment{Reason: meshv1.ReasonPoolExhausted, Message: "ClusterSet has no pools"}, nil
+		return Assignment{Reason: meshv1.ReasonPoolExhausted, Message: "ClusterSet has no pools"}, nil, nil
 	}
 	reason, msg := meshv1.ReasonAllocated, "assigned "+joinStrings(out)
 	if adopted {
 		reason, msg = meshv1.ReasonAdopted, "adopted "+joinStrings(out)
 	}
-	return Assignment{PodCIDRs: out, Reason: reason, Message: msg, Adopted: adopted, Unchanged: fromStatus == len(out)}, nil
+	return Assignment{PodCIDRs: out, Reason: reason, Message: msg, Adopted: adopted, Unchanged: len(fresh) == 0}, fresh, nil
 }
 
-// rollback gives back blocks a failed pass took: they were never published
-// in any status, so they need no quarantine. The set is rebuilt from the
-// remaining claims on its next use.
-func (l *BlockLedger) rollback(ctx context.Context, set string, s *setLedger, member string, taken []netip.Prefix) error {
-	if len(taken) == 0 {
-		// Drop what a Reserve/Allocate of this pass recorded in the index.
-		for _, a := range s.alloc.Allocations() {
-			if a.Owner == member && a.QuarantinedUntil.IsZero() {
-				delete(l.sets, set)
-				break
-			}
-		}
-		return nil
+// claimCached reports whether the cache holds member's live claim for p.
+func (l *BlockLedger) claimCached(ctx context.Context, set, member string, p netip.Prefix) bool {
+	var c meshv1.CIDRClaim
+	if err := l.Client.Get(ctx, client.ObjectKey{Name: ClaimName(set, p)}, &c); err != nil {
+		return false
 	}
-	for _, p := range taken {
+	return c.Spec.Member == member && c.Spec.ReleasedAt == nil
+}
+
+// deleteClaims removes the claims a failed pass wrote: their blocks were
+// never published in any status, so they need no quarantine.
+func (l *BlockLedger) deleteClaims(ctx context.Context, set string, blocks map[netip.Prefix]bool) {
+	for p := range blocks {
 		claim := &meshv1.CIDRClaim{ObjectMeta: metav1.ObjectMeta{Name: ClaimName(set, p)}}
 		if err := l.Client.Delete(ctx, claim); err != nil && !apierrors.IsNotFound(err) {
-			return fmt.Errorf("roll back claim %s: %w", claim.Name, err)
+			logf.FromContext(ctx).Error(err, "Roll back claim", "claim", claim.Name)
 		}
 	}
-	delete(l.sets, set)
-	return nil
 }
 
 // Release puts every block of member into quarantine. With cs nil (the set
