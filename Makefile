@@ -26,6 +26,7 @@ generate: ## Generate deepcopy code (controller-gen).
 manifests: ## Generate CRDs and RBAC into config/ (controller-gen).
 	$(CONTROLLER_GEN) crd paths=$(ROOT)/api/... output:crd:artifacts:config=$(ROOT)/config/crd/bases
 	$(CONTROLLER_GEN) rbac:roleName=archipelago-hub paths=$(ROOT)/controllers/... output:rbac:artifacts:config=$(ROOT)/config/rbac
+	$(CONTROLLER_GEN) rbac:roleName=archipelago-agent paths=$(ROOT)/agent/... output:rbac:artifacts:config=$(ROOT)/config/agent/rbac
 
 .PHONY: verify-generated
 verify-generated: generate manifests ## Fail when generated files are not committed.

@@ -206,6 +206,11 @@ type UserspaceProcess struct {
 	LogPath string
 	// StartTimeout bounds the wait for the UAPI socket; default 10s.
 	StartTimeout time.Duration
+	// Request, used when Path is empty, asks someone else to start the
+	// device (a "wireguard-device --supervise" sidecar container watching a
+	// file) instead of starting a process; EnsureUserspaceDevice then waits
+	// for the socket to answer.
+	Request func() error
 }
 
 // EnsureUserspaceDevice makes sure the userspace device name is running and
@@ -224,6 +229,9 @@ func EnsureUserspaceDevice(ctx context.Context, name string, p UserspaceProcess,
 	if pid, err := UserspaceDevicePID(name); err == nil {
 		log.Info("Reusing running userspace WireGuard device", "pid", pid)
 		return pid, nil
+	}
+	if p.Path == "" && p.Request != nil {
+		return requestUserspaceDevice(ctx, name, p, log)
 	}
 	if p.Path == "" {
 		return 0, fmt.Errorf("userspace WireGuard device %s is not running and no device command was given", name)
@@ -284,6 +292,29 @@ func EnsureUserspaceDevice(ctx context.Context, name string, p UserspaceProcess,
 			_ = cmd.Process.Signal(unix.SIGTERM)
 			return 0, fmt.Errorf("wait for UAPI socket %s: %w", SocketPath(name), ctx.Err())
 		case <-tick.C:
+		}
+	}
+}
+
+func requestUserspaceDevice(ctx context.Context, name string, p UserspaceProcess, log logr.Logger) (int, error) {
+	if err := p.Request(); err != nil {
+		return 0, fmt.Errorf("request userspace WireGuard device %s: %w", name, err)
+	}
+	log.Info("Requested userspace WireGuard device from its supervisor")
+	timeout := p.StartTimeout
+	if timeout == 0 {
+		timeout = 10 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		if pid, err := UserspaceDevicePID(name); err == nil {
+			return pid, nil
+		}
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("wait for UAPI socket %s (is the wireguard-device container running?): %w", SocketPath(name), ctx.Err())
+		case <-time.After(50 * time.Millisecond):
 		}
 	}
 }

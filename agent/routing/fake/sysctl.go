@@ -60,3 +60,13 @@ func (s *Sysctl) Value(name string) (string, bool) {
 	v, ok := s.values[name]
 	return v, ok
 }
+
+// Define creates a parameter, as the kernel does when an interface appears;
+// it is not counted as a write.
+func (s *Sysctl) Define(name, value string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.values[name]; !ok {
+		s.values[name] = value
+	}
+}

@@ -243,3 +243,18 @@ func copyConfig(cfg wgtypes.Config) wgtypes.Config {
 	}
 	return out
 }
+
+// RemoveDevice forgets a device, as deleting its interface does.
+func (c *Client) RemoveDevice(name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.devices, name)
+}
+
+// HasDevice reports whether the device exists.
+func (c *Client) HasDevice(name string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.devices[name]
+	return ok
+}

@@ -1,0 +1,467 @@
+package controlplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/archipelago-mesh/archipelago/agent/dataplane"
+	"github.com/archipelago-mesh/archipelago/agent/plan"
+	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
+)
+
+// Member-side RBAC of the agent (config/agent/rbac, generated).
+// +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch;patch
+// +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups=mesh.archipelago.dev,resources=clustersetmemberships,verbs=get;list;watch
+// +kubebuilder:rbac:groups=mesh.archipelago.dev,resources=clustersetmemberships/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=coordination.k8s.io,namespace=archipelago-system,resources=leases,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups="",namespace=archipelago-system,resources=secrets,resourceNames=archipelago-hub,verbs=get
+
+// Defaults.
+const (
+	DefaultNamespace      = "archipelago-system"
+	DefaultLeaseName      = "archipelago-gateway"
+	DefaultMembershipName = "membership"
+	// EndpointNone as --public-endpoint marks a node behind NAT that only
+	// dials out.
+	EndpointNone = "none"
+	// handshakeFresh is how recent a handshake must be for a peer to count
+	// as up: WireGuard rekeys every 2 minutes and gives up on a session
+	// after 3 (REJECT_AFTER_TIME).
+	handshakeFresh = 3 * time.Minute
+)
+
+// Datapath is what the control plane needs of the data path;
+// *dataplane.Dataplane implements it.
+type Datapath interface {
+	Apply(ctx context.Context, p plan.NodePlan) (dataplane.Result, error)
+	TunnelState() (*wgtypes.Device, error)
+	Report() meshv1.NodeReport
+}
+
+// Config configures an Agent.
+type Config struct {
+	// NodeName is this node.
+	NodeName string
+	// Member is the member cluster's API.
+	Member *rest.Config
+	// Namespace holds the Lease (and, by convention, the hub Secret).
+	Namespace string
+	// LeaseName is the gateway election's Lease.
+	LeaseName string
+	// MembershipName is the ClusterSetMembership to follow.
+	MembershipName string
+	// LeaseDuration, RenewDeadline and RetryPeriod tune the election.
+	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
+	// TunnelInterface is the WireGuard interface name on this node.
+	TunnelInterface string
+	// PublicEndpoint is host:port published for this node when it is a
+	// candidate; "" means InternalIP and the ClusterSet's port, EndpointNone
+	// means behind NAT.
+	PublicEndpoint string
+	// Key returns this node's private key; called only on gateway
+	// candidates (the key is created on first use).
+	Key func() (wgtypes.Key, error)
+	// Datapath applies plans.
+	Datapath Datapath
+	// Resync is the period of full passes without events (default 30s).
+	Resync time.Duration
+	// ReportInterval bounds how often unchanged reports (NodeReport
+	// lastReconcile, Gateway lastSeen) are rewritten (default 30s).
+	ReportInterval time.Duration
+	// HubConfig builds the hub client config from the membership and its
+	// Secret; the default uses spec.hub.server, "token" and "ca.crt".
+	HubConfig func(m *meshv1.ClusterSetMembership, secret *corev1.Secret) (*rest.Config, error)
+	Log       logr.Logger
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+}
+
+func (c *Config) defaults() {
+	if c.Namespace == "" {
+		c.Namespace = DefaultNamespace
+	}
+	if c.LeaseName == "" {
+		c.LeaseName = DefaultLeaseName
+	}
+	if c.MembershipName == "" {
+		c.MembershipName = DefaultMembershipName
+	}
+	if c.LeaseDuration == 0 {
+		c.LeaseDuration = 15 * time.Second
+	}
+	if c.RenewDeadline == 0 {
+		c.RenewDeadline = c.LeaseDuration * 2 / 3
+	}
+	if c.RetryPeriod == 0 {
+		c.RetryPeriod = c.LeaseDuration / 6
+	}
+	if c.Resync == 0 {
+		c.Resync = 30 * time.Second
+	}
+	if c.ReportInterval == 0 {
+		c.ReportInterval = 30 * time.Second
+	}
+	if c.HubConfig == nil {
+		c.HubConfig = DefaultHubConfig
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// DefaultHubConfig is the hub connection the kubectl plugin's join sets up:
+// spec.hub.server, with the Secret's "token" and "ca.crt".
+func DefaultHubConfig(m *meshv1.ClusterSetMembership, s *corev1.Secret) (*rest.Config, error) {
+	token, ca := s.Data["token"], s.Data["ca.crt"]
+	if len(token) == 0 {
+		return nil, fmt.Errorf("secret %s/%s has no key \"token\"; run 'kubectl archipelago join' again", s.Namespace, s.Name)
+	}
+	return &rest.Config{
+		Host:            m.Spec.Hub.Server,
+		BearerToken:     string(token),
+		TLSClientConfig: rest.TLSClientConfig{CAData: ca},
+		QPS:             20, Burst: 40,
+		UserAgent: "archipelago-agent",
+	}, nil
+}
+
+// Agent is one node's control loop.
+type Agent struct {
+	cfg    Config
+	log    logr.Logger
+	member client.Client // cached reads of Nodes and memberships
+	direct client.Client // uncached (Secret)
+	kube   kubernetes.Interface
+
+	trigger chan struct{}
+
+	mu         sync.Mutex
+	elector    *elector
+	hub        *hubConn
+	directory  *directory // last good hub read, kept through hub outages
+	key        wgtypes.Key
+	lastReport reportState
+	lastGW     time.Time
+	firstPass  bool
+	lastPass   time.Time
+	lastErr    error
+}
+
+type reportState struct {
+	json string
+	at   time.Time
+}
+
+// New returns an Agent; Run starts it.
+func New(cfg Config) (*Agent, error) {
+	cfg.defaults()
+	if cfg.NodeName == "" {
+		return nil, errors.New("node name is empty: set NODE_NAME or --node-name")
+	}
+	if cfg.Member == nil || cfg.Datapath == nil {
+		return nil, errors.New("member config and data path are required")
+	}
+	kube, err := kubernetes.NewForConfig(cfg.Member)
+	if err != nil {
+		return nil, fmt.Errorf("member client: %w", err)
+	}
+	return &Agent{cfg: cfg, log: cfg.Log.WithValues("node", cfg.NodeName), kube: kube, trigger: make(chan struct{}, 1)}, nil
+}
+
+// Trigger asks for a pass soon.
+func (a *Agent) Trigger() {
+	select {
+	case a.trigger <- struct{}{}:
+	default:
+	}
+}
+
+// Ready is nil once a pass applied a plan (or found nothing to do yet).
+func (a *Agent) Ready() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.firstPass {
+		return errors.New("no pass completed yet")
+	}
+	return nil
+}
+
+// Healthy is nil while the loop keeps running.
+func (a *Agent) Healthy() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.lastPass.IsZero() {
+		return nil
+	}
+	if age := a.cfg.Now().Sub(a.lastPass); age > 3*a.cfg.Resync+time.Minute {
+		return fmt.Errorf("last pass %s ago", age.Round(time.Second))
+	}
+	return nil
+}
+
+// Run runs the agent until ctx is done.
+func (a *Agent) Run(ctx context.Context) error {
+	scheme := newScheme()
+	c, err := cache.New(a.cfg.Member, cache.Options{Scheme: scheme})
+	if err != nil {
+		return fmt.Errorf("member cache: %w", err)
+	}
+	for _, obj := range []client.Object{&corev1.Node{}, &meshv1.ClusterSetMembership{}} {
+		inf, err := c.GetInformer(ctx, obj)
+		if err != nil {
+			return fmt.Errorf("member informer: %w", err)
+		}
+		if _, err := inf.AddEventHandler(a.handler()); err != nil {
+			return err
+		}
+	}
+	go func() { _ = c.Start(ctx) }()
+	if !c.WaitForCacheSync(ctx) {
+		return errors.New("member cache did not sync")
+	}
+	direct, err := client.New(a.cfg.Member, client.Options{Scheme: scheme})
+	if err != nil {
+		return err
+	}
+	a.member, a.direct = &cachedClient{Reader: c, Client: direct}, direct
+	a.log.Info("Agent started", "interface", a.cfg.TunnelInterface)
+
+	tick := time.NewTicker(a.cfg.Resync)
+	defer tick.Stop()
+	a.Trigger()
+	for {
+		select {
+		case <-ctx.Done():
+			a.stopElection()
+			a.stopHub()
+			return nil
+		case <-a.trigger:
+		case <-tick.C:
+		}
+		// Coalesce bursts of events into one pass.
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+			continue
+		}
+		select {
+		case <-a.trigger:
+		default:
+		}
+		err := a.Pass(ctx)
+		a.mu.Lock()
+		a.lastPass, a.lastErr = a.cfg.Now(), err
+		a.mu.Unlock()
+		if err != nil {
+			reconcileErrors.Inc()
+			a.log.Error(err, "Pass failed")
+		}
+	}
+}
+
+type cachedClient struct {
+	client.Reader
+	client.Client
+}
+
+func (c *cachedClient) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	return c.Reader.Get(ctx, key, obj, opts...)
+}
+
+func (c *cachedClient) List(ctx context.Context, list client.ObjectList, opts ...client.ListOption) error {
+	return c.Reader.List(ctx, list, opts...)
+}
+
+func (a *Agent) handler() toolscache.ResourceEventHandler {
+	return toolscache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { a.Trigger() },
+		UpdateFunc: func(any, any) { a.Trigger() },
+		DeleteFunc: func(any) { a.Trigger() },
+	}
+}
+
+// Pass is one reconcile: read, plan, apply, publish.
+func (a *Agent) Pass(ctx context.Context) error {
+	s := &scope{agent: a, now: a.cfg.Now()}
+	for _, phase := range []func(context.Context, *scope) error{
+		a.readNode,
+		a.publishCandidate,
+		a.readMembership,
+		a.election,
+		a.gatewaySync,
+		a.readStatus,
+		a.applyPlan,
+		a.publishStatus,
+		a.publishReport,
+	} {
+		if err := phase(ctx, s); err != nil {
+			if errors.Is(err, errStop) {
+				break
+			}
+			return err
+		}
+	}
+	a.mu.Lock()
+	a.firstPass = true
+	a.mu.Unlock()
+	return errors.Join(s.errs...)
+}
+
+var errStop = errors.New("nothing more to do in this pass")
+
+// scope is what one pass reads and decides.
+type scope struct {
+	agent      *Agent
+	now        time.Time
+	node       *corev1.Node
+	candidate  bool
+	membership *meshv1.ClusterSetMembership
+	role       string
+	dir        *directory
+	inputs     plan.Inputs
+	plan       plan.NodePlan
+	applied    bool
+	applyErr   error
+	join       joinState
+	ownGateway *meshv1.Gateway
+	hold       string
+	cidrsOK    bool
+	cidrsMsg   string
+	errs       []error
+}
+
+func (a *Agent) readNode(ctx context.Context, s *scope) error {
+	s.node = &corev1.Node{}
+	if err := a.member.Get(ctx, client.ObjectKey{Name: a.cfg.NodeName}, s.node); err != nil {
+		return fmt.Errorf("read own node %s: %w", a.cfg.NodeName, err)
+	}
+	_, s.candidate = s.node.Labels[meshv1.LabelGatewayCandidate]
+	return nil
+}
+
+func (a *Agent) readMembership(ctx context.Context, s *scope) error {
+	m := &meshv1.ClusterSetMembership{}
+	if err := a.member.Get(ctx, client.ObjectKey{Name: a.cfg.MembershipName}, m); err != nil {
+		if apierrors.IsNotFound(err) {
+			a.log.V(1).Info("No ClusterSetMembership yet; run 'kubectl archipelago join'", "name", a.cfg.MembershipName)
+			return errStop
+		}
+		return fmt.Errorf("read ClusterSetMembership %s: %w", a.cfg.MembershipName, err)
+	}
+	s.membership = m
+	return nil
+}
+
+// publishCandidate writes the public key and endpoint annotations of a
+// gateway candidate (and removes them when the label went away).
+func (a *Agent) publishCandidate(ctx context.Context, s *scope) error {
+	want := map[string]*string{meshv1.AnnotationPublicKey: nil, meshv1.AnnotationEndpoint: nil}
+	if s.candidate {
+		key, err := a.loadKey()
+		if err != nil {
+			return err
+		}
+		pub := key.PublicKey().String()
+		ep, err := a.endpoint(ctx, s.node)
+		if err != nil {
+			s.errs = append(s.errs, err)
+		}
+		want[meshv1.AnnotationPublicKey] = &pub
+		want[meshv1.AnnotationEndpoint] = &ep
+	}
+	return a.patchNodeAnnotations(ctx, s.node, want)
+}
+
+func (a *Agent) loadKey() (wgtypes.Key, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.key != (wgtypes.Key{}) {
+		return a.key, nil
+	}
+	if a.cfg.Key == nil {
+		return wgtypes.Key{}, errors.New("this node is a gateway candidate but the agent has no key store")
+	}
+	k, err := a.cfg.Key()
+	if err != nil {
+		return wgtypes.Key{}, fmt.Errorf("load WireGuard key: %w", err)
+	}
+	a.key = k
+	return k, nil
+}
+
+func (a *Agent) endpoint(ctx context.Context, node *corev1.Node) (string, error) {
+	switch a.cfg.PublicEndpoint {
+	case EndpointNone:
+		return "", nil
+	case "":
+	default:
+		return a.cfg.PublicEndpoint, nil
+	}
+	ip := nodeIP(node)
+	if !ip.IsValid() {
+		return "", fmt.Errorf("node %s has no InternalIP; set --public-endpoint", node.Name)
+	}
+	port := plan.DefaultPort
+	m := &meshv1.ClusterSetMembership{}
+	if err := a.member.Get(ctx, client.ObjectKey{Name: a.cfg.MembershipName}, m); err == nil && m.Status.Tunnel != nil && m.Status.Tunnel.Port != 0 {
+		port = int(m.Status.Tunnel.Port)
+	}
+	if d := a.currentDirectory(); d != nil && d.tunnel.Port != 0 {
+		port = d.tunnel.Port
+	}
+	return net.JoinHostPort(ip.String(), strconv.Itoa(port)), nil
+}
+
+func (a *Agent) patchNodeAnnotations(ctx context.Context, node *corev1.Node, want map[string]*string) error {
+	patch := map[string]any{}
+	for k, v := range want {
+		cur, has := node.Annotations[k]
+		switch {
+		case v == nil && has:
+			patch[k] = nil
+		case v != nil && (!has || cur != *v):
+			patch[k] = *v
+		}
+	}
+	if len(patch) == 0 {
+		return nil
+	}
+	return a.mergePatchNode(ctx, node, patch)
+}
+
+func nodeIP(n *corev1.Node) netip.Addr {
+	var v6 netip.Addr
+	for _, addr := range n.Status.Addresses {
+		if addr.Type != corev1.NodeInternalIP {
+			continue
+		}
+		ip, err := netip.ParseAddr(addr.Address)
+		if err != nil {
+			continue
+		}
+		if ip.Unmap().Is4() {
+			return ip.Unmap()
+		}
+		if !v6.IsValid() {
+			v6 = ip
+		}
+	}
+	return v6
+}

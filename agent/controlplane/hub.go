@@ -1,0 +1,318 @@
+package controlplane
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	kruntime "k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/archipelago-mesh/archipelago/agent/plan"
+	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
+)
+
+func newScheme() *kruntime.Scheme {
+	s := kruntime.NewScheme()
+	if err := clientgoscheme.AddToScheme(s); err != nil {
+		panic(err)
+	}
+	if err := meshv1.AddToScheme(s); err != nil {
+		panic(err)
+	}
+	return s
+}
+
+// hubConn is the elected agent's connection to the hub: a cache of the
+// MemberCluster directory and ClusterSets (watched, so hub load is one
+// watch per member cluster) and a direct client for Gateways.
+type hubConn struct {
+	id     [32]byte
+	reader client.Reader
+	client client.Client
+	cancel context.CancelFunc
+}
+
+// directory is what the elected agent last read from the hub.
+type directory struct {
+	clusterName string
+	namespace   string
+	local       []netip.Prefix
+	localRaw    []string
+	peers       []plan.Peer
+	invalid     []plan.InvalidPeer
+	tunnel      plan.Tunnel
+	settings    meshv1.TunnelSettings
+}
+
+func (a *Agent) currentDirectory() *directory {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.directory
+}
+
+func (a *Agent) ensureHub(ctx context.Context, m *meshv1.ClusterSetMembership) (*hubConn, error) {
+	ref := m.Spec.Hub.SecretRef
+	secret := &corev1.Secret{}
+	if err := a.direct.Get(ctx, client.ObjectKey{Namespace: ref.Namespace, Name: ref.Name}, secret); err != nil {
+		return nil, fmt.Errorf("read hub credentials %s/%s: %w", ref.Namespace, ref.Name, err)
+	}
+	rc, err := a.cfg.HubConfig(m, secret)
+	if err != nil {
+		return nil, err
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%s\x00%s\x00", rc.Host, rc.BearerToken, rc.CAData)
+	var id [32]byte
+	copy(id[:], h.Sum(nil))
+
+	a.mu.Lock()
+	cur := a.hub
+	a.mu.Unlock()
+	if cur != nil && cur.id == id {
+		return cur, nil
+	}
+	a.stopHub()
+
+	scheme := newScheme()
+	hc, err := cache.New(rc, cache.Options{Scheme: scheme})
+	if err != nil {
+		return nil, fmt.Errorf("hub cache: %w", err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	for _, obj := range []client.Object{&meshv1.MemberCluster{}, &meshv1.ClusterSet{}} {
+		inf, err := hc.GetInformer(cctx, obj, cache.BlockUntilSynced(false))
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("hub informer: %w", err)
+		}
+		if _, err := inf.AddEventHandler(a.handler()); err != nil {
+			cancel()
+			return nil, err
+		}
+	}
+	go func() { _ = hc.Start(cctx) }()
+	sctx, scancel := context.WithTimeout(cctx, 15*time.Second)
+	defer scancel()
+	if !hc.WaitForCacheSync(sctx) {
+		cancel()
+		return nil, fmt.Errorf("hub %s: watch of MemberClusters did not sync (unreachable, or credentials refused)", rc.Host)
+	}
+	direct, err := client.New(rc, client.Options{Scheme: scheme})
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	conn := &hubConn{id: id, reader: hc, client: direct, cancel: cancel}
+	a.mu.Lock()
+	a.hub = conn
+	a.mu.Unlock()
+	a.log.Info("Connected to the hub", "server", rc.Host)
+	return conn, nil
+}
+
+func (a *Agent) stopHub() {
+	a.mu.Lock()
+	h := a.hub
+	a.hub = nil
+	a.mu.Unlock()
+	if h != nil {
+		h.cancel()
+	}
+}
+
+// joinState is the Joined condition's input.
+type joinState struct {
+	ok      bool
+	reason  string
+	message string
+}
+
+// gatewaySync is the elected agent's hub phase: read the directory,
+// publish the Gateways. A hub that cannot be read leaves the last directory
+// in use (the data path keeps forwarding through hub outages).
+func (a *Agent) gatewaySync(ctx context.Context, s *scope) error {
+	if s.role != meshv1.RoleGateway {
+		a.stopHub()
+		return nil
+	}
+	hub, err := a.ensureHub(ctx, s.membership)
+	if err == nil {
+		var dir *directory
+		dir, s.join, err = a.readDirectory(ctx, hub, s.membership)
+		if err == nil && dir != nil {
+			a.mu.Lock()
+			a.directory = dir
+			a.mu.Unlock()
+			if err := a.publishGateways(ctx, hub, s, dir); err != nil {
+				s.errs = append(s.errs, err)
+			}
+		}
+	}
+	if err != nil {
+		s.join = joinState{reason: "HubUnreachable", message: err.Error()}
+		s.errs = append(s.errs, err)
+	}
+	s.dir = a.currentDirectory()
+	return nil
+}
+
+func (a *Agent) readDirectory(ctx context.Context, hub *hubConn, m *meshv1.ClusterSetMembership) (*directory, joinState, error) {
+	self := &meshv1.MemberCluster{}
+	if err := hub.reader.Get(ctx, client.ObjectKey{Name: m.Spec.ClusterName}, self); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, joinState{reason: "MemberClusterNotFound",
+				message: fmt.Sprintf("the hub has no MemberCluster %q; create it on the hub (kubectl archipelago join does)", m.Spec.ClusterName)}, nil
+		}
+		return nil, joinState{}, fmt.Errorf("read MemberCluster %s: %w", m.Spec.ClusterName, err)
+	}
+	if len(self.Status.PodCIDRs) == 0 || self.Status.Namespace == "" {
+		return nil, joinState{reason: "Pending", message: "the hub has not assigned a pod range or namespace yet: see 'kubectl get membercluster " + self.Name + " -o yaml' on the hub"}, nil
+	}
+	local, err := plan.ParsePrefixes(self.Status.PodCIDRs)
+	if err != nil {
+		return nil, joinState{}, err
+	}
+	cs := &meshv1.ClusterSet{}
+	settings := meshv1.TunnelSettings{}
+	if err := hub.reader.Get(ctx, client.ObjectKey{Name: self.Spec.ClusterSet}, cs); err == nil {
+		settings = cs.Spec.Tunnel
+	} else if !apierrors.IsNotFound(err) {
+		return nil, joinState{}, fmt.Errorf("read ClusterSet %s: %w", self.Spec.ClusterSet, err)
+	}
+	list := &meshv1.MemberClusterList{}
+	if err := hub.reader.List(ctx, list); err != nil {
+		return nil, joinState{}, fmt.Errorf("list MemberClusters: %w", err)
+	}
+	var members []meshv1.MemberCluster
+	for _, mc := range list.Items {
+		if mc.Spec.ClusterSet == self.Spec.ClusterSet {
+			members = append(members, mc)
+		}
+	}
+	peers, invalid := plan.PeersFromMembers(self.Name, members, resolve)
+	d := &directory{
+		clusterName: self.Name, namespace: self.Status.Namespace,
+		local: local, localRaw: slices.Clone(self.Status.PodCIDRs),
+		peers: peers, invalid: invalid, settings: settings,
+		tunnel: plan.Tunnel{Interface: a.cfg.TunnelInterface, Port: plan.DefaultPort, Keepalive: plan.DefaultKeepalive},
+	}
+	if settings.Port != 0 {
+		d.tunnel.Port = int(settings.Port)
+	}
+	if settings.MTU != 0 {
+		d.tunnel.MTU = int(settings.MTU)
+	}
+	if settings.PersistentKeepaliveSeconds != nil {
+		d.tunnel.Keepalive = settings.Keepalive()
+	}
+	return d, joinState{ok: true, reason: "Joined",
+		message: fmt.Sprintf("member %s of ClusterSet %s, hub namespace %s", self.Name, self.Spec.ClusterSet, self.Status.Namespace)}, nil
+}
+
+func resolve(host string) (netip.Addr, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	if len(addrs) == 0 {
+		return netip.Addr{}, errors.New("no address")
+	}
+	return addrs[0].Unmap(), nil
+}
+
+// publishGateways makes the Gateway objects in the hub namespace match the
+// candidate nodes: one per candidate that published a public key, active
+// only on this node. Objects of nodes that are no candidates any more go.
+func (a *Agent) publishGateways(ctx context.Context, hub *hubConn, s *scope, dir *directory) error {
+	nodes := &corev1.NodeList{}
+	if err := a.member.List(ctx, nodes, client.HasLabels{meshv1.LabelGatewayCandidate}); err != nil {
+		return fmt.Errorf("list gateway candidates: %w", err)
+	}
+	want := map[string]meshv1.GatewaySpec{}
+	for _, n := range nodes.Items {
+		key := n.Annotations[meshv1.AnnotationPublicKey]
+		if key == "" {
+			continue
+		}
+		spec := meshv1.GatewaySpec{NodeName: n.Name, PublicKey: key, Active: n.Name == a.cfg.NodeName}
+		if ep := n.Annotations[meshv1.AnnotationEndpoint]; ep != "" && ep != EndpointNone {
+			spec.Endpoints = []string{ep}
+		}
+		want[n.Name] = spec
+	}
+	have := &meshv1.GatewayList{}
+	if err := hub.client.List(ctx, have, client.InNamespace(dir.namespace)); err != nil {
+		return fmt.Errorf("list Gateways in hub namespace %s: %w", dir.namespace, err)
+	}
+	var errs []error
+	// Deactivate before activating, so that the hub never sees two active
+	// gateways of this member.
+	slices.SortFunc(have.Items, func(x, y meshv1.Gateway) int {
+		if x.Spec.Active != y.Spec.Active {
+			if x.Spec.Active {
+				return -1
+			}
+			return 1
+		}
+		return 0
+	})
+	for i := range have.Items {
+		gw := &have.Items[i]
+		spec, ok := want[gw.Name]
+		if !ok {
+			if err := hub.client.Delete(ctx, gw); err != nil && !apierrors.IsNotFound(err) {
+				errs = append(errs, fmt.Errorf("delete Gateway %s/%s: %w", gw.Namespace, gw.Name, err))
+			}
+			continue
+		}
+		delete(want, gw.Name)
+		if equality.Semantic.DeepEqual(gw.Spec, spec) {
+			if spec.Active {
+				s.ownGateway = gw
+			}
+			continue
+		}
+		gw.Spec = spec
+		if err := hub.client.Update(ctx, gw); err != nil {
+			errs = append(errs, fmt.Errorf("update Gateway %s/%s: %w", gw.Namespace, gw.Name, err))
+			continue
+		}
+		if spec.Active {
+			s.ownGateway = gw
+		}
+	}
+	names := make([]string, 0, len(want))
+	for n := range want {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		gw := &meshv1.Gateway{
+			ObjectMeta: metav1.ObjectMeta{Name: n, Namespace: dir.namespace,
+				Labels: map[string]string{meshv1.LabelMember: dir.clusterName}},
+			Spec: want[n],
+		}
+		if err := hub.client.Create(ctx, gw); err != nil {
+			errs = append(errs, fmt.Errorf("create Gateway %s/%s: %w", gw.Namespace, gw.Name, err))
+			continue
+		}
+		if gw.Spec.Active {
+			s.ownGateway = gw
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,361 @@
+package controlplane
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/archipelago-mesh/archipelago/agent/plan"
+	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
+)
+
+// readStatus is the non-elected agents' view: everything comes from the
+// local membership status the elected agent wrote; the hub is not read.
+func (a *Agent) readStatus(_ context.Context, s *scope) error {
+	if s.role == meshv1.RoleGateway {
+		return nil
+	}
+	st := s.membership.Status
+	if len(st.PodCIDRs) == 0 {
+		return nil // not joined yet: nothing to route
+	}
+	local, err := plan.ParsePrefixes(st.PodCIDRs)
+	if err != nil {
+		return fmt.Errorf("membership status: %w", err)
+	}
+	d := &directory{local: local, localRaw: st.PodCIDRs,
+		tunnel: plan.Tunnel{Interface: a.cfg.TunnelInterface}}
+	for _, p := range st.Peers {
+		if p.State == meshv1.PeerInvalid || len(p.PodCIDRs) == 0 {
+			continue
+		}
+		ranges, err := plan.ParsePrefixes(p.PodCIDRs)
+		if err != nil {
+			continue
+		}
+		d.peers = append(d.peers, plan.Peer{Cluster: p.Cluster, PodCIDRs: ranges, Gateway: p.Gateway})
+	}
+	s.dir = d
+	if c := meta.FindStatusCondition(st.Conditions, meshv1.MembershipCIDRsMatch); c != nil && c.Status == metav1.ConditionFalse {
+		s.hold = c.Message
+	}
+	return nil
+}
+
+// cidrsMatch checks every Node's spec.podCIDRs against the assigned ranges.
+func (a *Agent) cidrsMatch(ctx context.Context, local []netip.Prefix) (bool, string, error) {
+	nodes := &corev1.NodeList{}
+	if err := a.member.List(ctx, nodes); err != nil {
+		return false, "", fmt.Errorf("list nodes: %w", err)
+	}
+	var bad []string
+	for _, n := range nodes.Items {
+		cidrs := n.Spec.PodCIDRs
+		if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
+			cidrs = []string{n.Spec.PodCIDR}
+		}
+		ranges, err := plan.ParsePrefixes(cidrs)
+		if err != nil {
+			bad = append(bad, fmt.Sprintf("node %s: %v", n.Name, err))
+			continue
+		}
+		if r, ok := plan.Inside(ranges, local); !ok {
+			bad = append(bad, fmt.Sprintf("node %s podCIDR %s", n.Name, r))
+		}
+	}
+	slices.Sort(bad)
+	if len(bad) > 0 {
+		const max = 5
+		more := ""
+		if len(bad) > max {
+			more = fmt.Sprintf(" and %d more", len(bad)-max)
+			bad = bad[:max]
+		}
+		return false, fmt.Sprintf("not routing: %s outside the assigned ranges %s%s; the cluster's pod CIDR must lie inside the range the hub assigned",
+			strings.Join(bad, ", "), prefixList(local), more), nil
+	}
+	return true, fmt.Sprintf("every node's podCIDRs lie inside %s", prefixList(local)), nil
+}
+
+func prefixList(ps []netip.Prefix) string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.String()
+	}
+	return strings.Join(out, ",")
+}
+
+func (a *Agent) applyPlan(ctx context.Context, s *scope) error {
+	if s.dir == nil {
+		return nil // nothing known yet: leave the kernel as it is
+	}
+	in := plan.Inputs{
+		Node: a.cfg.NodeName, Role: s.role, LocalPodCIDRs: s.dir.local, Peers: s.dir.peers,
+		Tunnel: s.dir.tunnel, Hold: s.hold,
+	}
+	if s.role == meshv1.RoleGateway {
+		ok, msg, err := a.cidrsMatch(ctx, s.dir.local)
+		if err != nil {
+			return err
+		}
+		s.cidrsOK, s.cidrsMsg = ok, msg
+		if !ok {
+			in.Hold = msg
+		}
+		key, err := a.loadKey()
+		if err != nil {
+			return err
+		}
+		in.PrivateKey = key
+	} else if ip, err := netip.ParseAddr(s.membership.Status.ActiveGatewayIP); err == nil && ip != nodeIP(s.node) {
+		// The status may still name this node as the gateway right after it
+		// lost the election; routing to itself would loop until the new
+		// gateway rewrites the status.
+		in.ActiveGatewayIP = ip
+	}
+	s.plan = plan.Compute(in)
+	res, err := a.cfg.Datapath.Apply(ctx, s.plan)
+	s.applied, s.applyErr = true, err
+	reconcileSeconds.Set(res.Duration.Seconds())
+	peersTouched.Add(float64(res.PeersTouched()))
+	if s.role == meshv1.RoleGateway {
+		isGateway.Set(1)
+	} else {
+		isGateway.Set(0)
+	}
+	if err != nil {
+		s.errs = append(s.errs, fmt.Errorf("apply data path: %w", err))
+	}
+	return nil
+}
+
+// publishStatus is the elected agent's write of ClusterSetMembership.status
+// and of its Gateway's status on the hub.
+func (a *Agent) publishStatus(ctx context.Context, s *scope) error {
+	if s.role != meshv1.RoleGateway {
+		return nil
+	}
+	m := s.membership
+	st := *m.Status.DeepCopy()
+	st.ObservedGeneration = m.Generation
+	gen := m.Generation
+	setCond := func(typ string, ok bool, reason, msg string) {
+		status := metav1.ConditionFalse
+		if ok {
+			status = metav1.ConditionTrue
+		}
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: typ, Status: status, Reason: reason, Message: msg, ObservedGeneration: gen})
+	}
+	if s.join.reason != "" {
+		setCond(meshv1.MembershipJoined, s.join.ok, s.join.reason, s.join.message)
+	}
+	st.ActiveGateway = a.cfg.NodeName
+	if ip := nodeIP(s.node); ip.IsValid() {
+		st.ActiveGatewayIP = ip.String()
+	}
+	var gwPeers []meshv1.GatewayPeerStatus
+	if d := s.dir; d != nil {
+		st.PodCIDRs = slices.Clone(d.localRaw)
+		st.HubNamespace = d.namespace
+		ts := d.settings
+		st.Tunnel = &ts
+		if s.applied {
+			if s.cidrsOK {
+				setCond(meshv1.MembershipCIDRsMatch, true, "Inside", s.cidrsMsg)
+			} else {
+				setCond(meshv1.MembershipCIDRsMatch, false, "OutsideAssignedRange", s.cidrsMsg)
+			}
+		}
+		dev, err := a.cfg.Datapath.TunnelState()
+		if err != nil {
+			s.errs = append(s.errs, err)
+		}
+		st.Peers, gwPeers = a.peerStates(s, d, dev)
+		up, down := 0, []string{}
+		for _, p := range st.Peers {
+			if p.State == meshv1.PeerUp {
+				up++
+			} else {
+				down = append(down, p.Cluster)
+			}
+		}
+		st.ReadyPeers = fmt.Sprintf("%d/%d", up, len(st.Peers))
+		peersUp.Set(float64(up))
+		peersTotal.Set(float64(len(st.Peers)))
+		switch {
+		case s.applyErr != nil:
+			setCond(meshv1.MembershipTunnelsReady, false, "DataPathError", s.applyErr.Error())
+		case len(st.Peers) == 0:
+			setCond(meshv1.MembershipTunnelsReady, true, "NoPeers", "no other member clusters")
+		case len(down) == 0:
+			setCond(meshv1.MembershipTunnelsReady, true, "AllPeersUp", st.ReadyPeers+" peers up")
+		default:
+			setCond(meshv1.MembershipTunnelsReady, false, "PeersDown", st.ReadyPeers+" peers up; not up: "+strings.Join(down, ","))
+		}
+	}
+	if !equality.Semantic.DeepEqual(st, m.Status) {
+		patch := client.MergeFrom(m.DeepCopy())
+		m.Status = st
+		if err := a.direct.Status().Patch(ctx, m, patch); err != nil {
+			s.errs = append(s.errs, fmt.Errorf("write ClusterSetMembership status: %w", err))
+		}
+	}
+	if gw := s.ownGateway; gw != nil {
+		a.publishGatewayStatus(ctx, s, gw, gwPeers)
+	}
+	return nil
+}
+
+func (a *Agent) publishGatewayStatus(ctx context.Context, s *scope, gw *meshv1.Gateway, peers []meshv1.GatewayPeerStatus) {
+	a.mu.Lock()
+	hub := a.hub
+	stale := s.now.Sub(a.lastGW) >= a.cfg.ReportInterval
+	a.mu.Unlock()
+	if hub == nil {
+		return
+	}
+	if equality.Semantic.DeepEqual(gw.Status.Peers, peers) && gw.Status.LastSeen != nil && !stale {
+		return
+	}
+	patch := client.MergeFrom(gw.DeepCopy())
+	gw.Status.Peers = peers
+	now := metav1.NewTime(s.now.Truncate(time.Second))
+	gw.Status.LastSeen = &now
+	if err := hub.client.Status().Patch(ctx, gw, patch); err != nil {
+		s.errs = append(s.errs, fmt.Errorf("write Gateway %s/%s status: %w", gw.Namespace, gw.Name, err))
+		return
+	}
+	a.mu.Lock()
+	a.lastGW = s.now
+	a.mu.Unlock()
+}
+
+// peerStates joins the directory, the plan's skipped peers and the
+// device's view into the status' peers (sorted by cluster).
+func (a *Agent) peerStates(s *scope, d *directory, dev *wgtypes.Device) ([]meshv1.MembershipPeer, []meshv1.GatewayPeerStatus) {
+	byKey := map[wgtypes.Key]*wgtypes.Peer{}
+	if dev != nil {
+		for i := range dev.Peers {
+			byKey[dev.Peers[i].PublicKey] = &dev.Peers[i]
+		}
+	}
+	skipped := map[string]string{}
+	for _, sk := range s.plan.Skipped {
+		skipped[sk.Cluster] = sk.Message
+	}
+	var (
+		out []meshv1.MembershipPeer
+		gws []meshv1.GatewayPeerStatus
+	)
+	for _, p := range d.peers {
+		mp := meshv1.MembershipPeer{Cluster: p.Cluster, Gateway: p.Gateway, State: meshv1.PeerConnecting}
+		for _, r := range p.PodCIDRs {
+			mp.PodCIDRs = append(mp.PodCIDRs, r.String())
+		}
+		if p.Endpoint.IsValid() {
+			mp.Endpoint = p.Endpoint.String()
+		}
+		if msg, ok := skipped[p.Cluster]; ok {
+			mp.State, mp.Message = meshv1.PeerInvalid, msg
+			out = append(out, mp)
+			continue
+		}
+		gp := meshv1.GatewayPeerStatus{Cluster: p.Cluster}
+		switch wp := byKey[p.PublicKey]; {
+		case !s.applied || s.hold != "" || s.plan.Hold != "":
+			mp.Message = "not routing: " + s.plan.Hold
+		case wp == nil:
+			mp.Message = "peer not configured on the device yet"
+		default:
+			if wp.Endpoint != nil {
+				mp.Endpoint = wp.Endpoint.String()
+				gp.Endpoint = mp.Endpoint
+			}
+			if !wp.LastHandshakeTime.IsZero() {
+				hs := metav1.NewTime(wp.LastHandshakeTime.Truncate(time.Second))
+				mp.LatestHandshake, gp.LatestHandshake = &hs, &hs
+				peerHandshakeAge.WithLabelValues(p.Cluster).Set(s.now.Sub(wp.LastHandshakeTime).Seconds())
+			} else {
+				peerHandshakeAge.WithLabelValues(p.Cluster).Set(-1)
+			}
+			peerRxBytes.WithLabelValues(p.Cluster).Set(float64(wp.ReceiveBytes))
+			peerTxBytes.WithLabelValues(p.Cluster).Set(float64(wp.TransmitBytes))
+			if !wp.LastHandshakeTime.IsZero() && s.now.Sub(wp.LastHandshakeTime) < handshakeFresh {
+				mp.State, gp.Up = meshv1.PeerUp, true
+			} else {
+				mp.Message = "no handshake in the last 3 minutes"
+				if mp.Endpoint == "" {
+					mp.Message = "waiting for the peer to dial in (it has no endpoint)"
+				}
+			}
+		}
+		out = append(out, mp)
+		gws = append(gws, gp)
+	}
+	for _, inv := range d.invalid {
+		out = append(out, meshv1.MembershipPeer{Cluster: inv.Cluster, PodCIDRs: inv.PodCIDRs, Gateway: inv.Gateway,
+			State: meshv1.PeerInvalid, Message: inv.Message})
+	}
+	slices.SortFunc(out, func(x, y meshv1.MembershipPeer) int { return strings.Compare(x.Cluster, y.Cluster) })
+	slices.SortFunc(gws, func(x, y meshv1.GatewayPeerStatus) int { return strings.Compare(x.Cluster, y.Cluster) })
+	return out, gws
+}
+
+// publishReport writes the NodeReport annotation when it changed, and
+// refreshes lastReconcile at most every ReportInterval.
+func (a *Agent) publishReport(ctx context.Context, s *scope) error {
+	r := a.cfg.Datapath.Report()
+	if !s.applied && r.LastError == "no plan applied yet" {
+		switch {
+		case s.membership == nil:
+			r.LastError = "no ClusterSetMembership " + a.cfg.MembershipName + ": run 'kubectl archipelago join'"
+		case s.role == meshv1.RoleGateway:
+			r.LastError = "waiting for the hub: " + s.join.message
+		default:
+			r.LastError = "waiting for the active gateway to publish the membership status"
+		}
+	}
+	cmp := r
+	cmp.LastReconcile = metav1.Time{}
+	key, _ := json.Marshal(cmp)
+	var cur meshv1.NodeReport
+	if raw := s.node.Annotations[meshv1.AnnotationDatapath]; raw != "" && json.Unmarshal([]byte(raw), &cur) == nil {
+		last := cur.LastReconcile.Time
+		cur.LastReconcile = metav1.Time{}
+		curKey, _ := json.Marshal(cur)
+		if string(curKey) == string(key) && s.now.Sub(last) < a.cfg.ReportInterval {
+			return nil
+		}
+	}
+	if r.LastReconcile.IsZero() {
+		r.LastReconcile = metav1.NewTime(s.now.Truncate(time.Second))
+	}
+	raw, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	return a.mergePatchNode(ctx, s.node, map[string]any{meshv1.AnnotationDatapath: string(raw)})
+}
+
+func (a *Agent) mergePatchNode(ctx context.Context, node *corev1.Node, annotations map[string]any) error {
+	data, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": annotations}})
+	if err != nil {
+		return err
+	}
+	if err := a.direct.Patch(ctx, node, client.RawPatch(types.MergePatchType, data)); err != nil {
+		return fmt.Errorf("annotate node %s: %w", node.Name, err)
+	}
+	return nil
+}

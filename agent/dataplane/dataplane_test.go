@@ -1,0 +1,222 @@
+package dataplane_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/archipelago-mesh/archipelago/agent/dataplane/fake"
+	"github.com/archipelago-mesh/archipelago/agent/plan"
+	"github.com/archipelago-mesh/archipelago/agent/routing"
+)
+
+const iface = "wgtest0"
+
+// keyFor is deterministic so that random sequences can name peers again.
+func keyFor(i int) wgtypes.Key {
+	var seed [32]byte
+	seed[1], seed[2], seed[3] = byte(i), byte(i>>8), 0x5a // byte 0 is clamped
+	k, _ := wgtypes.NewKey(seed[:])
+	return k
+}
+
+var selfKey = keyFor(1 << 15)
+
+func peers(n, offset int) []plan.Peer {
+	out := make([]plan.Peer, n)
+	for i := range n {
+		j := i + offset
+		out[i] = plan.Peer{
+			Cluster:   fmt.Sprintf("c%05d", j),
+			PodCIDRs:  []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(j >> 8), byte(j), 0}), 24)},
+			Gateway:   fmt.Sprintf("gw%d", j),
+			PublicKey: keyFor(j).PublicKey(),
+			Endpoint:  netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, byte(2 + j>>8), byte(j)}), 51820),
+		}
+	}
+	return out
+}
+
+func inputs(role string, ps []plan.Peer) plan.Inputs {
+	return plan.Inputs{
+		Node: "n1", Role: role, LocalPodCIDRs: []netip.Prefix{netip.MustParsePrefix("172.16.0.0/16")},
+		Peers: ps, ActiveGatewayIP: netip.MustParseAddr("198.51.100.1"), PrivateKey: selfKey,
+		Tunnel: plan.Tunnel{Interface: iface, Port: 51820, MTU: 1420, Keepalive: 25 * time.Second},
+	}
+}
+
+// check compares the fake kernel with p.
+func check(t *testing.T, k *fake.Kernel, p plan.NodePlan) {
+	t.Helper()
+	routes := k.Netlink.Routes(routing.DefaultTable)
+	var got []string
+	for _, r := range routes {
+		got = append(got, r.Dst.String())
+	}
+	var want []string
+	for _, r := range p.Routes.Routes {
+		want = append(want, r.Dst.String())
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("routes %v, want %v", got, want)
+	}
+	if p.Tunnel == nil {
+		if k.WG.HasDevice(iface) {
+			t.Fatal("device exists on a non-gateway node")
+		}
+	} else {
+		dev, err := k.WG.Device(iface)
+		if err != nil {
+			t.Fatalf("device missing on the gateway: %v", err)
+		}
+		var have, wantKeys []string
+		for _, peer := range dev.Peers {
+			have = append(have, peer.PublicKey.String())
+		}
+		for _, peer := range p.Tunnel.Peers {
+			wantKeys = append(wantKeys, peer.PublicKey.String())
+		}
+		slices.Sort(have)
+		slices.Sort(wantKeys)
+		if !slices.Equal(have, wantKeys) {
+			t.Fatalf("device peers %d, want %d", len(have), len(wantKeys))
+		}
+	}
+	if !k.NFT.HasTable(0x1, "archipelago") && !hasTable(k) {
+		t.Fatal("nftables table missing")
+	}
+}
+
+func hasTable(k *fake.Kernel) bool {
+	for _, fam := range []byte{1, 2, 10} {
+		if k.NFT.HasTable(tableFamily(fam), "archipelago") {
+			return true
+		}
+	}
+	return false
+}
+
+// TestApplyStates drives the applier through random sequences of plans (role
+// changes, peers added, removed and changed) and checks that the kernel ends
+// at exactly the last plan, and that applying it again writes nothing.
+func TestApplyStates(t *testing.T) {
+	roles := []string{plan.RoleGateway, plan.RoleStandby, plan.RoleWorker}
+	for seed := range 20 {
+		r := rand.New(rand.NewPCG(uint64(seed), 7))
+		k := fake.NewKernel()
+		dp := k.Dataplane(iface, logr.Discard())
+		var last plan.NodePlan
+		for step := range 12 {
+			in := inputs(roles[r.IntN(len(roles))], peers(r.IntN(8), r.IntN(4)))
+			if r.IntN(4) == 0 && len(in.Peers) > 0 {
+				in.Peers[0].Endpoint = netip.MustParseAddrPort("203.0.113.7:4500")
+			}
+			last = plan.Compute(in)
+			if _, err := dp.Apply(context.Background(), last); err != nil {
+				t.Fatalf("seed %d step %d (%s): %v", seed, step, in.Role, err)
+			}
+			check(t, k, last)
+		}
+		k.ResetWrites()
+		res, err := dp.Apply(context.Background(), last)
+		if err != nil || !res.Empty() || k.Writes() != 0 {
+			t.Fatalf("seed %d: repeated plan wrote %d times (%+v, %v)", seed, k.Writes(), res, err)
+		}
+	}
+}
+
+func TestRoleChangeTearsDownDevice(t *testing.T) {
+	k := fake.NewKernel()
+	dp := k.Dataplane(iface, logr.Discard())
+	ctx := context.Background()
+	if _, err := dp.Apply(ctx, plan.Compute(inputs(plan.RoleGateway, peers(3, 0)))); err != nil {
+		t.Fatal(err)
+	}
+	if !k.WG.HasDevice(iface) {
+		t.Fatal("no device on the gateway")
+	}
+	res, err := dp.Apply(ctx, plan.Compute(inputs(plan.RoleWorker, peers(3, 0))))
+	if err != nil || !res.TunnelRemoved || k.WG.HasDevice(iface) {
+		t.Fatalf("gateway -> worker: removed=%v device=%v err=%v", res.TunnelRemoved, k.WG.HasDevice(iface), err)
+	}
+	for _, r := range k.Netlink.Routes(routing.DefaultTable) {
+		if r.Gw == nil {
+			t.Errorf("route %s still points into the tunnel", r.Dst)
+		}
+	}
+	// A new agent on a node that is a worker now removes a device an
+	// earlier agent left behind.
+	k2 := fake.NewKernel()
+	if _, err := k2.Dataplane(iface, logr.Discard()).Apply(ctx, plan.Compute(inputs(plan.RoleGateway, peers(1, 0)))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := k2.Dataplane(iface, logr.Discard()).Apply(ctx, plan.Compute(inputs(plan.RoleWorker, peers(1, 0)))); err != nil {
+		t.Fatal(err)
+	}
+	if k2.WG.HasDevice(iface) {
+		t.Error("stale device of an earlier agent kept on a worker")
+	}
+}
+
+func TestRestartKeepsDevice(t *testing.T) {
+	k := fake.NewKernel()
+	ctx := context.Background()
+	p := plan.Compute(inputs(plan.RoleGateway, peers(5, 0)))
+	dp := k.Dataplane(iface, logr.Discard())
+	if _, err := dp.Apply(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	_ = dp.Close()
+	k.ResetWrites()
+	dp2 := k.Dataplane(iface, logr.Discard())
+	if _, err := dp2.Apply(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	if k.Writes() != 0 {
+		t.Errorf("restart with the same plan wrote %d times", k.Writes())
+	}
+}
+
+func TestCleanup(t *testing.T) {
+	k := fake.NewKernel()
+	dp := k.Dataplane(iface, logr.Discard())
+	ctx := context.Background()
+	if _, err := dp.Apply(ctx, plan.Compute(inputs(plan.RoleGateway, peers(3, 0)))); err != nil {
+		t.Fatal(err)
+	}
+	if err := dp.Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if k.WG.HasDevice(iface) || len(k.Netlink.Routes(routing.DefaultTable)) != 0 || hasTable(k) {
+		t.Error("cleanup left state behind")
+	}
+	for _, r := range k.Netlink.Rules() {
+		if r.Table == routing.DefaultTable {
+			t.Errorf("rule %v left", r)
+		}
+	}
+}
+
+func TestReport(t *testing.T) {
+	k := fake.NewKernel()
+	dp := k.Dataplane(iface, logr.Discard())
+	ps := peers(2, 0)
+	if _, err := dp.Apply(context.Background(), plan.Compute(inputs(plan.RoleGateway, ps))); err != nil {
+		t.Fatal(err)
+	}
+	k.WG.Handshake(iface, ps[0].PublicKey, time.Now())
+	r := dp.Report()
+	if r.Role != plan.RoleGateway || !r.InterfaceUp || len(r.Peers) != 2 || r.Peers[0].Cluster != ps[0].Cluster ||
+		r.Peers[0].LatestHandshake == nil || r.Routes != 2 || !r.NoSNAT || !r.MSSClamp || !r.IPForwarding || r.LastError != "" {
+		t.Errorf("report %+v", r)
+	}
+}

@@ -1,0 +1,17 @@
+// Package dataplane makes one node's kernel match a plan.NodePlan: it opens
+// (or finds, after an agent restart) the WireGuard device when the node is
+// the active gateway and applies the TunnelPlan, sets the host sysctls, the
+// nftables table and the routes, through the wireguard, routing and
+// netfilter packages. Every step diffs first, so a pass with nothing to
+// change makes no kernel write; a role change away from gateway tears the
+// device down; RunResync re-applies the last plan periodically to repair
+// drift (a route deleted by hand); Cleanup removes everything the agent
+// made. Report turns the last pass into the NodeReport the agent publishes.
+//
+// Kernel access goes through the narrow interfaces of those packages plus
+// TunnelDriver (open/tear down the device) so that the whole applier runs on
+// fakes in unit tests (package fake builds one).
+//
+// This package must not decide what the plan is (package plan does), talk
+// to Kubernetes, or read the private key from anywhere but the plan.
+package dataplane

@@ -1,0 +1,18 @@
+// Package plan computes what the data path of one node must look like: the
+// WireGuard tunnel (on the active gateway only), the routes to the remote
+// clusters' pod ranges, and the packet filter. Compute is a pure function of
+// its Inputs (this node's role, the cluster's hub-assigned ranges, the peer
+// directory, the active gateway's address, the ClusterSet's tunnel settings
+// and the node's private key); the dataplane package makes the kernel match
+// the NodePlan it returns.
+//
+// PeersFromMembers turns the hub's MemberCluster list into the peer
+// directory. A peer's AllowedIPs come only from MemberCluster.status.podCIDRs
+// (the hub's record), never from anything the member wrote itself; a peer
+// without ranges, without a valid active gateway or with a conflicting range
+// is returned as Invalid with a message, and the others are unaffected.
+//
+// This package must not do any I/O: no Kubernetes client, no netlink, no
+// clock. It never logs or publishes the private key it is given; the key
+// only travels into the TunnelPlan for the local device.
+package plan

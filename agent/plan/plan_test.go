@@ -1,0 +1,227 @@
+package plan_test
+
+import (
+	"net/netip"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/archipelago-mesh/archipelago/agent/plan"
+	"github.com/archipelago-mesh/archipelago/agent/routing"
+	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
+)
+
+func pfx(s ...string) []netip.Prefix {
+	out := make([]netip.Prefix, len(s))
+	for i, x := range s {
+		out[i] = netip.MustParsePrefix(x)
+	}
+	return out
+}
+
+func key(t testing.TB) wgtypes.Key {
+	k, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func TestCompute(t *testing.T) {
+	self, kb, kc := key(t), key(t), key(t)
+	b := plan.Peer{Cluster: "b", PodCIDRs: pfx("10.2.0.0/16"), Gateway: "b-gw", PublicKey: kb.PublicKey(),
+		Endpoint: netip.MustParseAddrPort("192.0.2.2:51820")}
+	c := plan.Peer{Cluster: "c", PodCIDRs: pfx("10.3.0.0/16", "fd00:3::/64"), Gateway: "c-gw", PublicKey: kc.PublicKey()}
+	tun := plan.Tunnel{Interface: "wg0", Port: 51820, MTU: 1400, Keepalive: 25 * time.Second}
+	gwIP := netip.MustParseAddr("172.18.0.2")
+
+	for _, tc := range []struct {
+		name        string
+		in          plan.Inputs
+		wantPeers   []string // cluster names in the tunnel, nil = no tunnel
+		wantRoutes  []routing.Route
+		wantRemote  []string
+		wantSkipped []string
+		wantHold    bool
+		wantMSS     bool
+	}{{
+		name:       "gateway routes remote ranges into the tunnel",
+		in:         plan.Inputs{Role: plan.RoleGateway, LocalPodCIDRs: pfx("10.1.0.0/16"), Peers: []plan.Peer{c, b}, Tunnel: tun, PrivateKey: self},
+		wantPeers:  []string{"b", "c"},
+		wantRoutes: []routing.Route{{Dst: pfx("10.2.0.0/16")[0], Dev: "wg0"}, {Dst: pfx("10.3.0.0/16")[0], Dev: "wg0"}, {Dst: pfx("fd00:3::/64")[0], Dev: "wg0"}},
+		wantRemote: []string{"10.2.0.0/16", "10.3.0.0/16", "fd00:3::/64"},
+		wantMSS:    true,
+	}, {
+		name:       "worker routes remote ranges of its family via the gateway",
+		in:         plan.Inputs{Role: plan.RoleWorker, LocalPodCIDRs: pfx("10.1.0.0/16"), Peers: []plan.Peer{b, c}, ActiveGatewayIP: gwIP, Tunnel: tun},
+		wantRoutes: []routing.Route{{Dst: pfx("10.2.0.0/16")[0], Via: gwIP}, {Dst: pfx("10.3.0.0/16")[0], Via: gwIP}},
+		wantRemote: []string{"10.2.0.0/16", "10.3.0.0/16"},
+	}, {
+		name:       "standby is a worker",
+		in:         plan.Inputs{Role: plan.RoleStandby, LocalPodCIDRs: pfx("10.1.0.0/16"), Peers: []plan.Peer{b}, ActiveGatewayIP: gwIP, Tunnel: tun},
+		wantRoutes: []routing.Route{{Dst: pfx("10.2.0.0/16")[0], Via: gwIP}},
+		wantRemote: []string{"10.2.0.0/16"},
+	}, {
+		name:     "worker without active gateway holds",
+		in:       plan.Inputs{Role: plan.RoleWorker, LocalPodCIDRs: pfx("10.1.0.0/16"), Peers: []plan.Peer{b}, Tunnel: tun},
+		wantHold: true,
+	}, {
+		name:      "gateway on hold keeps the device without peers",
+		in:        plan.Inputs{Role: plan.RoleGateway, LocalPodCIDRs: pfx("10.1.0.0/16"), Peers: []plan.Peer{b}, Tunnel: tun, PrivateKey: self, Hold: "node n1 podCIDR outside"},
+		wantPeers: []string{},
+		wantHold:  true,
+		wantMSS:   true,
+	}, {
+		name: "bad peers are skipped, the others stay",
+		in: plan.Inputs{Role: plan.RoleGateway, LocalPodCIDRs: pfx("10.1.0.0/16"), Tunnel: tun, PrivateKey: self, Peers: []plan.Peer{
+			b,
+			{Cluster: "norange", PublicKey: key(t).PublicKey()},
+			{Cluster: "nokey", PodCIDRs: pfx("10.5.0.0/16")},
+			{Cluster: "ownkey", PodCIDRs: pfx("10.6.0.0/16"), PublicKey: self.PublicKey()},
+			{Cluster: "overlapslocal", PodCIDRs: pfx("10.1.128.0/17"), PublicKey: key(t).PublicKey()},
+			{Cluster: "overlapsb", PodCIDRs: pfx("10.0.0.0/8"), PublicKey: key(t).PublicKey()},
+			{Cluster: "samekey", PodCIDRs: pfx("10.7.0.0/16"), PublicKey: kb.PublicKey()},
+		}},
+		wantPeers:   []string{"b"},
+		wantRoutes:  []routing.Route{{Dst: pfx("10.2.0.0/16")[0], Dev: "wg0"}},
+		wantRemote:  []string{"10.2.0.0/16"},
+		wantSkipped: []string{"nokey", "norange", "overlapsb", "overlapslocal", "ownkey", "samekey"},
+		wantMSS:     true,
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := plan.Compute(tc.in)
+			if (p.Hold != "") != tc.wantHold {
+				t.Errorf("hold = %q, want hold %v", p.Hold, tc.wantHold)
+			}
+			if tc.wantPeers == nil {
+				if p.Tunnel != nil {
+					t.Errorf("tunnel planned on %s", tc.in.Role)
+				}
+			} else {
+				if p.Tunnel == nil {
+					t.Fatal("no tunnel planned on the gateway")
+				}
+				if err := p.Tunnel.Validate(); err != nil {
+					t.Errorf("tunnel plan invalid: %v", err)
+				}
+				got := []string{}
+				for _, peer := range p.Tunnel.Peers {
+					got = append(got, p.PeerClusters[peer.PublicKey])
+					if peer.PersistentKeepalive != tun.Keepalive {
+						t.Errorf("keepalive %s", peer.PersistentKeepalive)
+					}
+				}
+				if !reflect.DeepEqual(got, tc.wantPeers) {
+					t.Errorf("tunnel peers %v, want %v", got, tc.wantPeers)
+				}
+				if p.Tunnel.MTU != 1400 || p.Tunnel.ListenPort != 51820 {
+					t.Errorf("tunnel MTU/port %d/%d", p.Tunnel.MTU, p.Tunnel.ListenPort)
+				}
+			}
+			if !reflect.DeepEqual(p.Routes.Routes, tc.wantRoutes) {
+				t.Errorf("routes %+v, want %+v", p.Routes.Routes, tc.wantRoutes)
+			}
+			var remote []string
+			for _, r := range p.Filter.RemotePodCIDRs {
+				remote = append(remote, r.String())
+			}
+			if !reflect.DeepEqual(remote, tc.wantRemote) {
+				t.Errorf("filter remote %v, want %v", remote, tc.wantRemote)
+			}
+			if p.Filter.MSSClamp != tc.wantMSS {
+				t.Errorf("MSS clamp %v", p.Filter.MSSClamp)
+			}
+			var skipped []string
+			for _, s := range p.Skipped {
+				skipped = append(skipped, s.Cluster)
+				if s.Message == "" {
+					t.Errorf("skipped %s without message", s.Cluster)
+				}
+			}
+			if !reflect.DeepEqual(skipped, tc.wantSkipped) {
+				t.Errorf("skipped %v, want %v", skipped, tc.wantSkipped)
+			}
+			if !p.Host.IPv4 {
+				t.Error("IPv4 forwarding not planned")
+			}
+			// Pure: the same inputs in another order give the same plan.
+			rev := tc.in
+			rev.Peers = append([]plan.Peer(nil), tc.in.Peers...)
+			for i, j := 0, len(rev.Peers)-1; i < j; i, j = i+1, j-1 {
+				rev.Peers[i], rev.Peers[j] = rev.Peers[j], rev.Peers[i]
+			}
+			if p2 := plan.Compute(rev); !reflect.DeepEqual(p, p2) {
+				t.Error("plan depends on peer order")
+			}
+		})
+	}
+}
+
+func TestPeersFromMembers(t *testing.T) {
+	kb := key(t).PublicKey().String()
+	member := func(name string, cidrs []string, gws ...meshv1.MemberGateway) meshv1.MemberCluster {
+		return meshv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: name},
+			Status: meshv1.MemberClusterStatus{PodCIDRs: cidrs, Gateways: gws}}
+	}
+	deleting := member("gone", []string{"10.9.0.0/16"}, meshv1.MemberGateway{Node: "g", PublicKey: kb, Active: true})
+	now := metav1.Now()
+	deleting.DeletionTimestamp = &now
+	members := []meshv1.MemberCluster{
+		member("a", []string{"10.1.0.0/16"}),
+		member("b", []string{"10.2.0.0/16"}, meshv1.MemberGateway{Node: "b1", PublicKey: kb, Endpoints: []string{"192.0.2.2:51820"}, Active: true},
+			meshv1.MemberGateway{Node: "b2", PublicKey: key(t).PublicKey().String()}),
+		member("nat", []string{"10.3.0.0/16"}, meshv1.MemberGateway{Node: "n1", PublicKey: key(t).PublicKey().String(), Active: true}),
+		member("norange", nil, meshv1.MemberGateway{Node: "x", PublicKey: key(t).PublicKey().String(), Active: true}),
+		member("noactive", []string{"10.4.0.0/16"}, meshv1.MemberGateway{Node: "y", PublicKey: key(t).PublicKey().String()}),
+		member("badkey", []string{"10.5.0.0/16"}, meshv1.MemberGateway{Node: "z", PublicKey: "not-a-key", Active: true}),
+		member("badep", []string{"10.6.0.0/16"}, meshv1.MemberGateway{Node: "w", PublicKey: key(t).PublicKey().String(), Endpoints: []string{"gw.example:51820"}, Active: true}),
+		deleting,
+	}
+	peers, invalid := plan.PeersFromMembers("a", members, nil)
+	if len(peers) != 2 || peers[0].Cluster != "b" || peers[1].Cluster != "nat" {
+		t.Fatalf("peers %+v, want b and nat", peers)
+	}
+	if peers[0].Endpoint.String() != "192.0.2.2:51820" || peers[0].Gateway != "b1" || peers[1].Endpoint.IsValid() {
+		t.Errorf("endpoints %v %v", peers[0].Endpoint, peers[1].Endpoint)
+	}
+	var got []string
+	for _, inv := range invalid {
+		got = append(got, inv.Cluster+": "+inv.Message)
+	}
+	want := []string{"badep", "badkey", "noactive", "norange"}
+	if len(got) != len(want) {
+		t.Fatalf("invalid %v, want %v", got, want)
+	}
+	for i := range want {
+		if !strings.HasPrefix(got[i], want[i]+": ") {
+			t.Errorf("invalid[%d] = %q, want %s", i, got[i], want[i])
+		}
+	}
+	// With a resolver the DNS endpoint works.
+	peers, _ = plan.PeersFromMembers("a", members, func(string) (netip.Addr, error) { return netip.MustParseAddr("192.0.2.9"), nil })
+	if len(peers) != 3 || peers[1].Endpoint.String() != "192.0.2.9:51820" {
+		t.Errorf("resolved peers %+v", peers)
+	}
+}
+
+func TestInside(t *testing.T) {
+	if _, ok := plan.Inside(pfx("10.1.2.0/24", "10.1.0.0/16"), pfx("10.1.0.0/16")); !ok {
+		t.Error("inside ranges reported outside")
+	}
+	if r, ok := plan.Inside(pfx("10.1.2.0/24", "10.0.0.0/8"), pfx("10.1.0.0/16")); ok || r.String() != "10.0.0.0/8" {
+		t.Errorf("got %v %v", r, ok)
+	}
+}
+
+func TestWorkerNeedsNoKeys(t *testing.T) {
+	p := plan.Compute(plan.Inputs{Role: plan.RoleWorker, LocalPodCIDRs: pfx("10.1.0.0/16"),
+		ActiveGatewayIP: netip.MustParseAddr("172.18.0.2"),
+		Peers:           []plan.Peer{{Cluster: "b", PodCIDRs: pfx("10.2.0.0/16")}, {Cluster: "c", PodCIDRs: pfx("10.3.0.0/16")}}})
+	if len(p.Routes.Routes) != 2 || len(p.Skipped) != 0 {
+		t.Errorf("routes %v skipped %v", p.Routes.Routes, p.Skipped)
+	}
+}

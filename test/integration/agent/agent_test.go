@@ -1,0 +1,396 @@
+package agent_test
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/archipelago-mesh/archipelago/agent/controlplane"
+	dpfake "github.com/archipelago-mesh/archipelago/agent/dataplane/fake"
+	"github.com/archipelago-mesh/archipelago/agent/routing"
+	"github.com/archipelago-mesh/archipelago/agent/wireguard"
+	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
+	"github.com/archipelago-mesh/archipelago/controllers"
+	"github.com/archipelago-mesh/archipelago/test/framework"
+)
+
+var hub, member *framework.APIServer
+
+func TestMain(m *testing.M) { os.Exit(run(m)) }
+
+func run(m *testing.M) int {
+	if _, why := framework.AssetsDir(); why != "" {
+		fmt.Println("SKIP: agent integration tests need envtest binaries:", why)
+		return 0
+	}
+	for _, p := range []**framework.APIServer{&hub, &member} {
+		s, why, err := framework.StartAPIServer()
+		if err != nil || s == nil {
+			fmt.Fprintln(os.Stderr, "start apiserver:", err, why)
+			return 1
+		}
+		defer s.Stop()
+		*p = s
+	}
+	return m.Run()
+}
+
+func eventually(t *testing.T, what string, cond func() (bool, string)) {
+	t.Helper()
+	last := ""
+	err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 45*time.Second, true, func(context.Context) (bool, error) {
+		ok, msg := cond()
+		last = msg
+		return ok, nil
+	})
+	if err != nil {
+		t.Fatalf("%s: %v; last: %s", what, err, last)
+	}
+}
+
+func node(name string, ip string, podCIDR string, candidate bool) *corev1.Node {
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{}},
+		Spec: corev1.NodeSpec{PodCIDR: podCIDR, PodCIDRs: []string{podCIDR}}}
+	if candidate {
+		n.Labels[meshv1.LabelGatewayCandidate] = ""
+	}
+	n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: ip}}
+	return n
+}
+
+func createNode(t *testing.T, c client.Client, n *corev1.Node) {
+	t.Helper()
+	ctx := context.Background()
+	st := n.Status
+	if err := c.Create(ctx, n); err != nil {
+		t.Fatal(err)
+	}
+	n.Status = st
+	if err := c.Status().Update(ctx, n); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// runningAgent is one node's agent on a fake kernel.
+type runningAgent struct {
+	kernel *dpfake.Kernel
+	agent  *controlplane.Agent
+	keyDir string
+}
+
+func startAgent(t *testing.T, nodeName string) *runningAgent {
+	t.Helper()
+	ra := &runningAgent{kernel: dpfake.NewKernel(), keyDir: filepath.Join(t.TempDir(), "key")}
+	dp := ra.kernel.Dataplane("arch0", testr.New(t))
+	a, err := controlplane.New(controlplane.Config{
+		NodeName: nodeName, Member: member.Config, TunnelInterface: "arch0",
+		LeaseDuration: 3 * time.Second, RenewDeadline: 2 * time.Second, RetryPeriod: 500 * time.Millisecond,
+		Key:      func() (wgtypes.Key, error) { return wireguard.LoadOrCreateKey(ra.keyDir) },
+		Datapath: dp, Resync: time.Second, ReportInterval: 5 * time.Second,
+		Log: testr.NewWithOptions(t, testr.Options{Verbosity: 0}).WithValues("agent", nodeName),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ra.agent = a
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := a.Run(ctx); err != nil {
+			t.Errorf("agent %s: %v", nodeName, err)
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	return ra
+}
+
+func TestAgentJoinsAndPeers(t *testing.T) {
+	framework.StartHub(t, hub.Config, controllers.Options{PeerDrainTimeout: time.Second})
+	ctx := context.Background()
+	hc, mc := hub.Client, member.Client
+
+	// The hub: a ClusterSet with members a (us), b (valid peer), c (its
+	// only gateway is invalid) and d (no range: it asks for one outside
+	// the pool).
+	cs := framework.NewClusterSet("demo", []string{"10.64.0.0/12"})
+	if err := hc.Create(ctx, cs); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []*meshv1.MemberCluster{
+		framework.NewMember("a", "demo", framework.WithPodCIDRs("10.64.0.0/16")),
+		framework.NewMember("b", "demo", framework.WithPodCIDRs("10.65.0.0/16")),
+		framework.NewMember("c", "demo", framework.WithPodCIDRs("10.66.0.0/16")),
+		framework.NewMember("d", "demo", framework.WithPodCIDRs("192.168.0.0/16")),
+	} {
+		if err := hc.Create(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bKey, _ := wgtypes.GeneratePrivateKey()
+	eventually(t, "member namespaces", func() (bool, string) {
+		for _, m := range []string{"b", "c"} {
+			ns := &corev1.Namespace{}
+			if err := hc.Get(ctx, client.ObjectKey{Name: controllers.MemberNamespace(m)}, ns); err != nil {
+				return false, err.Error()
+			}
+		}
+		return true, ""
+	})
+	for _, gw := range []*meshv1.Gateway{
+		{ObjectMeta: metav1.ObjectMeta{Name: "b-gw", Namespace: controllers.MemberNamespace("b")},
+			Spec: meshv1.GatewaySpec{NodeName: "b-gw", PublicKey: bKey.PublicKey().String(), Endpoints: []string{"192.0.2.2:51820"}, Active: true}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "c-gw", Namespace: controllers.MemberNamespace("c")},
+			Spec: meshv1.GatewaySpec{NodeName: "c-gw", PublicKey: "bm90LWEta2V5", Endpoints: []string{"192.0.2.3:51820"}, Active: true}},
+	} {
+		if err := hc.Create(ctx, gw); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// The member: two gateway candidates and a worker, joined as the
+	// kubectl plugin does.
+	createNode(t, mc, node("n1", "172.18.0.2", "10.64.1.0/24", true))
+	createNode(t, mc, node("n2", "172.18.0.3", "10.64.2.0/24", true))
+	createNode(t, mc, node("n3", "172.18.0.4", "10.64.3.0/24", false))
+	token := framework.MemberHubToken(t, hub.Config, "a")
+	framework.JoinMember(t, mc, hub.Config, "a", "demo", token)
+
+	agents := map[string]*runningAgent{}
+	for _, n := range []string{"n1", "n2", "n3"} {
+		agents[n] = startAgent(t, n)
+	}
+
+	var ms meshv1.ClusterSetMembership
+	getMS := func() *meshv1.ClusterSetMembership {
+		_ = mc.Get(ctx, client.ObjectKey{Name: framework.MembershipName}, &ms)
+		return &ms
+	}
+	eventually(t, "membership joined with peers", func() (bool, string) {
+		m := getMS()
+		st := m.Status
+		if !meta.IsStatusConditionTrue(st.Conditions, meshv1.MembershipJoined) || len(st.PodCIDRs) != 1 || st.PodCIDRs[0] != "10.64.0.0/16" ||
+			st.HubNamespace != controllers.MemberNamespace("a") || st.ActiveGateway == "" || len(st.Peers) != 3 || st.Tunnel == nil {
+			b, _ := json.Marshal(st)
+			return false, string(b)
+		}
+		return true, ""
+	})
+	st := getMS().Status
+	active := st.ActiveGateway
+	t.Logf("active gateway %s (%s), peers %s", active, st.ActiveGatewayIP, st.ReadyPeers)
+	if !meta.IsStatusConditionTrue(st.Conditions, meshv1.MembershipCIDRsMatch) {
+		t.Errorf("CIDRsMatch not True: %+v", st.Conditions)
+	}
+	byName := map[string]meshv1.MembershipPeer{}
+	for _, p := range st.Peers {
+		byName[p.Cluster] = p
+	}
+	if p := byName["b"]; p.State == meshv1.PeerInvalid || p.Gateway != "b-gw" || p.PodCIDRs[0] != "10.65.0.0/16" || p.Endpoint != "192.0.2.2:51820" {
+		t.Errorf("peer b = %+v", p)
+	}
+	for _, c := range []string{"c", "d"} {
+		if p := byName[c]; p.State != meshv1.PeerInvalid || p.Message == "" {
+			t.Errorf("peer %s = %+v, want Invalid with a message", c, p)
+		}
+	}
+
+	t.Run("gateways published from node annotations", func(t *testing.T) {
+		eventually(t, "Gateway objects and MemberCluster status", func() (bool, string) {
+			gws := &meshv1.GatewayList{}
+			if err := hc.List(ctx, gws, client.InNamespace(controllers.MemberNamespace("a"))); err != nil {
+				return false, err.Error()
+			}
+			if len(gws.Items) != 2 {
+				return false, fmt.Sprintf("%d gateways", len(gws.Items))
+			}
+			for _, gw := range gws.Items {
+				n := &corev1.Node{}
+				if err := mc.Get(ctx, client.ObjectKey{Name: gw.Spec.NodeName}, n); err != nil {
+					return false, err.Error()
+				}
+				if gw.Spec.PublicKey != n.Annotations[meshv1.AnnotationPublicKey] || gw.Spec.Active != (gw.Name == active) ||
+					len(gw.Spec.Endpoints) != 1 || gw.Spec.Endpoints[0] != n.Annotations[meshv1.AnnotationEndpoint] {
+					return false, fmt.Sprintf("gateway %+v vs node annotations %v", gw.Spec, n.Annotations)
+				}
+			}
+			mcA := &meshv1.MemberCluster{}
+			if err := hc.Get(ctx, client.ObjectKey{Name: "a"}, mcA); err != nil {
+				return false, err.Error()
+			}
+			if len(mcA.Status.Gateways) != 2 || mcA.Status.ActiveGateway != active {
+				return false, fmt.Sprintf("member a gateways %+v active %q", mcA.Status.Gateways, mcA.Status.ActiveGateway)
+			}
+			return true, ""
+		})
+		n := &corev1.Node{}
+		_ = mc.Get(ctx, client.ObjectKey{Name: active}, n)
+		if ep := n.Annotations[meshv1.AnnotationEndpoint]; ep != st.ActiveGatewayIP+":51820" {
+			t.Errorf("endpoint annotation %q", ep)
+		}
+	})
+
+	t.Run("data path on gateway and worker", func(t *testing.T) {
+		gw := agents[active]
+		eventually(t, "gateway device has peer b only", func() (bool, string) {
+			dev, err := gw.kernel.WG.Device("arch0")
+			if err != nil {
+				return false, err.Error()
+			}
+			if len(dev.Peers) != 1 || dev.Peers[0].PublicKey != bKey.PublicKey() {
+				return false, fmt.Sprintf("%d peers", len(dev.Peers))
+			}
+			return true, ""
+		})
+		eventually(t, "worker routes b's range via the gateway", func() (bool, string) {
+			rs := agents["n3"].kernel.Netlink.Routes(routing.DefaultTable)
+			if len(rs) != 1 || rs[0].Dst.String() != "10.65.0.0/16" || rs[0].Gw.String() != st.ActiveGatewayIP {
+				return false, fmt.Sprintf("%v", rs)
+			}
+			return true, ""
+		})
+		if agents["n3"].kernel.WG.HasDevice("arch0") {
+			t.Error("worker has a WireGuard device")
+		}
+		// A handshake makes b Up, in the membership and in the Gateway's
+		// status, which the hub turns into Connected.
+		gw.kernel.WG.Handshake("arch0", bKey.PublicKey(), time.Now())
+		eventually(t, "peer b up", func() (bool, string) {
+			for _, p := range getMS().Status.Peers {
+				if p.Cluster == "b" {
+					return p.State == meshv1.PeerUp && p.LatestHandshake != nil, fmt.Sprintf("%+v", p)
+				}
+			}
+			return false, "no b"
+		})
+		eventually(t, "NodeReports", func() (bool, string) {
+			for name, want := range map[string]string{active: meshv1.RoleGateway, "n3": meshv1.RoleWorker} {
+				n := &corev1.Node{}
+				if err := mc.Get(ctx, client.ObjectKey{Name: name}, n); err != nil {
+					return false, err.Error()
+				}
+				var r meshv1.NodeReport
+				if err := json.Unmarshal([]byte(n.Annotations[meshv1.AnnotationDatapath]), &r); err != nil {
+					return false, name + ": " + err.Error()
+				}
+				if r.Role != want || r.Routes != 1 || !r.NoSNAT {
+					return false, fmt.Sprintf("%s: %+v", name, r)
+				}
+			}
+			return true, ""
+		})
+	})
+
+	t.Run("CIDRsMatch false stops routing", func(t *testing.T) {
+		createNode(t, mc, node("n4", "172.18.0.5", "10.99.0.0/24", false))
+		eventually(t, "CIDRsMatch False", func() (bool, string) {
+			c := meta.FindStatusCondition(getMS().Status.Conditions, meshv1.MembershipCIDRsMatch)
+			return c != nil && c.Status == metav1.ConditionFalse && strings.Contains(c.Message, "n4"), fmt.Sprintf("%+v", c)
+		})
+		eventually(t, "no routes on the worker", func() (bool, string) {
+			rs := agents["n3"].kernel.Netlink.Routes(routing.DefaultTable)
+			return len(rs) == 0, fmt.Sprintf("%v", rs)
+		})
+		if err := mc.Delete(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n4"}}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "CIDRsMatch True again", func() (bool, string) {
+			return meta.IsStatusConditionTrue(getMS().Status.Conditions, meshv1.MembershipCIDRsMatch), ""
+		})
+	})
+
+	t.Run("no API object holds a private key", func(t *testing.T) {
+		var secrets []string
+		for _, ra := range agents {
+			k, err := os.ReadFile(filepath.Join(ra.keyDir, wireguard.KeyFileName))
+			if err != nil {
+				continue // workers never create a key
+			}
+			s := strings.TrimSpace(string(k))
+			secrets = append(secrets, s, base64.StdEncoding.EncodeToString([]byte(s)))
+			raw, _ := base64.StdEncoding.DecodeString(s)
+			secrets = append(secrets, fmt.Sprintf("%x", raw))
+		}
+		if len(secrets) != 6 {
+			t.Fatalf("expected 2 candidate keys, found %d", len(secrets)/3)
+		}
+		for name, srv := range map[string]*rest.Config{"hub": hub.Config, "member": member.Config} {
+			scanned := scanAll(t, srv, secrets)
+			t.Logf("%s: scanned %d objects", name, scanned)
+		}
+	})
+}
+
+// scanAll lists every object of every listable resource and fails when one
+// contains any of secrets.
+func scanAll(t *testing.T, cfg *rest.Config, secrets []string) int {
+	t.Helper()
+	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, lists, err := dc.ServerGroupsAndResources()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, l := range lists {
+		gv, err := schema.ParseGroupVersion(l.GroupVersion)
+		if err != nil {
+			continue
+		}
+		for _, r := range l.APIResources {
+			if strings.Contains(r.Name, "/") || !contains(r.Verbs, "list") {
+				continue
+			}
+			objs, err := dyn.Resource(gv.WithResource(r.Name)).List(context.Background(), metav1.ListOptions{})
+			if err != nil {
+				continue
+			}
+			for _, o := range objs.Items {
+				n++
+				b, _ := json.Marshal(o.Object)
+				for _, s := range secrets {
+					if strings.Contains(string(b), s) {
+						t.Errorf("%s %s/%s contains a private key", r.Name, o.GetNamespace(), o.GetName())
+					}
+				}
+			}
+		}
+	}
+	if n == 0 {
+		t.Error("scanned nothing")
+	}
+	return n
+}
+
+func contains(ss []string, s string) bool {
+	for _, x := range ss {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
