@@ -1,11 +1,19 @@
 package hub
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	yamlutil "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
@@ -119,5 +127,41 @@ func membership(cluster, server string) *meshv1.ClusterSetMembership {
 			ClusterName: cluster, ClusterSet: "prod",
 			Hub: meshv1.HubConnection{Server: server, SecretRef: meshv1.SecretReference{Name: "hub", Namespace: "archipelago-system"}},
 		},
+	}
+}
+
+// The manifests users apply are accepted by the API server as they are.
+func TestSampleManifestsAreValid(t *testing.T) {
+	c := needAPI(t)
+	for _, file := range []string{"config/samples/clusterset.yaml", "config/samples/memberclusters.yaml", "config/agent/samples/membership.yaml"} {
+		data, err := os.ReadFile(filepath.Join(framework.RepoRoot(), file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		dec := yamlutil.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
+		n := 0
+		for {
+			var u unstructured.Unstructured
+			if err := dec.Decode(&u.Object); err != nil {
+				if errors.Is(err, io.EOF) {
+					break
+				}
+				t.Fatalf("%s: %v", file, err)
+			}
+			if len(u.Object) == 0 {
+				continue
+			}
+			n++
+			if u.GetNamespace() != "" {
+				ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: u.GetNamespace()}}
+				_ = c.Create(context.Background(), ns)
+			}
+			if err := c.Create(context.Background(), &u, client.DryRunAll); err != nil {
+				t.Errorf("%s: %s %s refused: %v", file, u.GetKind(), u.GetName(), err)
+			}
+		}
+		if n == 0 {
+			t.Errorf("%s holds no object", file)
+		}
 	}
 }

@@ -1,0 +1,208 @@
+package controllers
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/tools/record"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+
+	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
+)
+
+func i32(v int32) *int32 { return &v }
+
+func newFakeHub(t *testing.T, objs ...client.Object) (client.Client, *MemberClusterReconciler, *time.Time) {
+	t.Helper()
+	s := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(s); err != nil {
+		t.Fatal(err)
+	}
+	if err := meshv1.AddToScheme(s); err != nil {
+		t.Fatal(err)
+	}
+	c := fake.NewClientBuilder().WithScheme(s).
+		WithStatusSubresource(&meshv1.MemberCluster{}, &meshv1.ClusterSet{}, &meshv1.Gateway{}).
+		WithIndex(&meshv1.MemberCluster{}, IndexClusterSet, func(o client.Object) []string {
+			return []string{o.(*meshv1.MemberCluster).Spec.ClusterSet}
+		}).
+		WithObjects(objs...).Build()
+	now := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+	ledger := &BlockLedger{Client: c, Reader: c, Now: func() time.Time { return now }}
+	r := &MemberClusterReconciler{Client: c, Ledger: ledger, Recorder: record.NewFakeRecorder(100), PeerDrainTimeout: time.Minute}
+	return c, r, &now
+}
+
+func reconcileMember(t *testing.T, r *MemberClusterReconciler, name string) ctrl.Result {
+	t.Helper()
+	res, err := r.Reconcile(context.Background(), ctrl.Request{NamespacedName: types.NamespacedName{Name: name}})
+	if err != nil {
+		t.Fatalf("reconcile %s: %v", name, err)
+	}
+	return res
+}
+
+func getMemberFake(t *testing.T, c client.Client, name string) *meshv1.MemberCluster {
+	t.Helper()
+	m := &meshv1.MemberCluster{}
+	if err := c.Get(context.Background(), client.ObjectKey{Name: name}, m); err != nil {
+		t.Fatalf("get %s: %v", name, err)
+	}
+	return m
+}
+
+func prodSet() *meshv1.ClusterSet {
+	return &meshv1.ClusterSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "prod"},
+		Spec: meshv1.ClusterSetSpec{
+			PodCIDRPools:      []meshv1.CIDR{"10.64.0.0/14"},
+			BlockSize:         meshv1.BlockSize{IPv4: 16, IPv6: 64},
+			QuarantineSeconds: i32(60),
+		},
+	}
+}
+
+func TestReconcileAssignsAndConfines(t *testing.T) {
+	c, r, _ := newFakeHub(t, prodSet(),
+		&meshv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: "east"}, Spec: meshv1.MemberClusterSpec{ClusterSet: "prod"}},
+		&meshv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: "west"}, Spec: meshv1.MemberClusterSpec{ClusterSet: "prod", PodCIDRs: []meshv1.CIDR{"10.66.0.0/16"}}},
+	)
+	reconcileMember(t, r, "east")
+	reconcileMember(t, r, "west")
+	east, west := getMemberFake(t, c, "east"), getMemberFake(t, c, "west")
+	if got := east.Status.PodCIDRs; len(got) != 1 || got[0] != "10.64.0.0/16" {
+		t.Errorf("east got %v, want the lowest block", got)
+	}
+	if got := west.Status.PodCIDRs; len(got) != 1 || got[0] != "10.66.0.0/16" {
+		t.Errorf("west got %v, want its requested range", got)
+	}
+	if c := meta.FindStatusCondition(west.Status.Conditions, meshv1.MemberCIDRAllocated); c.Reason != meshv1.ReasonAdopted {
+		t.Errorf("west CIDRAllocated %+v", c)
+	}
+	if len(east.Finalizers) != 1 || east.Status.Namespace != "member-east" || east.Status.ServiceAccount != MemberServiceAccount {
+		t.Errorf("east: finalizers %v namespace %q sa %q", east.Finalizers, east.Status.Namespace, east.Status.ServiceAccount)
+	}
+	// Its namespace and RBAC exist, bound to its ServiceAccount only.
+	ctx := context.Background()
+	rb := &rbacv1.RoleBinding{}
+	if err := c.Get(ctx, client.ObjectKey{Namespace: "member-east", Name: memberRoleName}, rb); err != nil {
+		t.Fatal(err)
+	}
+	if len(rb.Subjects) != 1 || rb.Subjects[0].Namespace != "member-east" || rb.Subjects[0].Name != MemberServiceAccount {
+		t.Errorf("rolebinding subjects %+v", rb.Subjects)
+	}
+	role := &rbacv1.Role{}
+	if err := c.Get(ctx, client.ObjectKey{Namespace: "member-east", Name: memberRoleName}, role); err != nil {
+		t.Fatal(err)
+	}
+	for _, rule := range role.Rules {
+		for _, res := range rule.Resources {
+			if res != "gateways" && res != "gateways/status" {
+				t.Errorf("member role grants %s", res)
+			}
+		}
+	}
+	cr := &rbacv1.ClusterRole{}
+	if err := c.Get(ctx, client.ObjectKey{Name: memberRoleName}, cr); err != nil {
+		t.Fatal(err)
+	}
+	for _, rule := range cr.Rules {
+		for _, v := range rule.Verbs {
+			if v != "get" && v != "list" && v != "watch" {
+				t.Errorf("member cluster role grants %s", v)
+			}
+		}
+	}
+	// Once both have seen each other, a further pass changes nothing.
+	reconcileMember(t, r, "east")
+	before := getMemberFake(t, c, "east")
+	reconcileMember(t, r, "east")
+	if after := getMemberFake(t, c, "east"); after.ResourceVersion != before.ResourceVersion {
+		t.Errorf("a no-change pass wrote the member (rv %s -> %s)", before.ResourceVersion, after.ResourceVersion)
+	}
+}
+
+func TestReconcileRefusalAssignsNothing(t *testing.T) {
+	c, r, _ := newFakeHub(t, prodSet(),
+		&meshv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: "east"}, Spec: meshv1.MemberClusterSpec{ClusterSet: "prod", PodCIDRs: []meshv1.CIDR{"10.64.0.0/16"}}},
+		&meshv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: "west"}, Spec: meshv1.MemberClusterSpec{ClusterSet: "prod", PodCIDRs: []meshv1.CIDR{"10.64.0.0/16"}}},
+		&meshv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: "far"}, Spec: meshv1.MemberClusterSpec{ClusterSet: "prod", PodCIDRs: []meshv1.CIDR{"172.16.0.0/16"}}},
+	)
+	for _, n := range []string{"east", "west", "far"} {
+		reconcileMember(t, r, n)
+	}
+	for name, reason := range map[string]string{"west": meshv1.ReasonConflict, "far": meshv1.ReasonOutsidePool} {
+		m := getMemberFake(t, c, name)
+		cond := meta.FindStatusCondition(m.Status.Conditions, meshv1.MemberCIDRAllocated)
+		if cond.Status != metav1.ConditionFalse || cond.Reason != reason || len(m.Status.PodCIDRs) != 0 {
+			t.Errorf("%s: %+v ranges %v, want %s and nothing assigned", name, cond, m.Status.PodCIDRs, reason)
+		}
+	}
+	var claims meshv1.CIDRClaimList
+	if err := c.List(context.Background(), &claims); err != nil {
+		t.Fatal(err)
+	}
+	if len(claims.Items) != 1 || claims.Items[0].Spec.Member != "east" {
+		t.Errorf("claims %+v, want only east's", claims.Items)
+	}
+}
+
+func TestReconcileDeleteQuarantinesRange(t *testing.T) {
+	c, r, _ := newFakeHub(t, prodSet(),
+		&meshv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: "east"}, Spec: meshv1.MemberClusterSpec{ClusterSet: "prod"}},
+	)
+	reconcileMember(t, r, "east")
+	ctx := context.Background()
+	if err := c.Delete(ctx, getMemberFake(t, c, "east")); err != nil {
+		t.Fatal(err)
+	}
+	reconcileMember(t, r, "east")
+	if err := c.Get(ctx, client.ObjectKey{Name: "east"}, &meshv1.MemberCluster{}); err == nil {
+		t.Errorf("member still there after its finalizer pass")
+	}
+	claim := &meshv1.CIDRClaim{}
+	if err := c.Get(ctx, client.ObjectKey{Name: "prod.v4-10-64-0-0-16"}, claim); err != nil {
+		t.Fatalf("the released block's claim is gone at once: %v", err)
+	}
+	if claim.Spec.ReleasedAt == nil {
+		t.Errorf("claim not marked released: %+v", claim.Spec)
+	}
+	if err := c.Get(ctx, client.ObjectKey{Name: "member-east"}, &corev1.Namespace{}); err == nil {
+		t.Errorf("member namespace left behind")
+	}
+}
+
+func TestReconcileGatewayValidation(t *testing.T) {
+	ns := "member-east"
+	c, r, _ := newFakeHub(t, prodSet(),
+		&meshv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: "east"}, Spec: meshv1.MemberClusterSpec{ClusterSet: "prod"}},
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{meshv1.LabelMember: "east", labelManagedBy: managedByHub}}},
+		&meshv1.Gateway{ObjectMeta: metav1.ObjectMeta{Name: "gw-1", Namespace: ns}, Spec: meshv1.GatewaySpec{NodeName: "n1", PublicKey: "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=", Endpoints: []string{"192.0.2.1:51820"}, Active: true}},
+		&meshv1.Gateway{ObjectMeta: metav1.ObjectMeta{Name: "gw-2", Namespace: ns}, Spec: meshv1.GatewaySpec{NodeName: "n2", PublicKey: "short"}},
+	)
+	reconcileMember(t, r, "east")
+	m := getMemberFake(t, c, "east")
+	if len(m.Status.Gateways) != 1 || m.Status.Gateways[0].Node != "n1" || m.Status.ActiveGateway != "n1" {
+		t.Errorf("gateways %+v active %q", m.Status.Gateways, m.Status.ActiveGateway)
+	}
+	if cond := meta.FindStatusCondition(m.Status.Conditions, meshv1.MemberGatewaysValid); cond.Status != metav1.ConditionFalse {
+		t.Errorf("GatewaysValid %+v", cond)
+	}
+	gw := &meshv1.Gateway{}
+	if err := c.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "gw-2"}, gw); err != nil {
+		t.Fatal(err)
+	}
+	if cond := meta.FindStatusCondition(gw.Status.Conditions, meshv1.GatewayValid); cond == nil || cond.Status != metav1.ConditionFalse {
+		t.Errorf("invalid gateway's condition %+v", cond)
+	}
+}
