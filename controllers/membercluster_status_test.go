@@ -147,7 +147,7 @@ func TestValidatePublicKeyAndEndpoint(t *testing.T) {
 		"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=": true,
 		"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8D":   false, // not padded base64
 		"AAAA": false, // 3 bytes
-		"": false,
+		"":     false,
 		"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8DgAAA==": false, // 34 bytes
 	} {
 		if err := ValidatePublicKey(key); (err == nil) != ok {
