@@ -14,7 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	kerrors "k8s.io/apimachinery/pkg/util/errors"
-	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -37,7 +37,7 @@ const IndexClusterSet = "spec.clusterSet"
 type MemberClusterReconciler struct {
 	Client   client.Client
 	Ledger   *BlockLedger
-	Recorder record.EventRecorder
+	Recorder events.EventRecorder
 	// PeerDrainTimeout bounds how long a deleted member's range waits for its
 	// peers to drop it before it is released (into quarantine) anyway.
 	PeerDrainTimeout time.Duration
@@ -83,7 +83,7 @@ func (r *MemberClusterReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 		if err := r.Client.Status().Patch(ctx, m, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
 			if apierrors.IsConflict(err) {
 				log.V(1).Info("Status write conflicted, requeueing", "member", klog.KObj(m))
-				res = ctrl.Result{Requeue: true}
+				res = ctrl.Result{RequeueAfter: 100 * time.Millisecond}
 				return
 			}
 			retErr = kerrors.NewAggregate([]error{retErr, fmt.Errorf("patch status of member %s: %w", m.Name, err)})
@@ -191,7 +191,7 @@ func (r *MemberClusterReconciler) reconcileRanges(ctx context.Context, s *member
 	}
 	if a.Assigned() {
 		if len(m.Status.PodCIDRs) == 0 {
-			r.Recorder.Eventf(m, corev1.EventTypeNormal, a.Reason, "Pod ranges %s", joinStrings(a.PodCIDRs))
+			r.Recorder.Eventf(m, nil, corev1.EventTypeNormal, a.Reason, "AssignRanges", "Pod ranges %s", joinStrings(a.PodCIDRs))
 		}
 		m.Status.PodCIDRs = a.PodCIDRs
 		if req := requestedNotAssigned(m); req != "" {

@@ -12,7 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
-	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
@@ -39,7 +39,7 @@ func newFakeHub(t *testing.T, objs ...client.Object) (client.Client, *MemberClus
 		WithObjects(objs...).Build()
 	now := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
 	ledger := &BlockLedger{Client: c, Reader: c, Now: func() time.Time { return now }}
-	r := &MemberClusterReconciler{Client: c, Ledger: ledger, Recorder: record.NewFakeRecorder(100), PeerDrainTimeout: time.Minute}
+	r := &MemberClusterReconciler{Client: c, Ledger: ledger, Recorder: events.NewFakeRecorder(100), PeerDrainTimeout: time.Minute}
 	return c, r, &now
 }
 

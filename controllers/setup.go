@@ -27,7 +27,7 @@ func SetupHub(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 	if err := (&MemberClusterReconciler{
 		Client:                  mgr.GetClient(),
 		Ledger:                  ledger,
-		Recorder:                mgr.GetEventRecorderFor("archipelago-hub"),
+		Recorder:                mgr.GetEventRecorder("archipelago-hub"),
 		PeerDrainTimeout:        opts.PeerDrainTimeout,
 		MaxConcurrentReconciles: opts.MaxConcurrentReconciles,
 	}).SetupWithManager(ctx, mgr); err != nil {

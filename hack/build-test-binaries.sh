@@ -8,6 +8,12 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 out="${1:-$root/bin/k8s}"
 k8s_version=v1.37.2
 mkdir -p "$out"
+# bin/ is a module of its own, so that `go test ./...` never walks into what
+# is built or unpacked there (kind node rootfs trees, caches).
+if [[ ! -f "$root/bin/go.mod" ]]; then
+  mkdir -p "$root/bin"
+  printf 'module archipelago.invalid/bin\n\n// Build outputs; not Go code of the project.\n' >"$root/bin/go.mod"
+fi
 cd "$root/hack/tools/kube"
 
 ldflags="-s -w -X k8s.io/component-base/version.gitVersion=${k8s_version} -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37"

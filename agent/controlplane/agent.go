@@ -152,21 +152,15 @@ type Agent struct {
 
 	trigger chan struct{}
 
-	mu         sync.Mutex
-	elector    *elector
-	hub        *hubConn
-	directory  *directory // last good hub read, kept through hub outages
-	key        wgtypes.Key
-	lastReport reportState
-	lastGW     time.Time
-	firstPass  bool
-	lastPass   time.Time
-	lastErr    error
-}
-
-type reportState struct {
-	json string
-	at   time.Time
+	mu        sync.Mutex
+	elector   *elector
+	hub       *hubConn
+	directory *directory // last good hub read, kept through hub outages
+	key       wgtypes.Key
+	lastGW    time.Time
+	firstPass bool
+	lastPass  time.Time
+	lastErr   error
 }
 
 // New returns an Agent; Run starts it.
@@ -335,7 +329,6 @@ type scope struct {
 	membership *meshv1.ClusterSetMembership
 	role       string
 	dir        *directory
-	inputs     plan.Inputs
 	plan       plan.NodePlan
 	applied    bool
 	applyErr   error

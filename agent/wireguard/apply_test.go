@@ -52,9 +52,6 @@ func withEndpoint(s string) peerOpt {
 func withIPs(s ...string) peerOpt {
 	return func(p *wireguard.PeerPlan) { p.AllowedIPs = pfx(s...) }
 }
-func withKeepalive(d time.Duration) peerOpt {
-	return func(p *wireguard.PeerPlan) { p.PersistentKeepalive = d }
-}
 
 func peer(t testing.TB, seed byte, opts ...peerOpt) wireguard.PeerPlan {
 	p := wireguard.PeerPlan{PublicKey: pub(t, seed), PersistentKeepalive: 25 * time.Second}
@@ -321,10 +318,8 @@ func TestApplyStates(t *testing.T) {
 	for seed := uint64(1); seed <= 200; seed++ {
 		r := rand.New(rand.NewPCG(seed, 7))
 		c := fake.NewClient(dev)
-		var steps []wireguard.TunnelPlan
 		for step := range 12 {
 			p := randomPlan(t, r)
-			steps = append(steps, p)
 			if _, err := wireguard.Apply(c, dev, p); err != nil {
 				t.Fatalf("seed %d step %d: %v", seed, step, err)
 			}

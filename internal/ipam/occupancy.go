@@ -36,8 +36,6 @@ func newOccupancy(fam Family, blockLen int) *occupancy {
 	return &occupancy{fam: fam, blockLen: blockLen, blocks: make(map[netip.Addr]*record)}
 }
 
-func (o *occupancy) len() int { return len(o.blocks) + len(o.spans) }
-
 // blockOf returns the first address of the block that contains a.
 func (o *occupancy) blockOf(a netip.Addr) netip.Addr {
 	p, _ := a.Prefix(o.blockLen)

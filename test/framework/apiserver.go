@@ -141,7 +141,10 @@ func (h *Hub) Stop() {
 	}
 	h.cancel()
 	select {
-	case <-h.done:
+	case err := <-h.done:
+		if err != nil {
+			ctrl.Log.Error(err, "Hub stopped with an error")
+		}
 	case <-time.After(30 * time.Second):
 	}
 	h.cancel = nil

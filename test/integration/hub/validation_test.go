@@ -20,8 +20,6 @@ import (
 	"github.com/archipelago-mesh/archipelago/test/framework"
 )
 
-func i32(v int32) *int32 { return &v }
-
 // Every bad spec we can think of is refused by the API server (server-side
 // dry run, as `kubectl apply --dry-run=server` does) with a message that
 // names the field.
