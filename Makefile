@@ -45,12 +45,12 @@ vet: ## Run go vet (all build tags).
 	go vet -tags privileged,e2e ./...
 
 .PHONY: lint
-lint: $(GOLANGCI_LINT) ## Run golangci-lint (pinned in hack/tools/dev).
+lint: $(GOLANGCI_LINT) ## Run golangci-lint (pinned in hack/tools/lint).
 	$(GOLANGCI_LINT) run --config $(ROOT)/.golangci.yml ./...
 
-$(GOLANGCI_LINT): hack/tools/dev/go.mod hack/tools/dev/go.sum
+$(GOLANGCI_LINT): hack/tools/lint/go.mod hack/tools/lint/go.sum
 	@echo "==> building golangci-lint (a few minutes the first time)"
-	cd $(ROOT)/hack/tools/dev && go build -o $(GOLANGCI_LINT) github.com/golangci/golangci-lint/v2/cmd/golangci-lint
+	cd $(ROOT)/hack/tools/lint && go build -o $(GOLANGCI_LINT) github.com/golangci/golangci-lint/v2/cmd/golangci-lint
 
 ##@ Build
 
