@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -28,6 +31,30 @@ type Tunnel interface {
 }
 
 var _ Tunnel = (*wireguard.Device)(nil)
+
+// PeerConfigurer is a Tunnel that can also send one WireGuard configuration
+// as it is. Event-driven passes use it to configure only the peers that
+// differ from the last applied plan, without reading the device first; a
+// Tunnel without it is diffed against the device on every pass.
+type PeerConfigurer interface {
+	Configure(cfg wgtypes.Config) error
+}
+
+// NewTunnel returns dev as a Tunnel that is also a PeerConfigurer, sending
+// configurations through client, which must be the client dev was opened
+// with (wireguard.Options.Client).
+func NewTunnel(dev *wireguard.Device, client wireguard.Client) Tunnel {
+	return &deltaTunnel{Device: dev, client: client}
+}
+
+type deltaTunnel struct {
+	*wireguard.Device
+	client wireguard.Client
+}
+
+func (t *deltaTunnel) Configure(cfg wgtypes.Config) error {
+	return t.client.ConfigureDevice(t.Name(), cfg)
+}
 
 // TunnelDriver opens and removes the WireGuard device.
 type TunnelDriver interface {
@@ -54,6 +81,10 @@ type Options struct {
 
 // Result says what one Apply pass wrote.
 type Result struct {
+	// Full is true when the pass read and diffed every layer of the kernel
+	// (the first pass, ApplyFull, Resync); false when layers whose part of
+	// the plan had not changed since the last successful pass were skipped.
+	Full          bool
 	TunnelOpened  bool
 	TunnelRemoved bool
 	Tunnel        wireguard.Changes
@@ -82,10 +113,12 @@ type Dataplane struct {
 	tunnel       Tunnel
 	tunnelName   string
 	staleChecked bool
-	last         *plan.NodePlan
-	lastResult   Result
-	lastErr      error
-	lastApplied  time.Time
+	// mem is what the last passes made the kernel hold, per layer.
+	mem         applied
+	last        *plan.NodePlan
+	lastResult  Result
+	lastErr     error
+	lastApplied time.Time
 }
 
 // New returns a Dataplane. It touches nothing until the first Apply.
@@ -96,29 +129,81 @@ func New(o Options) *Dataplane {
 	return &Dataplane{o: o}
 }
 
-// Apply makes the node match p. Errors of one step do not stop the others;
-// they are returned joined.
+// applied is what the kernel holds as far as this Dataplane's own
+// successful passes know, per layer: the part of the plan that layer last
+// converged to. A nil layer is unknown, and the next pass reads the kernel
+// for it. Drift made by others (a route deleted by hand) is not seen here;
+// full passes (Resync) find and repair it.
+type applied struct {
+	host   *routing.HostSettings
+	filter *netfilter.FilterPlan
+	routes *routing.RoutePlan
+	tunnel *wireguard.TunnelPlan
+}
+
+// Apply makes the node match p. It is the event-driven pass: a layer whose
+// part of p equals what the last successful pass applied is skipped without
+// reading the kernel, and of the tunnel only the peers that differ are
+// configured. The first pass, and every layer after an error in it, is
+// diffed against the kernel. Errors of one step do not stop the others; they
+// are returned joined.
+//
+// p is kept (for Resync and comparison with the next plan): its slices must
+// not be modified afterwards.
 func (d *Dataplane) Apply(ctx context.Context, p plan.NodePlan) (Result, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.apply(ctx, p)
+	return d.apply(ctx, p, false)
 }
 
-func (d *Dataplane) apply(ctx context.Context, p plan.NodePlan) (Result, error) {
+// ApplyFull is Apply that reads and diffs every layer of the kernel,
+// repairing drift.
+func (d *Dataplane) ApplyFull(ctx context.Context, p plan.NodePlan) (Result, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.apply(ctx, p, true)
+}
+
+// Resync applies the last plan again with ApplyFull. Without a plan it does
+// nothing.
+func (d *Dataplane) Resync(ctx context.Context) (Result, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.last == nil {
+		return Result{}, nil
+	}
+	return d.apply(ctx, *d.last, true)
+}
+
+func (d *Dataplane) apply(ctx context.Context, p plan.NodePlan, full bool) (Result, error) {
 	start := time.Now()
 	var (
 		res  Result
 		errs []error
 	)
+	orig := p
+	if full {
+		d.mem = applied{}
+	}
+	// Full until a layer is skipped or configured from memory.
+	res.Full = true
 	if p.Tunnel != nil {
 		if err := d.applyTunnel(ctx, p, &res); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	changed, err := routing.EnsureHostSettings(d.o.Sysctl, p.Host)
-	res.HostSettings = changed
-	if err != nil {
-		errs = append(errs, fmt.Errorf("host settings: %w", err))
+	if m := d.mem.host; m != nil && *m == p.Host {
+		res.Full = false
+	} else {
+		changed, err := routing.EnsureHostSettings(d.o.Sysctl, p.Host)
+		res.HostSettings = changed
+		d.mem.host = nil
+		if err != nil {
+			errs = append(errs, fmt.Errorf("host settings: %w", err))
+		} else {
+			h := p.Host
+			d.mem.host = &h
+		}
 	}
 	if p.Tunnel != nil && d.tunnel == nil {
 		// Without the device, rules and routes naming it cannot be made;
@@ -127,15 +212,31 @@ func (d *Dataplane) apply(ctx context.Context, p plan.NodePlan) (Result, error) 
 		p.Filter.TunnelInterface, p.Filter.MSSClamp = "", false
 		p.Routes.Routes = nil
 	}
-	fc, err := netfilter.Apply(d.o.Filter, p.Filter)
-	res.FilterChanged = fc
-	if err != nil {
-		errs = append(errs, fmt.Errorf("packet filter: %w", err))
+	if m := d.mem.filter; m != nil && sameFilter(*m, p.Filter) {
+		res.Full = false
+	} else {
+		fc, err := netfilter.Apply(d.o.Filter, p.Filter)
+		res.FilterChanged = fc
+		d.mem.filter = nil
+		if err != nil {
+			errs = append(errs, fmt.Errorf("packet filter: %w", err))
+		} else {
+			f := p.Filter
+			d.mem.filter = &f
+		}
 	}
-	rc, err := routing.Apply(d.o.Netlink, p.Routes)
-	res.Routes = rc
-	if err != nil {
-		errs = append(errs, fmt.Errorf("routes: %w", err))
+	if m := d.mem.routes; m != nil && sameRoutes(*m, p.Routes) {
+		res.Full = false
+	} else {
+		rc, err := routing.Apply(d.o.Netlink, p.Routes)
+		res.Routes = rc
+		d.mem.routes = nil
+		if err != nil {
+			errs = append(errs, fmt.Errorf("routes: %w", err))
+		} else {
+			r := p.Routes
+			d.mem.routes = &r
+		}
 	}
 	if p.Tunnel == nil {
 		// After the routes moved off the device: tear it down.
@@ -144,11 +245,13 @@ func (d *Dataplane) apply(ctx context.Context, p plan.NodePlan) (Result, error) 
 		}
 	}
 	res.Duration = time.Since(start)
-	err = errors.Join(errs...)
-	pc := p
+	err := errors.Join(errs...)
+	// The plan as given, not as cut down for a missing device: a resync
+	// that manages to open the device must apply the routes too.
+	pc := orig
 	d.last, d.lastResult, d.lastErr, d.lastApplied = &pc, res, err, d.o.Now()
 	if !res.Empty() {
-		d.o.Log.Info("Applied data path plan", "role", p.Role, "tunnelOpened", res.TunnelOpened,
+		d.o.Log.Info("Applied data path plan", "role", p.Role, "full", res.Full, "tunnelOpened", res.TunnelOpened,
 			"tunnelRemoved", res.TunnelRemoved, "peersTouched", res.PeersTouched(),
 			"routesAdded", len(res.Routes.Added), "routesUpdated", len(res.Routes.Updated),
 			"routesDeleted", len(res.Routes.Deleted), "filterChanged", res.FilterChanged,
@@ -170,13 +273,210 @@ func (d *Dataplane) applyTunnel(ctx context.Context, p plan.NodePlan, res *Resul
 		}
 		d.tunnel, d.tunnelName, d.staleChecked = t, p.TunnelInterface, true
 		res.TunnelOpened = true
+		// A new (or newly found) device: what was remembered about it, and
+		// about the settings and routes that name it (rp_filter, link
+		// index), may not hold any more.
+		d.mem = applied{}
 	}
-	ch, err := d.tunnel.Apply(*p.Tunnel)
-	res.Tunnel = ch
-	if err != nil {
-		return fmt.Errorf("WireGuard: %w", err)
+	want := *p.Tunnel
+	last := d.mem.tunnel
+	d.mem.tunnel = nil
+	if pc, ok := d.tunnel.(PeerConfigurer); ok && last != nil && sameDevice(*last, want) {
+		ch, err := configurePeers(pc, *last, want)
+		res.Tunnel, res.Full = ch, false
+		if err != nil {
+			return fmt.Errorf("WireGuard device %s: %w", d.tunnelName, err)
+		}
+	} else {
+		ch, err := d.tunnel.Apply(want)
+		res.Tunnel = ch
+		if err != nil {
+			return fmt.Errorf("WireGuard: %w", err)
+		}
+	}
+	d.mem.tunnel = &want
+	return nil
+}
+
+// sameDevice reports whether two tunnel plans agree on the device itself,
+// so that only their peers can differ.
+func sameDevice(a, b wireguard.TunnelPlan) bool {
+	return a.PrivateKey == b.PrivateKey && a.ListenPort == b.ListenPort && a.MTU == b.MTU
+}
+
+// configurePeers makes a device that holds last hold want, where both have
+// the same device settings, without reading the device: it sends one
+// ConfigureDevice naming only the peers that differ between the two plans
+// (added in full, changed with UpdateOnly and the changed fields, removed
+// with Remove), exactly as wireguard.Apply would for a device at last.
+func configurePeers(pc PeerConfigurer, last, want wireguard.TunnelPlan) (wireguard.Changes, error) {
+	was, now, aligned := changedPeers(last.Peers, want.Peers)
+	if len(was) == 0 && len(now) == 0 {
+		return wireguard.Changes{}, nil // the plan is the validated last one
+	}
+	if err := validateDelta(want, was, now, aligned); err != nil {
+		return wireguard.Changes{}, fmt.Errorf("apply WireGuard plan: %w", err)
+	}
+	// The device as last configured, reduced to the peers that differ;
+	// wireguard.Diff then builds the same per-peer configuration a full
+	// pass would.
+	dev := &wgtypes.Device{PrivateKey: want.PrivateKey, ListenPort: want.ListenPort, Peers: make([]wgtypes.Peer, 0, len(was))}
+	for _, peer := range was {
+		dev.Peers = append(dev.Peers, devicePeer(peer))
+	}
+	sub := want
+	sub.Peers = now
+	cfg, ch := wireguard.Diff(dev, sub)
+	if ch.Empty() {
+		return ch, nil
+	}
+	if err := pc.Configure(cfg); err != nil {
+		return wireguard.Changes{}, fmt.Errorf("configure (%s): %w", ch, err)
+	}
+	return ch, nil
+}
+
+// validateDelta is want.Validate for a plan that differs from the valid,
+// last applied plan only in the peers now (new versions) and was (old
+// versions). When the peers are the same keys in the same order (aligned), only the
+// changed peers can break a rule: they are checked on their own, and their
+// allowed IPs, where changed, against the other peers'. Otherwise, or when
+// many peers changed, the whole plan is validated.
+func validateDelta(want wireguard.TunnelPlan, was, now []wireguard.PeerPlan, aligned bool) error {
+	const few = 16
+	if !aligned || len(now) > few {
+		return want.Validate()
+	}
+	// The per-peer rules of TunnelPlan.Validate, on the changed peers.
+	// (Validate itself would derive the device's public key, a scalar
+	// multiplication that costs as much as the rest of a pass.)
+	self := publicKey(want.PrivateKey)
+	for _, peer := range now {
+		switch {
+		case peer.PublicKey == (wgtypes.Key{}):
+			return errors.New("tunnel plan has a peer without public key")
+		case peer.PublicKey == self:
+			return fmt.Errorf("tunnel plan lists the device's own public key %s as a peer", peer.PublicKey)
+		case peer.PersistentKeepalive < 0 || peer.PersistentKeepalive > 65535*time.Second:
+			return fmt.Errorf("peer %s: persistent keepalive %s out of range", peer.PublicKey, peer.PersistentKeepalive)
+		case peer.Endpoint.IsValid() && peer.Endpoint.Port() == 0:
+			return fmt.Errorf("peer %s: endpoint %s has no port", peer.PublicKey, peer.Endpoint)
+		}
+		for _, ip := range peer.AllowedIPs {
+			if !ip.IsValid() {
+				return fmt.Errorf("peer %s: invalid allowed IP prefix", peer.PublicKey)
+			}
+		}
+	}
+	for i, peer := range now {
+		if slices.Equal(peer.AllowedIPs, was[i].AllowedIPs) {
+			continue
+		}
+		for _, ip := range peer.AllowedIPs {
+			c := canonicalPrefix(ip)
+			for j := range want.Peers {
+				other := &want.Peers[j]
+				if other.PublicKey == peer.PublicKey {
+					continue
+				}
+				for _, o := range other.AllowedIPs {
+					if canonicalPrefix(o) == c {
+						return fmt.Errorf("allowed IP %s is planned for both peer %s and peer %s", c, other.PublicKey, peer.PublicKey)
+					}
+				}
+			}
+		}
 	}
 	return nil
+}
+
+// lastKey remembers the last public key derived from a plan's private key,
+// which is the same on every pass.
+var lastKey atomic.Pointer[[2]wgtypes.Key]
+
+func publicKey(private wgtypes.Key) wgtypes.Key {
+	if k := lastKey.Load(); k != nil && k[0] == private {
+		return k[1]
+	}
+	pub := private.PublicKey()
+	lastKey.Store(&[2]wgtypes.Key{private, pub})
+	return pub
+}
+
+// canonicalPrefix is how WireGuard stores an allowed IP: masked, and an
+// IPv4-mapped prefix as IPv4.
+func canonicalPrefix(p netip.Prefix) netip.Prefix {
+	a, bits := p.Addr(), p.Bits()
+	if a.Is4In6() && bits >= 96 {
+		a, bits = a.Unmap(), bits-96
+	}
+	return netip.PrefixFrom(a, bits).Masked()
+}
+
+// changedPeers returns the peers of last and of want that are not equal in
+// both: was holds the old versions (changed or removed), now the new ones
+// (changed or added). aligned reports that both list the same keys in the
+// same order; then was[i] is the old version of now[i].
+func changedPeers(last, want []wireguard.PeerPlan) (was, now []wireguard.PeerPlan, aligned bool) {
+	aligned = len(last) == len(want)
+	for i := 0; aligned && i < len(want); i++ {
+		aligned = last[i].PublicKey == want[i].PublicKey
+	}
+	if aligned {
+		// The usual case (same peers, same order): no index needed.
+		for i := range want {
+			if !samePeer(last[i], want[i]) {
+				was, now = append(was, last[i]), append(now, want[i])
+			}
+		}
+		return was, now, true
+	}
+	old := make(map[wgtypes.Key]int, len(last))
+	for i := range last {
+		old[last[i].PublicKey] = i
+	}
+	for _, w := range want {
+		i, ok := old[w.PublicKey]
+		if !ok {
+			now = append(now, w)
+			continue
+		}
+		delete(old, w.PublicKey)
+		if !samePeer(last[i], w) {
+			was, now = append(was, last[i]), append(now, w)
+		}
+	}
+	for _, i := range old {
+		was = append(was, last[i])
+	}
+	return was, now, false
+}
+
+func samePeer(a, b wireguard.PeerPlan) bool {
+	return a.PublicKey == b.PublicKey && a.Endpoint == b.Endpoint &&
+		a.PersistentKeepalive == b.PersistentKeepalive && slices.Equal(a.AllowedIPs, b.AllowedIPs)
+}
+
+// devicePeer is what a device configured with p reports for it (the
+// endpoint as set; a peer without one has none as far as the plan knows).
+func devicePeer(p wireguard.PeerPlan) wgtypes.Peer {
+	out := wgtypes.Peer{PublicKey: p.PublicKey, PersistentKeepaliveInterval: p.PersistentKeepalive.Truncate(time.Second)}
+	if p.Endpoint.IsValid() {
+		out.Endpoint = net.UDPAddrFromAddrPort(p.Endpoint)
+	}
+	for _, ip := range p.AllowedIPs {
+		out.AllowedIPs = append(out.AllowedIPs, net.IPNet{IP: ip.Addr().AsSlice(), Mask: net.CIDRMask(ip.Bits(), ip.Addr().BitLen())})
+	}
+	return out
+}
+
+func sameFilter(a, b netfilter.FilterPlan) bool {
+	return a.TunnelInterface == b.TunnelInterface && a.MSSClamp == b.MSSClamp &&
+		slices.Equal(a.LocalPodCIDRs, b.LocalPodCIDRs) && slices.Equal(a.RemotePodCIDRs, b.RemotePodCIDRs)
+}
+
+func sameRoutes(a, b routing.RoutePlan) bool {
+	return a.Table == b.Table && a.RulePriority == b.RulePriority && slices.Equal(a.Routes, b.Routes)
 }
 
 // removeTunnel closes and deletes the device when this Dataplane opened it,
@@ -191,6 +491,7 @@ func (d *Dataplane) removeTunnel(ctx context.Context, name string, res *Result) 
 		_ = d.tunnel.Close()
 		d.tunnel = nil
 	}
+	d.mem.tunnel = nil
 	if name == "" {
 		name = d.o.TunnelInterface
 	}
@@ -206,9 +507,10 @@ func (d *Dataplane) removeTunnel(ctx context.Context, name string, res *Result) 
 	return nil
 }
 
-// RunResync re-applies the last plan every period until ctx is done, so that
-// drift (a route or rule deleted by hand, a peer removed with wg) is
-// repaired. Passes with nothing to repair write nothing.
+// RunResync runs Resync every period until ctx is done, so that drift (a
+// route or rule deleted by hand, a peer removed with wg), which event-driven
+// passes do not look for, is repaired. Passes with nothing to repair write
+// nothing.
 func (d *Dataplane) RunResync(ctx context.Context, period time.Duration) {
 	t := time.NewTicker(period)
 	defer t.Stop()
@@ -218,15 +520,11 @@ func (d *Dataplane) RunResync(ctx context.Context, period time.Duration) {
 			return
 		case <-t.C:
 		}
-		d.mu.Lock()
-		if d.last != nil {
-			if res, err := d.apply(ctx, *d.last); err != nil {
-				d.o.Log.Error(err, "Resync of the data path failed")
-			} else if !res.Empty() {
-				d.o.Log.Info("Resync repaired drift")
-			}
+		if res, err := d.Resync(ctx); err != nil {
+			d.o.Log.Error(err, "Resync of the data path failed")
+		} else if !res.Empty() {
+			d.o.Log.Info("Resync repaired drift")
 		}
-		d.mu.Unlock()
 	}
 }
 
@@ -256,6 +554,7 @@ func (d *Dataplane) LastPlan() (plan.NodePlan, bool) {
 func (d *Dataplane) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.mem = applied{}
 	if d.tunnel == nil {
 		return nil
 	}
@@ -293,6 +592,7 @@ func (d *Dataplane) Cleanup(ctx context.Context) error {
 		}
 	}
 	d.last = nil
+	d.mem = applied{}
 	return errors.Join(errs...)
 }
 

@@ -13,6 +13,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/archipelago-mesh/archipelago/agent/dataplane/fake"
+	"github.com/archipelago-mesh/archipelago/agent/netfilter"
 	"github.com/archipelago-mesh/archipelago/agent/plan"
 	"github.com/archipelago-mesh/archipelago/agent/routing"
 )
@@ -106,31 +107,79 @@ func hasTable(k *fake.Kernel) bool {
 }
 
 // TestApplyStates drives the applier through random sequences of plans (role
-// changes, peers added, removed and changed) and checks that the kernel ends
-// at exactly the last plan, and that applying it again writes nothing.
+// changes, peers added, removed and changed), applied by event-driven passes
+// interleaved with resyncs, some after drift made by hand, and checks that
+// the kernel ends at exactly the last plan: a repeated plan writes nothing
+// (and reads nothing when event-driven), and a full pass finds nothing to
+// repair.
 func TestApplyStates(t *testing.T) {
 	roles := []string{plan.RoleGateway, plan.RoleStandby, plan.RoleWorker}
-	for seed := range 20 {
+	ctx := context.Background()
+	for seed := range 40 {
 		r := rand.New(rand.NewPCG(uint64(seed), 7))
 		k := fake.NewKernel()
 		dp := k.Dataplane(iface, logr.Discard())
 		var last plan.NodePlan
-		for step := range 12 {
+		for step := range 16 {
+			switch r.IntN(6) {
+			case 0:
+				if step > 0 {
+					drift(k, r)
+					if res, err := dp.Resync(ctx); err != nil || !res.Full {
+						t.Fatalf("seed %d step %d: resync full=%v: %v", seed, step, res.Full, err)
+					}
+					check(t, k, last)
+					continue
+				}
+			case 1:
+				if step > 0 {
+					if _, err := dp.Resync(ctx); err != nil {
+						t.Fatalf("seed %d step %d: resync: %v", seed, step, err)
+					}
+				}
+			}
 			in := inputs(roles[r.IntN(len(roles))], peers(r.IntN(8), r.IntN(4)))
 			if r.IntN(4) == 0 && len(in.Peers) > 0 {
 				in.Peers[0].Endpoint = netip.MustParseAddrPort("203.0.113.7:4500")
 			}
+			if r.IntN(4) == 0 && len(in.Peers) > 1 {
+				in.Peers[1].PodCIDRs = append(in.Peers[1].PodCIDRs, netip.MustParsePrefix("10.200.0.0/24"))
+			}
 			last = plan.Compute(in)
-			if _, err := dp.Apply(context.Background(), last); err != nil {
+			if _, err := dp.Apply(ctx, last); err != nil {
 				t.Fatalf("seed %d step %d (%s): %v", seed, step, in.Role, err)
 			}
 			check(t, k, last)
 		}
 		k.ResetWrites()
-		res, err := dp.Apply(context.Background(), last)
-		if err != nil || !res.Empty() || k.Writes() != 0 {
-			t.Fatalf("seed %d: repeated plan wrote %d times (%+v, %v)", seed, k.Writes(), res, err)
+		k.ResetReads()
+		res, err := dp.Apply(ctx, last)
+		if err != nil || !res.Empty() || res.Full || k.Writes() != 0 || k.Reads() != 0 {
+			t.Fatalf("seed %d: repeated plan wrote %d times, read %d times (%+v, %v)", seed, k.Writes(), k.Reads(), res, err)
 		}
+		res, err = dp.ApplyFull(ctx, last)
+		if err != nil || !res.Empty() || !res.Full || k.Writes() != 0 {
+			t.Fatalf("seed %d: full pass after event passes wrote %d times (%+v, %v)", seed, k.Writes(), res, err)
+		}
+	}
+}
+
+// drift changes the fake kernel behind the agent's back, as a person with
+// ip, wg, nft or sysctl would.
+func drift(k *fake.Kernel, r *rand.Rand) {
+	switch r.IntN(4) {
+	case 0:
+		if rs := k.Netlink.Routes(routing.DefaultTable); len(rs) > 0 {
+			_ = k.Netlink.RouteDel(&rs[r.IntN(len(rs))])
+		}
+	case 1:
+		if dev, err := k.WG.Device(iface); err == nil && len(dev.Peers) > 0 {
+			_ = k.WG.ConfigureDevice(iface, wgtypes.Config{Peers: []wgtypes.PeerConfig{{PublicKey: dev.Peers[r.IntN(len(dev.Peers))].PublicKey, Remove: true}}})
+		}
+	case 2:
+		_ = k.Sysctl.Set("net.ipv4.ip_forward", "0")
+	case 3:
+		_ = netfilter.Cleanup(k.NFT) // nft delete table inet archipelago
 	}
 }
 

@@ -4,9 +4,16 @@
 // nftables table and the routes, through the wireguard, routing and
 // netfilter packages. Every step diffs first, so a pass with nothing to
 // change makes no kernel write; a role change away from gateway tears the
-// device down; RunResync re-applies the last plan periodically to repair
-// drift (a route deleted by hand); Cleanup removes everything the agent
-// made. Report turns the last pass into the NodeReport the agent publishes.
+// device down; Cleanup removes everything the agent made. Report turns the
+// last pass into the NodeReport the agent publishes.
+//
+// Apply is the event-driven pass: the Dataplane remembers, per layer, the
+// part of the plan its last successful pass applied, skips a layer whose
+// part did not change without reading the kernel, and configures only the
+// WireGuard peers that differ. ApplyFull and Resync (which RunResync calls
+// periodically) diff every layer against the kernel and so repair drift (a
+// route deleted by hand); the first pass, and a layer after an error, are
+// always full.
 //
 // Kernel access goes through the narrow interfaces of those packages plus
 // TunnelDriver (open/tear down the device) so that the whole applier runs on

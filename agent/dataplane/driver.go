@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"context"
+	"sync"
 
 	"github.com/go-logr/logr"
 
@@ -28,11 +29,36 @@ var _ TunnelDriver = (*WireGuardDriver)(nil)
 
 // Open implements TunnelDriver.
 func (w *WireGuardDriver) Open(ctx context.Context, name string, mtu int) (Tunnel, error) {
-	o := wireguard.Options{Name: name, MTU: mtu, Kind: w.Kind, Links: w.Links, Log: w.Log}
+	// The Device is opened with a client of ours so that event-driven
+	// passes can send just the changed peers through it (NewTunnel).
+	wg, err := wireguard.NewClient()
+	if err != nil {
+		return nil, err
+	}
+	client := &closeOnce{Client: wg}
+	o := wireguard.Options{Name: name, MTU: mtu, Kind: w.Kind, Links: w.Links, Client: client, Log: w.Log}
 	if w.Userspace != nil {
 		o.Userspace = w.Userspace(name, mtu)
 	}
-	return wireguard.New(ctx, o)
+	dev, err := wireguard.New(ctx, o)
+	if err != nil {
+		// New closes the client on some of its errors, not on all.
+		_ = client.Close()
+		return nil, err
+	}
+	return NewTunnel(dev, client), nil
+}
+
+// closeOnce makes a second Close of a client a no-op.
+type closeOnce struct {
+	wireguard.Client
+	once sync.Once
+	err  error
+}
+
+func (c *closeOnce) Close() error {
+	c.once.Do(func() { c.err = c.Client.Close() })
+	return c.err
 }
 
 // Teardown implements TunnelDriver.

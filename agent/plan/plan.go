@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -114,22 +115,29 @@ type NodePlan struct {
 }
 
 // Compute returns the NodePlan for in. It is pure and deterministic: equal
-// inputs give equal plans, whatever the order of Peers.
+// inputs give equal plans, whatever the order of Peers. The plan shares no
+// memory with in.
+//
+// Compute runs on every event-driven pass of the agent, so it is written to
+// be linear after one sort: the directory is sorted once (not at all when it
+// comes sorted, as PeersFromMembers returns it), every range is canonicalised
+// once into one backing array, and the routes and filter ranges come out of
+// the overlap check already in order.
 func Compute(in Inputs) NodePlan {
 	p := NodePlan{
 		Role:            in.Role,
 		TunnelInterface: in.Tunnel.Interface,
 		Hold:            in.Hold,
-		PeerClusters:    map[wgtypes.Key]string{},
 	}
+	gw := in.Role == RoleGateway
 	local := canonical(in.LocalPodCIDRs)
 	p.Filter.LocalPodCIDRs = local
 	p.Host.IPv4 = hasFamily(local, true)
 	p.Host.IPv6 = hasFamily(local, false)
 
-	peers, skipped := usablePeers(in, local)
-	p.Skipped = skipped
-	if in.Role == RoleGateway {
+	d := usablePeers(in, local)
+	p.Skipped = d.skipped
+	if gw {
 		mtu := in.Tunnel.MTU
 		if mtu == 0 {
 			mtu = wireguard.DefaultMTU
@@ -139,93 +147,164 @@ func Compute(in Inputs) NodePlan {
 		p.Filter.MSSClamp = true
 		p.Host.TunnelInterface = in.Tunnel.Interface
 	}
+	p.PeerClusters = map[wgtypes.Key]string{}
 	if in.Hold != "" {
 		return p
 	}
-	if in.Role != RoleGateway && !in.ActiveGatewayIP.IsValid() {
-		if len(peers) > 0 {
+	if !gw && !in.ActiveGatewayIP.IsValid() {
+		if d.usable > 0 {
 			p.Hold = "no active gateway known yet"
 		}
 		return p
 	}
-	if in.Role != RoleGateway {
+	if !gw {
 		p.NextHop = in.ActiveGatewayIP.Unmap()
 	}
 
-	for _, peer := range peers {
-		ranges := canonical(peer.PodCIDRs)
-		if in.Role == RoleGateway {
+	if gw && d.usable > 0 {
+		// The map of keys that passed the key checks, less the peers that
+		// lost an overlap, is exactly the usable peers' keys.
+		p.PeerClusters = d.keys
+		p.Tunnel.Peers = make([]wireguard.PeerPlan, 0, d.usable)
+		for i, peer := range d.peers {
+			if d.reasons[i] != "" {
+				continue
+			}
 			p.Tunnel.Peers = append(p.Tunnel.Peers, wireguard.PeerPlan{
 				PublicKey:           peer.PublicKey,
 				Endpoint:            peer.Endpoint,
-				AllowedIPs:          ranges,
+				AllowedIPs:          d.ranges[i],
 				PersistentKeepalive: in.Tunnel.Keepalive,
 			})
-			p.PeerClusters[peer.PublicKey] = peer.Cluster
-		}
-		for _, r := range ranges {
-			route := routing.Route{Dst: r}
-			if in.Role == RoleGateway {
-				route.Dev = in.Tunnel.Interface
-			} else {
-				if r.Addr().Is4() != p.NextHop.Is4() {
-					// No next hop of this family: an IPv6 range behind an
-					// IPv4-only gateway address is not routable from here.
-					continue
-				}
-				route.Via = p.NextHop
-			}
-			p.Routes.Routes = append(p.Routes.Routes, route)
-			p.Filter.RemotePodCIDRs = append(p.Filter.RemotePodCIDRs, r)
 		}
 	}
-	slices.SortFunc(p.Filter.RemotePodCIDRs, comparePrefix)
-	slices.SortFunc(p.Routes.Routes, func(a, b routing.Route) int { return comparePrefix(a.Dst, b.Dst) })
-	if in.Role == RoleGateway {
+	// d.sorted holds every range of the usable peers in prefix order, so
+	// routes and filter ranges need no sort of their own. Ranges are unique:
+	// equal ranges of two owners are an overlap, and one owner's are
+	// deduplicated.
+	n := 0
+	for _, o := range d.sorted {
+		if o.owner >= 0 && d.reasons[o.owner] == "" {
+			n++
+		}
+	}
+	if n > 0 {
+		p.Routes.Routes = make([]routing.Route, 0, n)
+		p.Filter.RemotePodCIDRs = make([]netip.Prefix, 0, n)
+	}
+	for _, o := range d.sorted {
+		if o.owner < 0 || d.reasons[o.owner] != "" {
+			continue
+		}
+		r := o.p
+		route := routing.Route{Dst: r}
+		if gw {
+			route.Dev = in.Tunnel.Interface
+		} else {
+			if r.Addr().Is4() != p.NextHop.Is4() {
+				// No next hop of this family: an IPv6 range behind an
+				// IPv4-only gateway address is not routable from here.
+				continue
+			}
+			route.Via = p.NextHop
+		}
+		p.Routes.Routes = append(p.Routes.Routes, route)
+		p.Filter.RemotePodCIDRs = append(p.Filter.RemotePodCIDRs, r)
+	}
+	if len(p.Routes.Routes) == 0 {
+		// As before: no remote range is a nil list, not an empty one.
+		p.Routes.Routes, p.Filter.RemotePodCIDRs = nil, nil
+	}
+	if gw {
 		p.Host.IPv4 = p.Host.IPv4 || hasFamily(p.Filter.RemotePodCIDRs, true)
 		p.Host.IPv6 = p.Host.IPv6 || hasFamily(p.Filter.RemotePodCIDRs, false)
 	}
 	return p
 }
 
+// owned is a range and who has it: -1 is this cluster, else an index into
+// directory.peers.
+type owned struct {
+	p     netip.Prefix
+	owner int
+}
+
+// directory is the peer directory sorted by cluster, with each peer's
+// canonical ranges and, when it is left out, the reason.
+type directory struct {
+	peers   []Peer           // sorted by cluster; read only (may be Inputs.Peers itself)
+	ranges  [][]netip.Prefix // canonical ranges per peer
+	reasons []string         // "" when usable
+	usable  int
+	// keys maps the keys of the usable peers to their cluster (gateway
+	// only).
+	keys map[wgtypes.Key]string
+	// sorted holds this cluster's ranges and those of every peer that
+	// passed the key checks, in prefix order.
+	sorted  []owned
+	skipped []InvalidPeer
+}
+
+func byCluster(a, b Peer) int { return cmp.Compare(a.Cluster, b.Cluster) }
+
 // usablePeers sorts the directory by cluster and sets aside peers that the
 // tunnel could not converge to: no key, our own key, a key used twice, no
 // range, or a range overlapping ours or another peer's (of overlapping
 // owners, this cluster wins, then the first cluster by name).
-func usablePeers(in Inputs, local []netip.Prefix) ([]Peer, []InvalidPeer) {
-	peers := slices.Clone(in.Peers)
-	slices.SortFunc(peers, func(a, b Peer) int { return cmp.Compare(a.Cluster, b.Cluster) })
+func usablePeers(in Inputs, local []netip.Prefix) directory {
+	peers := in.Peers
+	if !slices.IsSortedFunc(peers, byCluster) {
+		peers = slices.Clone(peers)
+		slices.SortFunc(peers, byCluster)
+	}
+	// Only the gateway needs keys: other nodes route by range alone.
+	gw := in.Role == RoleGateway
 	var self wgtypes.Key
-	if in.PrivateKey != (wgtypes.Key{}) {
-		self = in.PrivateKey.PublicKey()
+	if gw && in.PrivateKey != (wgtypes.Key{}) {
+		self = publicKey(in.PrivateKey)
 	}
-	reasons := make([]string, len(peers))
-	keys := make(map[wgtypes.Key]string, len(peers))
-	type owned struct {
-		p     netip.Prefix
-		owner int // -1 is this cluster, else index into peers
+	d := directory{
+		peers:   peers,
+		ranges:  make([][]netip.Prefix, len(peers)),
+		reasons: make([]string, len(peers)),
 	}
-	all := make([]owned, 0, len(peers)+len(local))
+	total := 0
+	for i := range peers {
+		total += len(peers[i].PodCIDRs)
+	}
+	// One backing array for every peer's canonical ranges; each peer's
+	// slice is capped so that appending to it cannot reach its neighbour.
+	buf := make([]netip.Prefix, 0, total)
+	var keys map[wgtypes.Key]string
+	if gw {
+		keys = make(map[wgtypes.Key]string, len(peers))
+	}
+	d.keys = keys
+	d.sorted = make([]owned, 0, total+len(local))
 	for _, l := range local {
-		all = append(all, owned{l, -1})
+		d.sorted = append(d.sorted, owned{l, -1})
 	}
-	for i, peer := range peers {
-		ranges := canonical(peer.PodCIDRs)
-		// Only the gateway needs keys: other nodes route by range alone.
-		gw := in.Role == RoleGateway
+	for i := range peers {
+		peer := &peers[i]
+		start := len(buf)
+		buf = appendCanonical(buf, peer.PodCIDRs)
+		ranges := buf[start:len(buf):len(buf)]
+		d.ranges[i] = ranges
 		switch {
 		case len(ranges) == 0:
-			reasons[i] = "no pod range assigned by the hub"
+			d.reasons[i] = "no pod range assigned by the hub"
 		case gw && peer.PublicKey == (wgtypes.Key{}):
-			reasons[i] = fmt.Sprintf("active gateway %q has no public key", peer.Gateway)
+			d.reasons[i] = fmt.Sprintf("active gateway %q has no public key", peer.Gateway)
 		case gw && self != (wgtypes.Key{}) && peer.PublicKey == self:
-			reasons[i] = fmt.Sprintf("active gateway %q uses this cluster's own public key", peer.Gateway)
+			d.reasons[i] = fmt.Sprintf("active gateway %q uses this cluster's own public key", peer.Gateway)
 		case gw && keys[peer.PublicKey] != "":
-			reasons[i] = fmt.Sprintf("active gateway %q uses the same public key as cluster %s", peer.Gateway, keys[peer.PublicKey])
+			d.reasons[i] = fmt.Sprintf("active gateway %q uses the same public key as cluster %s", peer.Gateway, keys[peer.PublicKey])
 		default:
-			keys[peer.PublicKey] = peer.Cluster
+			if gw {
+				keys[peer.PublicKey] = peer.Cluster
+			}
 			for _, r := range ranges {
-				all = append(all, owned{r, i})
+				d.sorted = append(d.sorted, owned{r, i})
 			}
 		}
 	}
@@ -234,19 +313,20 @@ func usablePeers(in Inputs, local []netip.Prefix) ([]Peer, []InvalidPeer) {
 	// ranges holds: O(n log n) where pairwise checks would be quadratic at
 	// 10,000 peers. Conflicts are then settled in priority order: this
 	// cluster first, then peers by name; a peer loses only to a winner.
-	slices.SortFunc(all, func(a, b owned) int { return comparePrefix(a.p, b.p) })
-	conflicts := map[int][]owned{}
+	slices.SortFunc(d.sorted, func(a, b owned) int { return comparePrefix(a.p, b.p) })
+	var conflicts map[int][]owned // rare: made on the first one
 	var stack []owned
-	for _, o := range all {
-		for len(stack) > 0 {
-			top := stack[len(stack)-1]
-			if top.p.Addr().BitLen() == o.p.Addr().BitLen() && lastAddr(top.p).Compare(o.p.Addr()) >= 0 {
-				break
-			}
+	for _, o := range d.sorted {
+		// o starts at or after every range on the stack, so it overlaps one
+		// exactly when that range contains its first address.
+		for len(stack) > 0 && !stack[len(stack)-1].p.Contains(o.p.Addr()) {
 			stack = stack[:len(stack)-1]
 		}
 		for _, anc := range stack {
 			if anc.owner != o.owner {
+				if conflicts == nil {
+					conflicts = map[int][]owned{}
+				}
 				conflicts[o.owner] = append(conflicts[o.owner], owned{o.p, anc.owner})
 				conflicts[anc.owner] = append(conflicts[anc.owner], owned{anc.p, o.owner})
 			}
@@ -254,45 +334,51 @@ func usablePeers(in Inputs, local []netip.Prefix) ([]Peer, []InvalidPeer) {
 		stack = append(stack, o)
 	}
 	for i := range peers {
-		if reasons[i] != "" {
+		if d.reasons[i] != "" {
 			continue
 		}
 		for _, c := range conflicts[i] {
 			if c.owner == -1 {
-				reasons[i] = fmt.Sprintf("pod range %s overlaps this cluster's range", c.p)
+				d.reasons[i] = fmt.Sprintf("pod range %s overlaps this cluster's range", c.p)
 				break
 			}
-			if c.owner < i && reasons[c.owner] == "" {
-				reasons[i] = fmt.Sprintf("pod range %s overlaps cluster %s", c.p, peers[c.owner].Cluster)
+			if c.owner < i && d.reasons[c.owner] == "" {
+				d.reasons[i] = fmt.Sprintf("pod range %s overlaps cluster %s", c.p, peers[c.owner].Cluster)
 				break
 			}
 		}
 	}
-	var (
-		out     []Peer
-		skipped []InvalidPeer
-	)
-	for i, peer := range peers {
-		if reasons[i] != "" {
-			skipped = append(skipped, InvalidPeer{
-				Cluster: peer.Cluster, Gateway: peer.Gateway,
-				PodCIDRs: prefixStrings(peer.PodCIDRs), Message: reasons[i],
-			})
+	for i := range peers {
+		if d.reasons[i] == "" {
+			d.usable++
 			continue
 		}
-		out = append(out, peer)
+		peer := &peers[i]
+		if gw && keys[peer.PublicKey] == peer.Cluster && len(conflicts[i]) > 0 {
+			// Passed the key checks, then lost an overlap.
+			delete(keys, peer.PublicKey)
+		}
+		d.skipped = append(d.skipped, InvalidPeer{
+			Cluster: peer.Cluster, Gateway: peer.Gateway,
+			PodCIDRs: prefixStrings(peer.PodCIDRs), Message: d.reasons[i],
+		})
 	}
-	return out, skipped
+	return d
 }
 
-func lastAddr(p netip.Prefix) netip.Addr {
-	a := p.Masked().Addr()
-	b := a.AsSlice()
-	for i := p.Bits(); i < len(b)*8; i++ {
-		b[i/8] |= 0x80 >> (i % 8)
+// lastKey remembers the last public key derived: the private key is the same
+// on every pass, and deriving its public key is a scalar multiplication that
+// would otherwise be a sizeable part of a pass at 1,000 peers. The cache is
+// not observable: publicKey is a function of its argument.
+var lastKey atomic.Pointer[[2]wgtypes.Key]
+
+func publicKey(private wgtypes.Key) wgtypes.Key {
+	if k := lastKey.Load(); k != nil && k[0] == private {
+		return k[1]
 	}
-	out, _ := netip.AddrFromSlice(b)
-	return out
+	pub := private.PublicKey()
+	lastKey.Store(&[2]wgtypes.Key{private, pub})
+	return pub
 }
 
 // PeersFromMembers builds the peer directory from the hub's MemberClusters.
@@ -397,14 +483,32 @@ func endpoint(eps []string, resolve func(string) (netip.Addr, error)) (netip.Add
 }
 
 func canonical(in []netip.Prefix) []netip.Prefix {
-	out := make([]netip.Prefix, 0, len(in))
+	return appendCanonical(make([]netip.Prefix, 0, len(in)), in)
+}
+
+// appendCanonical appends the valid prefixes of in to out, unmapped and
+// masked, sorted and without duplicates among themselves.
+func appendCanonical(out, in []netip.Prefix) []netip.Prefix {
+	start := len(out)
 	for _, p := range in {
-		if p.IsValid() {
-			out = append(out, netip.PrefixFrom(p.Addr().Unmap(), p.Bits()).Masked())
+		if !p.IsValid() {
+			continue
 		}
+		a, bits := p.Addr(), p.Bits()
+		if a.Is4In6() && bits >= 96 {
+			// ::ffff:10.1.0.0/112 is 10.1.0.0/16, as the kernel and
+			// WireGuard store it. (Unmapping the address alone would give
+			// an invalid /112 IPv4 prefix.)
+			a, bits = a.Unmap(), bits-96
+		}
+		out = append(out, netip.PrefixFrom(a, bits).Masked())
 	}
-	slices.SortFunc(out, comparePrefix)
-	return slices.Compact(out)
+	if len(out)-start > 1 {
+		mine := out[start:]
+		slices.SortFunc(mine, comparePrefix)
+		out = out[:start+len(slices.Compact(mine))]
+	}
+	return out
 }
 
 func comparePrefix(a, b netip.Prefix) int {

@@ -1,16 +1,23 @@
 // Package fake builds a dataplane.Dataplane on in-memory kernels (the fakes
-// of the wireguard, routing and netfilter packages) and counts its writes.
+// of the wireguard, routing and netfilter packages) and counts its writes
+// and reads.
 package fake
 
 import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/go-logr/logr"
+	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/archipelago-mesh/archipelago/agent/dataplane"
+	"github.com/archipelago-mesh/archipelago/agent/netfilter"
 	nffake "github.com/archipelago-mesh/archipelago/agent/netfilter/fake"
+	"github.com/archipelago-mesh/archipelago/agent/routing"
 	rtfake "github.com/archipelago-mesh/archipelago/agent/routing/fake"
 	"github.com/archipelago-mesh/archipelago/agent/wireguard"
 	wgfake "github.com/archipelago-mesh/archipelago/agent/wireguard/fake"
@@ -27,6 +34,7 @@ type Kernel struct {
 	Driver  *Driver
 
 	sysctlBase int
+	reads      atomic.Int64
 }
 
 // NewKernel returns an empty fake node with IPv4 forwarding off and strict
@@ -49,10 +57,18 @@ func NewKernel() *Kernel {
 // Dataplane returns a Dataplane on k.
 func (k *Kernel) Dataplane(tunnel string, log logr.Logger) *dataplane.Dataplane {
 	return dataplane.New(dataplane.Options{
-		Tunnels: k.Driver, Netlink: k.Netlink, Filter: k.NFT, Sysctl: k.Sysctl,
-		TunnelInterface: tunnel, Log: log,
+		Tunnels: k.Driver, Netlink: readNetlink{k.Netlink, &k.reads}, Filter: readConn{k.NFT, &k.reads},
+		Sysctl: readSysctl{k.Sysctl, &k.reads}, TunnelInterface: tunnel, Log: log,
 	})
 }
+
+// Reads is the number of kernel reads (WireGuard device, route, rule and
+// link listings, nftables listings, sysctl reads) made through Dataplanes
+// of k since ResetReads.
+func (k *Kernel) Reads() int { return int(k.reads.Load()) }
+
+// ResetReads zeroes the read counter.
+func (k *Kernel) ResetReads() { k.reads.Store(0) }
 
 // Writes is the number of kernel writes since ResetWrites.
 func (k *Kernel) Writes() int {
@@ -80,6 +96,9 @@ type Driver struct {
 	writes int
 	// FailOpen makes Open fail.
 	FailOpen error
+	// NoPeerConfigurer makes Open return a Tunnel that can only be applied
+	// whole (read and diffed), as a Tunnel of another implementation.
+	NoPeerConfigurer bool
 }
 
 // Writes counts device creations and deletions.
@@ -102,7 +121,15 @@ func (d *Driver) Open(ctx context.Context, name string, mtu int) (dataplane.Tunn
 	}
 	d.k.Netlink.AddLink(name)
 	d.k.Sysctl.Define("net.ipv4.conf."+name+".rp_filter", "0")
-	return wireguard.New(ctx, wireguard.Options{Name: name, MTU: mtu, Links: d.k.Links, Client: noClose{d.k.WG}, Log: logr.Discard()})
+	client := readClient{noClose{d.k.WG}, &d.k.reads}
+	dev, err := wireguard.New(ctx, wireguard.Options{Name: name, MTU: mtu, Links: d.k.Links, Client: client, Log: logr.Discard()})
+	if err != nil {
+		return nil, err
+	}
+	if d.NoPeerConfigurer {
+		return dev, nil
+	}
+	return dataplane.NewTunnel(dev, client), nil
 }
 
 // Teardown implements dataplane.TunnelDriver.
@@ -123,3 +150,76 @@ func (d *Driver) Teardown(_ context.Context, name string) error {
 type noClose struct{ *wgfake.Client }
 
 func (noClose) Close() error { return nil }
+
+// The read counters below wrap the fakes only in what a Dataplane is given,
+// so that tests can tell a pass that skipped a layer from one that read it.
+
+type readClient struct {
+	wireguard.Client
+	n *atomic.Int64
+}
+
+func (c readClient) Device(name string) (*wgtypes.Device, error) {
+	c.n.Add(1)
+	return c.Client.Device(name)
+}
+
+type readNetlink struct {
+	routing.Netlink
+	n *atomic.Int64
+}
+
+func (r readNetlink) RouteListFiltered(family int, filter *netlink.Route, mask uint64) ([]netlink.Route, error) {
+	r.n.Add(1)
+	return r.Netlink.RouteListFiltered(family, filter, mask)
+}
+
+func (r readNetlink) RuleList(family int) ([]netlink.Rule, error) {
+	r.n.Add(1)
+	return r.Netlink.RuleList(family)
+}
+
+func (r readNetlink) LinkByName(name string) (netlink.Link, error) {
+	r.n.Add(1)
+	return r.Netlink.LinkByName(name)
+}
+
+type readConn struct {
+	netfilter.Conn
+	n *atomic.Int64
+}
+
+func (c readConn) ListTablesOfFamily(family nftables.TableFamily) ([]*nftables.Table, error) {
+	c.n.Add(1)
+	return c.Conn.ListTablesOfFamily(family)
+}
+
+func (c readConn) ListChainsOfTableFamily(family nftables.TableFamily) ([]*nftables.Chain, error) {
+	c.n.Add(1)
+	return c.Conn.ListChainsOfTableFamily(family)
+}
+
+func (c readConn) GetRules(t *nftables.Table, ch *nftables.Chain) ([]*nftables.Rule, error) {
+	c.n.Add(1)
+	return c.Conn.GetRules(t, ch)
+}
+
+func (c readConn) GetSets(t *nftables.Table) ([]*nftables.Set, error) {
+	c.n.Add(1)
+	return c.Conn.GetSets(t)
+}
+
+func (c readConn) GetSetElements(s *nftables.Set) ([]nftables.SetElement, error) {
+	c.n.Add(1)
+	return c.Conn.GetSetElements(s)
+}
+
+type readSysctl struct {
+	routing.Sysctl
+	n *atomic.Int64
+}
+
+func (s readSysctl) Get(name string) (string, error) {
+	s.n.Add(1)
+	return s.Sysctl.Get(name)
+}
