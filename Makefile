@@ -55,8 +55,8 @@ $(GOLANGCI_LINT): hack/tools/lint/go.mod hack/tools/lint/go.sum
 ##@ Build
 
 .PHONY: build
-build: ## Build the binaries into bin/.
-	CGO_ENABLED=0 go build -trimpath -o $(BIN)/ ./cmd/...
+build: lab-binaries ## Build every binary into bin/ (archipelago-hub, -agent, -probe, -lab, kubectl-archipelago).
+	CGO_ENABLED=0 go build -trimpath -o $(BIN)/archipelago-probe ./cmd/archipelago-probe
 
 .PHONY: test-binaries
 test-binaries: ## Build kube-apiserver, etcd and kubectl for tests into bin/k8s (minutes the first time).
@@ -80,7 +80,29 @@ test-unit: ## Run unit tests only (no root, no apiserver).
 bench: test-binaries ## Run the benchmarks and print a table.
 	hack/bench.sh
 
+.PHONY: lab-binaries
+lab-binaries: ## Build the binaries the lab runs (hub, agent, kubectl plugin, lab) into bin/.
+	@echo "==> building archipelago-hub, archipelago-agent, kubectl-archipelago, archipelago-lab into $(BIN)"
+	CGO_ENABLED=0 go build -trimpath -o $(BIN)/archipelago-hub ./cmd/hub
+	CGO_ENABLED=0 go build -trimpath -o $(BIN)/archipelago-agent ./cmd/agent
+	CGO_ENABLED=0 go build -trimpath -o $(BIN)/kubectl-archipelago ./cmd/kubectl-archipelago
+	CGO_ENABLED=0 go build -trimpath -o $(BIN)/archipelago-lab ./cmd/lab
+
 .PHONY: demo
-demo: ## Show archipelago working end to end (the lab).
-	@echo "make demo: not yet — the lab (a hub and three member clusters on this machine) is being built."
-	@echo "Until then, 'make test' runs the hub against a real kube-apiserver."
+demo: ## Show archipelago working end to end: a hub and three member clusters on this machine (root). DEMO_FLAGS=--once exits after the matrix.
+	@if [ "$$(id -u)" -ne 0 ]; then echo "make demo needs root (network namespaces, nftables, TUN devices): run 'sudo make demo'"; exit 1; fi
+	hack/install-packages.sh
+	$(MAKE) --no-print-directory test-binaries lab-binaries
+	$(BIN)/archipelago-lab $(DEMO_FLAGS)
+
+.PHONY: e2e
+e2e: ## Run the lab end-to-end suite (root; builds what it needs).
+	hack/install-packages.sh
+	$(MAKE) --no-print-directory test-binaries lab-binaries
+	go test -tags e2e -count=1 -timeout 20m -v ./test/e2e/lab/
+
+.PHONY: bench-lab
+bench-lab: ## Run the lab benchmarks: join -> first packet, tunnel throughput, gateway takeover (root).
+	hack/install-packages.sh
+	$(MAKE) --no-print-directory test-binaries lab-binaries
+	go test -tags e2e -count=1 -timeout 20m -run '^$$' -bench . -benchtime 1x -v ./test/e2e/lab/

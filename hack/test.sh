@@ -38,6 +38,7 @@ if [[ $(id -u) -eq 0 ]]; then
   run "privileged" go test -count=1 -tags privileged ./agent/...
   if [[ -z "${SKIP_E2E:-}" && -d test/e2e/lab ]]; then
     step "lab end-to-end suite"
+    make --no-print-directory lab-binaries
     run "e2e lab" go test -count=1 -timeout 30m -tags e2e ./test/e2e/lab/... -v
   else
     summary+=("skipped e2e lab (SKIP_E2E set or no suite)")

@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kruntime "k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -42,6 +43,10 @@ type hubConn struct {
 	reader client.Reader
 	client client.Client
 	cancel context.CancelFunc
+	// degraded is set when a call to the hub failed. The watches behind
+	// reader then sit in client-go's reconnect backoff (up to 30 s), so once
+	// the hub answers again the connection is started afresh.
+	degraded bool
 }
 
 // directory is what the elected agent last read from the hub.
@@ -109,7 +114,13 @@ func (a *Agent) ensureHub(ctx context.Context, m *meshv1.ClusterSetMembership) (
 		cancel()
 		return nil, fmt.Errorf("hub %s: watch of MemberClusters did not sync (unreachable, or credentials refused)", rc.Host)
 	}
-	direct, err := client.New(rc, client.Options{Scheme: scheme})
+	// Bound every direct call: a hub that is unreachable must fail a pass,
+	// not hang it (the data path is applied in the same pass).
+	drc := rest.CopyConfig(rc)
+	if drc.Timeout == 0 {
+		drc.Timeout = 10 * time.Second
+	}
+	direct, err := client.New(drc, client.Options{Scheme: scheme})
 	if err != nil {
 		cancel()
 		return nil, err
@@ -148,6 +159,9 @@ func (a *Agent) gatewaySync(ctx context.Context, s *scope) error {
 		return nil
 	}
 	hub, err := a.ensureHub(ctx, s.membership)
+	if err == nil && hub.degraded {
+		hub, err = a.reconnectHub(ctx, hub, s.membership)
+	}
 	if err == nil {
 		var dir *directory
 		dir, s.join, err = a.readDirectory(ctx, hub, s.membership)
@@ -157,15 +171,52 @@ func (a *Agent) gatewaySync(ctx context.Context, s *scope) error {
 			a.mu.Unlock()
 			if err := a.publishGateways(ctx, hub, s, dir); err != nil {
 				s.errs = append(s.errs, err)
+				if hubDown(err) {
+					hub.degraded = true
+				}
 			}
 		}
 	}
 	if err != nil {
 		s.join = joinState{reason: "HubUnreachable", message: err.Error()}
 		s.errs = append(s.errs, err)
+		if hub != nil && hubDown(err) {
+			hub.degraded = true
+		}
+	}
+	if hub == nil || hub.degraded {
+		// Come back soon rather than at the next resync: the directory
+		// should catch up within seconds of the hub's return.
+		time.AfterFunc(hubRetry, a.Trigger)
 	}
 	s.dir = a.currentDirectory()
 	return nil
+}
+
+// hubDown tells a hub that does not answer (or answers that it cannot serve)
+// from one that refused a request.
+func hubDown(err error) bool {
+	var status apierrors.APIStatus
+	if !errors.As(err, &status) {
+		return true
+	}
+	return apierrors.IsServiceUnavailable(err) || apierrors.IsTimeout(err) || apierrors.IsServerTimeout(err) ||
+		apierrors.IsInternalError(err) || apierrors.IsTooManyRequests(err)
+}
+
+// hubRetry is how often a pass runs while the hub is failing.
+const hubRetry = 2 * time.Second
+
+// reconnectHub probes a degraded hub with one direct read. When it answers,
+// the watches are started afresh (an immediate re-list instead of waiting
+// out their reconnect backoff).
+func (a *Agent) reconnectHub(ctx context.Context, hub *hubConn, m *meshv1.ClusterSetMembership) (*hubConn, error) {
+	if err := hub.client.Get(ctx, client.ObjectKey{Name: m.Spec.ClusterName}, &meshv1.MemberCluster{}); err != nil && !apierrors.IsNotFound(err) {
+		return hub, fmt.Errorf("hub still unreachable: %w", err)
+	}
+	a.log.Info("Hub answers again, restarting its watches")
+	a.stopHub()
+	return a.ensureHub(ctx, m)
 }
 
 func (a *Agent) readDirectory(ctx context.Context, hub *hubConn, m *meshv1.ClusterSetMembership) (*directory, joinState, error) {

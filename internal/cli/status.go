@@ -22,7 +22,15 @@ type statusOptions struct {
 	*Options
 	hubContext string
 	clusterSet string
+	staleAfter time.Duration
 }
+
+// DefaultGatewayStaleAfter is how old the active Gateway's lastSeen may be
+// before status calls the member's agent stale (agents refresh it every
+// --report-interval, 30 s by default). The hub has no notion of agent
+// liveness of its own: without this, a member whose agent died looks
+// healthy until its peers' handshakes expire (3 minutes).
+const DefaultGatewayStaleAfter = 5 * time.Minute
 
 func newStatusCommand(o *Options) *cobra.Command {
 	s := &statusOptions{Options: o}
@@ -40,7 +48,9 @@ and prints one table per ClusterSet:
   PROBLEMS          hub conditions that are not OK, as Type=Reason
 
 -o wide adds readiness, age and the conditions' messages.
-Exits 1 when a member is not Ready or not connected to every peer.`,
+A member whose active gateway has not reported (Gateway status.lastSeen) for
+--stale-after gets the problem Gateway=Stale.
+Exits 1 when a member is not Ready, not connected to every peer, or stale.`,
 		Example: `  kubectl archipelago status --hub-context kind-hub
   kubectl archipelago status --hub-context kind-hub --clusterset demo -o wide
   kubectl archipelago status --hub-context kind-hub -o json`,
@@ -49,6 +59,7 @@ Exits 1 when a member is not Ready or not connected to every peer.`,
 	}
 	cmd.Flags().StringVar(&s.hubContext, "hub-context", "", "Kubeconfig context of the hub (default: --context or the current context)")
 	cmd.Flags().StringVar(&s.clusterSet, "clusterset", "", "Show only this ClusterSet")
+	cmd.Flags().DurationVar(&s.staleAfter, "stale-after", DefaultGatewayStaleAfter, "A member whose active gateway last reported longer ago than this is stale (its agent stopped)")
 	return cmd
 }
 
@@ -60,7 +71,7 @@ func (s *statusOptions) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	report, err := BuildStatus(ctx, hub.Client, s.clusterSet, s.now())
+	report, err := BuildStatusWithLimits(ctx, hub.Client, s.clusterSet, s.now(), s.staleAfter)
 	if err != nil {
 		if _, ok := err.(*exitError); ok {
 			return err
@@ -104,6 +115,8 @@ type MemberReport struct {
 	Connected          bool        `json:"connected"`
 	Age                string      `json:"age"`
 	Problems           []Condition `json:"problems,omitempty"`
+	// Stale: the active gateway's agent stopped reporting.
+	Stale bool `json:"stale,omitempty"`
 }
 
 // Condition is a condition that is not OK.
@@ -121,7 +134,7 @@ func (r *StatusReport) Healthy() bool {
 			return false
 		}
 		for _, m := range cs.Members {
-			if !m.Ready || !m.Connected {
+			if !m.Ready || !m.Connected || m.Stale {
 				return false
 			}
 		}
@@ -139,6 +152,12 @@ var memberConditionOrder = []string{
 // BuildStatus reads the hub's ClusterSets, MemberClusters and the active
 // Gateways of each member.
 func BuildStatus(ctx context.Context, c client.Reader, onlySet string, now time.Time) (*StatusReport, error) {
+	return BuildStatusWithLimits(ctx, c, onlySet, now, DefaultGatewayStaleAfter)
+}
+
+// BuildStatusWithLimits is BuildStatus with the age past which an active
+// Gateway's lastSeen makes the member stale (0: never).
+func BuildStatusWithLimits(ctx context.Context, c client.Reader, onlySet string, now time.Time, staleAfter time.Duration) (*StatusReport, error) {
 	var sets []meshv1.ClusterSet
 	if onlySet != "" {
 		cs := &meshv1.ClusterSet{}
@@ -177,7 +196,7 @@ func BuildStatus(ctx context.Context, c client.Reader, onlySet string, now time.
 		if onlySet != "" && m.Spec.ClusterSet != onlySet {
 			continue
 		}
-		row, err := memberRow(ctx, c, m, now)
+		row, err := memberRow(ctx, c, m, now, staleAfter)
 		if err != nil {
 			return nil, err
 		}
@@ -198,7 +217,7 @@ func BuildStatus(ctx context.Context, c client.Reader, onlySet string, now time.
 	return report, nil
 }
 
-func memberRow(ctx context.Context, c client.Reader, m *meshv1.MemberCluster, now time.Time) (MemberReport, error) {
+func memberRow(ctx context.Context, c client.Reader, m *meshv1.MemberCluster, now time.Time, staleAfter time.Duration) (MemberReport, error) {
 	row := MemberReport{
 		Name:     m.Name,
 		PodCIDRs: m.Status.PodCIDRs,
@@ -236,6 +255,11 @@ func memberRow(ctx context.Context, c client.Reader, m *meshv1.MemberCluster, no
 		gw := &gws.Items[i]
 		if !gw.Spec.Active || (m.Status.ActiveGateway != "" && gw.Spec.NodeName != m.Status.ActiveGateway) {
 			continue
+		}
+		if seen := gw.Status.LastSeen; staleAfter > 0 && seen != nil && now.Sub(seen.Time) > staleAfter {
+			row.Stale = true
+			row.Problems = append(row.Problems, Condition{Type: "Gateway", Status: "Unknown", Reason: "Stale",
+				Message: fmt.Sprintf("active gateway %s last reported %s ago (stale after %s): is its agent running? Run 'kubectl archipelago diagnose --context %s'", gw.Spec.NodeName, age(now, seen), staleAfter, m.Name)})
 		}
 		for _, p := range gw.Status.Peers {
 			switch {

@@ -1,0 +1,225 @@
+//go:build e2e
+
+package lab_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/archipelago-mesh/archipelago/test/lab"
+)
+
+func needBench(b *testing.B) *lab.Lab {
+	b.Helper()
+	if skip != "" {
+		b.Skip(skip)
+	}
+	return theLab
+}
+
+func p50(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// BenchmarkJoinToFirstPacket: MemberCluster creation (the join command) to
+// the first TCP exchange both ways with an existing member, over several
+// joins (each member leaves again afterwards). Target: p50 <= 5 s.
+func BenchmarkJoinToFirstPacket(b *testing.B) {
+	l := needBench(b)
+	ctx := context.Background()
+	const joins = 3
+	var took []time.Duration
+	for i := 0; i < joins; i++ {
+		name := l.NextMemberName()
+		m, err := l.PrepareMember(ctx, lab.MemberSpec{Name: name})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := l.JoinMember(ctx, m); err != nil {
+			b.Fatal(err)
+		}
+		a, n := podB(b, l, "alpha-w1-p1"), podB(b, l, name+"-w1-p1")
+		if _, err := lab.WaitTCP(ctx, n, a, 60*time.Second); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := lab.WaitTCP(ctx, a, n, 30*time.Second); err != nil {
+			b.Fatal(err)
+		}
+		took = append(took, time.Since(m.JoinStarted))
+		if _, err := l.RemoveMember(ctx, m); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(p50(took).Seconds(), "s-p50")
+	b.Logf("join -> first packet: %v (p50 %.2fs)", took, p50(took).Seconds())
+}
+
+func podB(b *testing.B, l *lab.Lab, name string) *lab.Pod {
+	for _, p := range l.Pods() {
+		if p.Name == name {
+			return p
+		}
+	}
+	b.Fatalf("no pod %s", name)
+	return nil
+}
+
+// iperf runs one TCP stream from namespace src to addr in namespace dst
+// for secs seconds and returns the received bits per second.
+func iperf(b *testing.B, l *lab.Lab, srcNS, dstNS, addr string, secs int) float64 {
+	b.Helper()
+	srv, err := l.StartProcess("bench/iperf3-server", dstNS, "iperf3", "-s", "-1", "-p", "5201")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer srv.Stop(2 * time.Second)
+	time.Sleep(300 * time.Millisecond)
+	out, err := exec.Command("ip", "netns", "exec", srcNS, "iperf3", "-c", addr, "-p", "5201", "-t", fmt.Sprint(secs), "-J").Output()
+	if err != nil {
+		b.Fatalf("iperf3 %s -> %s: %v: %s", srcNS, addr, err, out)
+	}
+	var r struct {
+		End struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal(out, &r); err != nil {
+		b.Fatal(err)
+	}
+	return r.End.SumReceived.BitsPerSecond
+}
+
+// BenchmarkTunnelThroughput: one TCP stream pod -> pod across the tunnel
+// (userspace WireGuard with offloads), the same over a plain veth between
+// two namespaces, and through wireguard-go without TUN offloads (the
+// gateways' devices replaced by 'wireguard-device --no-offloads', which the
+// agents adopt). Target: offloads >= 5x no offloads.
+func BenchmarkTunnelThroughput(b *testing.B) {
+	l := needBench(b)
+	ctx := context.Background()
+	const secs = 5
+	src, dst := podB(b, l, "alpha-w1-p1"), podB(b, l, "bravo-w1-p1")
+	if _, err := lab.WaitTCP(ctx, src, dst, 30*time.Second); err != nil {
+		b.Fatal(err)
+	}
+	tunnel := iperf(b, l, src.NS, dst.NS, dst.IP.String(), secs)
+
+	// A path without the tunnel: two namespaces and one veth.
+	for _, ns := range []string{lab.NSPrefix + "bench-a", lab.NSPrefix + "bench-b"} {
+		if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+			b.Fatalf("%v: %s", err, out)
+		}
+		defer exec.Command("ip", "netns", "del", ns).Run()
+	}
+	for _, c := range [][]string{
+		{"ip", "-n", lab.NSPrefix + "bench-a", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", lab.NSPrefix + "bench-b"},
+		{"ip", "-n", lab.NSPrefix + "bench-a", "addr", "add", "198.18.1.1/30", "dev", "eth0"},
+		{"ip", "-n", lab.NSPrefix + "bench-b", "addr", "add", "198.18.1.2/30", "dev", "eth0"},
+		{"ip", "-n", lab.NSPrefix + "bench-a", "link", "set", "eth0", "up"},
+		{"ip", "-n", lab.NSPrefix + "bench-b", "link", "set", "eth0", "up"},
+		{"ip", "-n", lab.NSPrefix + "bench-b", "link", "set", "lo", "up"},
+	} {
+		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+			b.Fatalf("%v: %v: %s", c, err, out)
+		}
+	}
+	direct := iperf(b, l, lab.NSPrefix+"bench-a", lab.NSPrefix+"bench-b", "198.18.1.2", secs)
+
+	// The same tunnel with devices without offloads.
+	var gws []*lab.Node
+	for _, m := range []*lab.Member{src.Node.Member, dst.Node.Member} {
+		gw, err := l.ActiveGateway(ctx, m)
+		if err != nil || gw == nil {
+			b.Fatalf("active gateway of %s: %v", m.Name, err)
+		}
+		gws = append(gws, gw)
+	}
+	replace := func(offloads bool) {
+		for _, gw := range gws {
+			l.StopAgent(gw)
+			if err := l.RemoveTunnel(gw); err != nil {
+				b.Fatal(err)
+			}
+			if !offloads {
+				if _, err := l.StartProcess("bench/"+gw.Name+"-wireguard-device", gw.NS,
+					l.Bin("archipelago-agent"), "wireguard-device", "--name", gw.Iface, "--no-offloads"); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+		time.Sleep(time.Second)
+		for _, gw := range gws {
+			if err := l.StartAgent(gw); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if _, err := lab.WaitTCP(ctx, src, dst, 60*time.Second); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := lab.WaitTCP(ctx, dst, src, 60*time.Second); err != nil {
+			b.Fatal(err)
+		}
+	}
+	replace(false)
+	noOffloads := iperf(b, l, src.NS, dst.NS, dst.IP.String(), secs)
+	replace(true)
+
+	g := func(bps float64) float64 { return bps / 1e9 }
+	b.ReportMetric(g(tunnel), "Gbit/s-tunnel")
+	b.ReportMetric(g(direct), "Gbit/s-veth")
+	b.ReportMetric(g(noOffloads), "Gbit/s-no-offloads")
+	b.ReportMetric(tunnel/noOffloads, "x-offloads-vs-none")
+	b.Logf("one TCP stream, %ds each:\n  tunnel (wireguard-go, offloads) %.2f Gbit/s\n  plain veth                      %.2f Gbit/s  (tunnel = %.0f%% of it)\n  tunnel without TUN offloads     %.2f Gbit/s  (offloads = %.1fx)",
+		secs, g(tunnel), g(direct), 100*tunnel/direct, g(noOffloads), tunnel/noOffloads)
+}
+
+// BenchmarkGatewayTakeover: kill the active gateway's agent, remove its
+// device and take its links down; time until traffic flows again both ways
+// (p50 over several takeovers). Target (DESIGN.md): 3 s; the agent's
+// failover is lease-driven today.
+func BenchmarkGatewayTakeover(b *testing.B) {
+	l := needBench(b)
+	ctx := context.Background()
+	m := l.Member("alpha")
+	if len(m.Candidates()) < 2 {
+		b.Skip("alpha has one gateway candidate")
+	}
+	src, dst := podB(b, l, "alpha-w1-p1"), podB(b, l, "bravo-w1-p1")
+	var took []time.Duration
+	for i := 0; i < 3; i++ {
+		if _, err := lab.WaitTCP(ctx, src, dst, 60*time.Second); err != nil {
+			b.Fatal(err)
+		}
+		old, err := l.ActiveGateway(ctx, m)
+		if err != nil || old == nil {
+			b.Fatalf("active gateway: %v", err)
+		}
+		start := time.Now()
+		l.KillAgent(old)
+		_ = l.RemoveTunnel(old)
+		_ = l.SetLinks(old, false)
+		if _, err := lab.WaitTCP(ctx, src, dst, 60*time.Second); err != nil {
+			b.Fatalf("takeover %d (%s stopped at %s): %v", i+1, old.Name, start.Format("15:04:05"), err)
+		}
+		if _, err := lab.WaitTCP(ctx, dst, src, 60*time.Second); err != nil {
+			b.Fatalf("takeover %d (%s stopped at %s): %v", i+1, old.Name, start.Format("15:04:05"), err)
+		}
+		took = append(took, time.Since(start))
+		_ = l.SetLinks(old, true)
+		if err := l.StartAgent(old); err != nil {
+			b.Fatal(err)
+		}
+		time.Sleep(3 * time.Second)
+	}
+	b.ReportMetric(p50(took).Seconds(), "s-p50")
+	b.Logf("takeover (lease %s): %v (p50 %.2fs)", l.LeaseDuration, took, p50(took).Seconds())
+}
