@@ -261,6 +261,21 @@ func (d *Dataplane) apply(ctx context.Context, p plan.NodePlan, full bool) (Resu
 }
 
 func (d *Dataplane) applyTunnel(ctx context.Context, p plan.NodePlan, res *Result) error {
+	err := d.applyTunnelOnce(ctx, p, res)
+	if err == nil || d.tunnel == nil || res.TunnelOpened {
+		return err
+	}
+	// The device may be gone (deleted by hand, or its userspace process
+	// died): drop the handle and open it again, which starts a new device
+	// with the same key, then apply the plan in full.
+	d.o.Log.Info("Tunnel apply failed, opening the device again", "interface", d.tunnelName, "error", err.Error())
+	_ = d.tunnel.Close()
+	d.tunnel = nil
+	d.mem = applied{}
+	return d.applyTunnelOnce(ctx, p, res)
+}
+
+func (d *Dataplane) applyTunnelOnce(ctx context.Context, p plan.NodePlan, res *Result) error {
 	if d.tunnel != nil && d.tunnelName != p.TunnelInterface {
 		if err := d.removeTunnel(ctx, d.tunnelName, res); err != nil {
 			return err

@@ -541,6 +541,30 @@ func TestPrivilegedDataPath(t *testing.T) {
 		exchange(t, ac, ca, "c after c changed")
 	})
 
+	t.Run("resync recreates a device deleted by hand", func(t *testing.T) {
+		run(t, "ip", "-n", gwB.name, "link", "del", gwB.iface)
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go gwB.dp.RunResync(ctx, 200*time.Millisecond)
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			kind, _ := gwB.links.Kind(gwB.iface)
+			st, err := gwB.dp.TunnelState()
+			if kind != wireguard.LinkAbsent && err == nil && st.PublicKey == gwB.key.PublicKey() && len(st.Peers) == 2 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("device %s not recreated with its key and peers (link %q, %v)", gwB.iface, kind, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		cancel()
+		// Traffic flows again over the new device.
+		nab, nba := dial(t, gwA, gwB, 7010)
+		exchange(t, nab, nba, "pod a -> pod b over the recreated device")
+		exchange(t, nba, nab, "and back")
+	})
+
 	t.Run("gateway to worker tears the device down", func(t *testing.T) {
 		// c stops being a gateway (its cluster elected another node).
 		gwC.apply(workerPlan(gwC, c, a, b))
