@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -365,7 +364,7 @@ func validateDelta(want wireguard.TunnelPlan, was, now []wireguard.PeerPlan, ali
 	// The per-peer rules of TunnelPlan.Validate, on the changed peers.
 	// (Validate itself would derive the device's public key, a scalar
 	// multiplication that costs as much as the rest of a pass.)
-	self := publicKey(want.PrivateKey)
+	self := wireguard.PublicKey(want.PrivateKey)
 	for _, peer := range now {
 		switch {
 		case peer.PublicKey == (wgtypes.Key{}):
@@ -403,19 +402,6 @@ func validateDelta(want wireguard.TunnelPlan, was, now []wireguard.PeerPlan, ali
 		}
 	}
 	return nil
-}
-
-// lastKey remembers the last public key derived from a plan's private key,
-// which is the same on every pass.
-var lastKey atomic.Pointer[[2]wgtypes.Key]
-
-func publicKey(private wgtypes.Key) wgtypes.Key {
-	if k := lastKey.Load(); k != nil && k[0] == private {
-		return k[1]
-	}
-	pub := private.PublicKey()
-	lastKey.Store(&[2]wgtypes.Key{private, pub})
-	return pub
 }
 
 // canonicalPrefix is how WireGuard stores an allowed IP: masked, and an

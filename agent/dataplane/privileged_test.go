@@ -3,17 +3,14 @@
 package dataplane_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -32,6 +29,8 @@ import (
 	"github.com/archipelago-mesh/archipelago/agent/plan"
 	"github.com/archipelago-mesh/archipelago/agent/routing"
 	"github.com/archipelago-mesh/archipelago/agent/wireguard"
+	archnetns "github.com/archipelago-mesh/archipelago/internal/netns"
+	"github.com/archipelago-mesh/archipelago/internal/netnstest"
 )
 
 const (
@@ -40,6 +39,10 @@ const (
 	ifPrefix  = "adp"
 	wgPort    = 51820
 )
+
+// namespaces are this package's: arch-dpt-<pid>-..., and the device
+// processes the tests start in them.
+var namespaces = netnstest.Set{Prefix: nsPrefix, Ours: netnstest.EnvMarked(envDevice + "=" + ifPrefix)}
 
 func TestMain(m *testing.M) {
 	if name := os.Getenv(envDevice); name != "" {
@@ -53,101 +56,26 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	if os.Geteuid() == 0 {
-		removeLeftovers()
+		namespaces.RemoveLeftovers()
+		wireguard.RemoveStaleSockets(ifPrefix)
 		_ = unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 	}
 	os.Exit(m.Run())
 }
 
-func removeLeftovers() {
-	out, _ := exec.Command("ip", "netns", "list").Output()
-	for _, line := range strings.Split(string(out), "\n") {
-		ns, _, _ := strings.Cut(strings.TrimSpace(line), " ")
-		if !strings.HasPrefix(ns, nsPrefix) {
-			continue
-		}
-		pidStr, _, _ := strings.Cut(strings.TrimPrefix(ns, nsPrefix), "-")
-		if pid, err := strconv.Atoi(pidStr); err == nil && pid != os.Getpid() && syscall.Kill(pid, 0) == nil {
-			continue // a concurrent run's namespace
-		}
-		killDeviceProcesses(ns)
-		_ = exec.Command("ip", "netns", "del", ns).Run()
-	}
-	socks, _ := filepath.Glob(filepath.Join(wireguard.SocketDir, ifPrefix+"*.sock"))
-	for _, s := range socks {
-		if _, err := wireguard.UserspaceDevicePID(strings.TrimSuffix(filepath.Base(s), ".sock")); err != nil {
-			_ = os.Remove(s)
-		}
-	}
-}
-
-func killDeviceProcesses(ns string) {
-	out, _ := exec.Command("ip", "netns", "pids", ns).Output()
-	for _, f := range strings.Fields(string(out)) {
-		pid, err := strconv.Atoi(f)
-		if err != nil {
-			continue
-		}
-		env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
-		if err == nil && bytes.Contains(env, []byte(envDevice+"="+ifPrefix)) {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
-	}
-}
-
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces, TUN devices and nftables tables")
-	}
-	for _, tool := range []string{"ip", "nft"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s (make packages)", tool)
-		}
-	}
+	netnstest.RequireRoot(t, "creates network namespaces, TUN devices and nftables tables", "ip", "nft")
 	if _, err := os.Stat("/dev/net/tun"); err != nil {
 		t.Skip("needs /dev/net/tun")
 	}
-}
-
-func run(t *testing.T, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
-
-// inNS runs fn on an OS thread switched into ns.
-func inNS(ns netns.NsHandle, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			errc <- err
-			return
-		}
-		err = fn()
-		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- err
-	}()
-	return <-errc
 }
 
 // nsSysctl is routing.ProcSys inside a network namespace.
 type nsSysctl struct{ ns netns.NsHandle }
 
 func (s nsSysctl) Get(name string) (v string, err error) {
-	err2 := inNS(s.ns, func() error { v, err = routing.ProcSys{}.Get(name); return nil })
+	err2 := archnetns.Do(s.ns, func() error { v, err = routing.ProcSys{}.Get(name); return nil })
 	if err2 != nil {
 		return "", err2
 	}
@@ -156,7 +84,7 @@ func (s nsSysctl) Get(name string) (v string, err error) {
 
 func (s nsSysctl) Set(name, value string) error {
 	var err error
-	if err2 := inNS(s.ns, func() error { err = routing.ProcSys{}.Set(name, value); return nil }); err2 != nil {
+	if err2 := archnetns.Do(s.ns, func() error { err = routing.ProcSys{}.Set(name, value); return nil }); err2 != nil {
 		return err2
 	}
 	return err
@@ -181,61 +109,44 @@ type node struct {
 	key      wgtypes.Key
 }
 
-func newNS(t *testing.T, name string) netns.NsHandle {
-	t.Helper()
-	run(t, "ip", "netns", "add", name)
-	t.Cleanup(func() {
-		killDeviceProcesses(name)
-		_ = exec.Command("ip", "netns", "del", name).Run()
-	})
-	run(t, "ip", "-n", name, "link", "set", "lo", "up")
-	h, err := netns.GetFromName(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close() })
-	return h
-}
-
 type lab struct {
 	t   *testing.T
-	id  string
 	lan string
 }
 
 func newLab(t *testing.T) *lab {
 	requireRoot(t)
-	l := &lab{t: t, id: fmt.Sprintf("%s%d", nsPrefix, os.Getpid())}
-	l.lan = l.id + "-lan"
-	newNS(t, l.lan)
-	run(t, "ip", "-n", l.lan, "link", "add", "br0", "type", "bridge")
-	run(t, "ip", "-n", l.lan, "link", "set", "br0", "up")
+	l := &lab{t: t}
+	l.lan, _ = namespaces.New(t, "lan")
+	netnstest.Run(t, "ip", "-n", l.lan, "link", "add", "br0", "type", "bridge")
+	netnstest.Run(t, "ip", "-n", l.lan, "link", "set", "br0", "up")
 	return l
 }
 
-// addNode makes node namespace <id>-<suffix> with LAN address lan and a pod
-// namespace with address pod (the node side gets .1 of the pod's /24).
+// addNode makes node namespace arch-dpt-<pid>-<suffix> with LAN address lan
+// and a pod namespace with address pod (the node side gets .1 of the pod's
+// /24).
 func (l *lab) addNode(suffix string, lan, pod string) *node {
 	t := l.t
-	n := &node{t: t, name: l.id + "-" + suffix, lan: netip.MustParseAddr(lan), pod: netip.MustParseAddr(pod),
+	n := &node{t: t, lan: netip.MustParseAddr(lan), pod: netip.MustParseAddr(pod),
 		iface: fmt.Sprintf("%s%d%s", ifPrefix, os.Getpid()%100000, suffix), stateDir: filepath.Join(t.TempDir(), "state")}
 	n.logPath = filepath.Join(t.TempDir(), "device.log")
-	n.nsh = newNS(t, n.name)
-	podNS := n.name + "-pod"
-	n.podNS = newNS(t, podNS)
+	n.name, n.nsh = namespaces.New(t, suffix)
+	var podNS string
+	podNS, n.podNS = namespaces.New(t, suffix+"-pod")
 	veth := "v" + suffix
-	run(t, "ip", "-n", l.lan, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", n.name)
-	run(t, "ip", "-n", l.lan, "link", "set", veth, "master", "br0", "up")
-	run(t, "ip", "-n", n.name, "addr", "add", lan+"/24", "dev", "eth0")
-	run(t, "ip", "-n", n.name, "link", "set", "eth0", "up")
+	netnstest.Run(t, "ip", "-n", l.lan, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", n.name)
+	netnstest.Run(t, "ip", "-n", l.lan, "link", "set", veth, "master", "br0", "up")
+	netnstest.Run(t, "ip", "-n", n.name, "addr", "add", lan+"/24", "dev", "eth0")
+	netnstest.Run(t, "ip", "-n", n.name, "link", "set", "eth0", "up")
 	n.podNet = netip.PrefixFrom(n.pod, 24).Masked()
 	gw := n.podNet.Addr().Next()
-	run(t, "ip", "-n", n.name, "link", "add", "pod0", "type", "veth", "peer", "name", "eth0", "netns", podNS)
-	run(t, "ip", "-n", n.name, "addr", "add", gw.String()+"/24", "dev", "pod0")
-	run(t, "ip", "-n", n.name, "link", "set", "pod0", "up")
-	run(t, "ip", "-n", podNS, "addr", "add", pod+"/24", "dev", "eth0")
-	run(t, "ip", "-n", podNS, "link", "set", "eth0", "up")
-	run(t, "ip", "-n", podNS, "route", "add", "default", "via", gw.String())
+	netnstest.Run(t, "ip", "-n", n.name, "link", "add", "pod0", "type", "veth", "peer", "name", "eth0", "netns", podNS)
+	netnstest.Run(t, "ip", "-n", n.name, "addr", "add", gw.String()+"/24", "dev", "pod0")
+	netnstest.Run(t, "ip", "-n", n.name, "link", "set", "pod0", "up")
+	netnstest.Run(t, "ip", "-n", podNS, "addr", "add", pod+"/24", "dev", "eth0")
+	netnstest.Run(t, "ip", "-n", podNS, "link", "set", "eth0", "up")
+	netnstest.Run(t, "ip", "-n", podNS, "route", "add", "default", "via", gw.String())
 	var err error
 	if n.links, err = wireguard.NewNetlinkLinks(n.nsh); err != nil {
 		t.Fatal(err)
@@ -260,11 +171,7 @@ func (l *lab) addNode(suffix string, lan, pod string) *node {
 // cluster's pod range that leaves it.
 func (n *node) cniMasquerade(cluster string) {
 	script := fmt.Sprintf("add table ip cni\nadd chain ip cni post { type nat hook postrouting priority srcnat; }\nadd rule ip cni post ip saddr %s ip daddr != %s counter masquerade\n", cluster, cluster)
-	cmd := exec.Command("ip", "netns", "exec", n.name, "nft", "-f", "-")
-	cmd.Stdin = strings.NewReader(script)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		n.t.Fatalf("nft in %s: %v\n%s", n.name, err, out)
-	}
+	netnstest.Nft(n.t, n.name, script)
 }
 
 // open is what an agent does at start: a new Dataplane on the node.
@@ -374,7 +281,7 @@ func workerPlan(w *node, c cluster, others ...cluster) plan.NodePlan {
 func dial(t *testing.T, from *node, to *node, port int) (c, s net.Conn) {
 	t.Helper()
 	var ln net.Listener
-	if err := inNS(to.podNS, func() (err error) {
+	if err := archnetns.Do(to.podNS, func() (err error) {
 		ln, err = net.Listen("tcp", netip.AddrPortFrom(to.pod, uint16(port)).String())
 		return err
 	}); err != nil {
@@ -390,7 +297,7 @@ func dial(t *testing.T, from *node, to *node, port int) (c, s net.Conn) {
 		}
 		acc <- conn
 	}()
-	if err := inNS(from.podNS, func() (err error) {
+	if err := archnetns.Do(from.podNS, func() (err error) {
 		d := net.Dialer{Timeout: 15 * time.Second}
 		c, err = d.Dial("tcp", netip.AddrPortFrom(to.pod, uint16(port)).String())
 		return err
@@ -427,7 +334,7 @@ func exchange(t *testing.T, a, b net.Conn, msg string) {
 }
 
 func ownRoutes(t *testing.T, n *node) string {
-	return run(t, "ip", "-n", n.name, "route", "show", "table", strconv.Itoa(routing.DefaultTable))
+	return netnstest.Run(t, "ip", "-n", n.name, "route", "show", "table", strconv.Itoa(routing.DefaultTable))
 }
 
 // TestPrivilegedDataPath builds three member clusters on one LAN: A (a
@@ -444,8 +351,8 @@ func TestPrivilegedDataPath(t *testing.T) {
 	b := cluster{"b", []netip.Prefix{netip.MustParsePrefix("10.20.0.0/16")}, gwB}
 	c := cluster{"c", []netip.Prefix{netip.MustParsePrefix("10.30.0.0/16")}, gwC}
 	// The CNI's own routes between A's nodes.
-	run(t, "ip", "-n", gwA.name, "route", "add", "10.10.2.0/24", "via", wA.lan.String())
-	run(t, "ip", "-n", wA.name, "route", "add", "10.10.1.0/24", "via", gwA.lan.String())
+	netnstest.Run(t, "ip", "-n", gwA.name, "route", "add", "10.10.2.0/24", "via", wA.lan.String())
+	netnstest.Run(t, "ip", "-n", wA.name, "route", "add", "10.10.1.0/24", "via", gwA.lan.String())
 	for _, n := range []*node{gwA, wA} {
 		n.cniMasquerade("10.10.0.0/16")
 	}
@@ -504,8 +411,8 @@ func TestPrivilegedDataPath(t *testing.T) {
 	})
 
 	t.Run("resync repairs a route deleted by hand", func(t *testing.T) {
-		run(t, "ip", "-n", gwA.name, "route", "del", "10.20.0.0/16", "table", strconv.Itoa(routing.DefaultTable))
-		run(t, "ip", "-n", wA.name, "route", "del", "10.30.0.0/16", "table", strconv.Itoa(routing.DefaultTable))
+		netnstest.Run(t, "ip", "-n", gwA.name, "route", "del", "10.20.0.0/16", "table", strconv.Itoa(routing.DefaultTable))
+		netnstest.Run(t, "ip", "-n", wA.name, "route", "del", "10.30.0.0/16", "table", strconv.Itoa(routing.DefaultTable))
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		go gwA.dp.RunResync(ctx, 200*time.Millisecond)
@@ -542,7 +449,7 @@ func TestPrivilegedDataPath(t *testing.T) {
 	})
 
 	t.Run("resync recreates a device deleted by hand", func(t *testing.T) {
-		run(t, "ip", "-n", gwB.name, "link", "del", gwB.iface)
+		netnstest.Run(t, "ip", "-n", gwB.name, "link", "del", gwB.iface)
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		go gwB.dp.RunResync(ctx, 200*time.Millisecond)
@@ -588,11 +495,11 @@ func TestPrivilegedDataPath(t *testing.T) {
 				t.Errorf("%s: routes left:\n%s", n.name, out)
 			}
 			for _, fam := range []string{"-4", "-6"} {
-				if out := run(t, "ip", fam, "-n", n.name, "rule", "show"); strings.Contains(out, "lookup "+strconv.Itoa(routing.DefaultTable)) {
+				if out := netnstest.Run(t, "ip", fam, "-n", n.name, "rule", "show"); strings.Contains(out, "lookup "+strconv.Itoa(routing.DefaultTable)) {
 					t.Errorf("%s: rule left:\n%s", n.name, out)
 				}
 			}
-			if out := run(t, "ip", "netns", "exec", n.name, "nft", "list", "tables"); strings.Contains(out, netfilter.TableName) {
+			if out := netnstest.Run(t, "ip", "netns", "exec", n.name, "nft", "list", "tables"); strings.Contains(out, netfilter.TableName) {
 				t.Errorf("%s: nftables table left:\n%s", n.name, out)
 			}
 		}

@@ -12,17 +12,14 @@ import (
 	"github.com/google/nftables"
 
 	"github.com/archipelago-mesh/archipelago/agent/netfilter"
+	"github.com/archipelago-mesh/archipelago/internal/netnstest"
 )
 
-func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
-
+// testPlan is basePlan on the topology's tunnel interface.
 func testPlan() netfilter.FilterPlan {
-	return netfilter.FilterPlan{
-		LocalPodCIDRs:   []netip.Prefix{pfx("10.244.0.0/16"), pfx("fd00:a::/48")},
-		RemotePodCIDRs:  []netip.Prefix{pfx("10.245.0.0/16"), pfx("fd00:b::/48")},
-		TunnelInterface: tunnelIf,
-		MSSClamp:        true,
-	}
+	fp := basePlan()
+	fp.TunnelInterface = tunnelIf
+	return fp
 }
 
 func connIn(t *testing.T, ns interface{ String() string }, fd int) *nftables.Conn {
@@ -36,7 +33,7 @@ func connIn(t *testing.T, ns interface{ String() string }, fd int) *nftables.Con
 
 func listTable(t *testing.T, ns string) string {
 	t.Helper()
-	return run(t, "ip", "netns", "exec", ns, "nft", "list", "table", "inet", netfilter.TableName)
+	return netnstest.Run(t, "ip", "netns", "exec", ns, "nft", "list", "table", "inet", netfilter.TableName)
 }
 
 // cni is a stand-in for a CNI such as kindnet that masquerades all traffic
@@ -52,7 +49,7 @@ var cnis = []cni{
 	{
 		name: "nft",
 		install: func(t *testing.T, ns string) {
-			nftIn(t, ns, `
+			netnstest.Nft(t, ns, `
 table ip cni-masq {
 	chain postrouting {
 		type nat hook postrouting priority srcnat; policy accept;
@@ -67,8 +64,8 @@ table ip6 cni-masq {
 }`)
 		},
 		masqueraded: func(t *testing.T, ns string) int {
-			v4 := run(t, "ip", "netns", "exec", ns, "nft", "list", "table", "ip", "cni-masq")
-			v6 := run(t, "ip", "netns", "exec", ns, "nft", "list", "table", "ip6", "cni-masq")
+			v4 := netnstest.Run(t, "ip", "netns", "exec", ns, "nft", "list", "table", "ip", "cni-masq")
+			v6 := netnstest.Run(t, "ip", "netns", "exec", ns, "nft", "list", "table", "ip6", "cni-masq")
 			return counterOf(t, v4, "masquerade") + counterOf(t, v6, "masquerade")
 		},
 	},
@@ -80,16 +77,16 @@ table ip6 cni-masq {
 					t.Skipf("needs %s", tool)
 				}
 			}
-			if v := run(t, "iptables", "--version"); !strings.Contains(v, "nf_tables") {
+			if v := netnstest.Run(t, "iptables", "--version"); !strings.Contains(v, "nf_tables") {
 				t.Skipf("iptables is not the nf_tables variant: %s", v)
 			}
-			run(t, "ip", "netns", "exec", ns, "iptables", "-t", "nat", "-A", "POSTROUTING", "!", "-d", "10.244.0.0/16", "-j", "MASQUERADE")
-			run(t, "ip", "netns", "exec", ns, "ip6tables", "-t", "nat", "-A", "POSTROUTING", "!", "-d", "fd00:a::/48", "-j", "MASQUERADE")
+			netnstest.Run(t, "ip", "netns", "exec", ns, "iptables", "-t", "nat", "-A", "POSTROUTING", "!", "-d", "10.244.0.0/16", "-j", "MASQUERADE")
+			netnstest.Run(t, "ip", "netns", "exec", ns, "ip6tables", "-t", "nat", "-A", "POSTROUTING", "!", "-d", "fd00:a::/48", "-j", "MASQUERADE")
 		},
 		masqueraded: func(t *testing.T, ns string) int {
 			n := 0
 			for _, tool := range []string{"iptables", "ip6tables"} {
-				out := run(t, "ip", "netns", "exec", ns, tool, "-t", "nat", "-L", "POSTROUTING", "-v", "-n", "-x")
+				out := netnstest.Run(t, "ip", "netns", "exec", ns, tool, "-t", "nat", "-L", "POSTROUTING", "-v", "-n", "-x")
 				for _, line := range strings.Split(out, "\n") {
 					if f := strings.Fields(line); len(f) > 2 && f[2] == "MASQUERADE" {
 						c, _ := strconv.Atoi(f[0])
@@ -162,14 +159,14 @@ func TestVerdictSemantics(t *testing.T) {
 	cnis[0].install(t, tp.nodeA)
 
 	t.Run("accept in an earlier nat chain does not stop a later masquerade", func(t *testing.T) {
-		nftIn(t, tp.nodeA, `
+		netnstest.Nft(t, tp.nodeA, `
 table inet accept-test {
 	chain postrouting {
 		type nat hook postrouting priority srcnat - 10; policy accept;
 		ip saddr 10.244.0.0/16 ip daddr 10.245.0.0/16 counter accept
 	}
 }`)
-		defer nftIn(t, tp.nodeA, "delete table inet accept-test")
+		defer netnstest.Nft(t, tp.nodeA, "delete table inet accept-test")
 		before := cnis[0].masqueraded(t, tp.nodeA)
 		s, _, err := tp.connect(t, podBIP4)
 		if err != nil {
@@ -190,14 +187,14 @@ table inet accept-test {
 			t.Fatal(err)
 		}
 		defer netfilter.Cleanup(conn)
-		nftIn(t, tp.nodeA, `
+		netnstest.Nft(t, tp.nodeA, `
 table inet hostfw {
 	chain forward {
 		type filter hook forward priority filter; policy drop;
 	}
 }`)
 		_, _, err := tp.connect(t, podBIP4)
-		nftIn(t, tp.nodeA, "delete table inet hostfw")
+		netnstest.Nft(t, tp.nodeA, "delete table inet hostfw")
 		if err == nil {
 			t.Fatal("connected through a host firewall with policy drop; want the drop to be final")
 		}
@@ -214,8 +211,8 @@ table inet hostfw {
 func TestMSSClamp(t *testing.T) {
 	requireRoot(t)
 	tp := newTopology(t)
-	run(t, "ip", "-n", tp.nodeA, "link", "set", tunnelIf, "mtu", "1400")
-	run(t, "ip", "-n", tp.nodeB, "link", "set", "to-a", "mtu", "1400")
+	netnstest.Run(t, "ip", "-n", tp.nodeA, "link", "set", tunnelIf, "mtu", "1400")
+	netnstest.Run(t, "ip", "-n", tp.nodeB, "link", "set", "to-a", "mtu", "1400")
 
 	s, clientMSS, err := tp.connect(t, podBIP4)
 	if err != nil {
@@ -285,15 +282,15 @@ func ruleHandles(t *testing.T, conn *nftables.Conn) []uint64 {
 func TestApplyInNamespace(t *testing.T) {
 	requireRoot(t)
 	ns, h := newNS(t, "apply")
-	run(t, "ip", "-n", ns, "link", "add", tunnelIf, "type", "veth", "peer", "name", "peer0")
-	nftIn(t, ns, `
+	netnstest.Run(t, "ip", "-n", ns, "link", "add", tunnelIf, "type", "veth", "peer", "name", "peer0")
+	netnstest.Nft(t, ns, `
 table ip foreign {
 	chain postrouting {
 		type nat hook postrouting priority srcnat; policy accept;
 		ip daddr != 10.244.0.0/16 counter masquerade
 	}
 }`)
-	foreign := run(t, "ip", "netns", "exec", ns, "nft", "list", "table", "ip", "foreign")
+	foreign := netnstest.Run(t, "ip", "netns", "exec", ns, "nft", "list", "table", "ip", "foreign")
 	conn := connIn(t, h, int(h))
 
 	plan := testPlan()
@@ -308,22 +305,22 @@ table ip foreign {
 	handles := ruleHandles(t, conn)
 
 	// Ranges change: only set elements are written (rules keep their handles).
-	plan.RemotePodCIDRs = append(plan.RemotePodCIDRs, pfx("10.246.0.0/16"), pfx("10.247.0.0/16"), pfx("10.250.1.0/24"), pfx("fd00:c::/48"))
+	plan.RemotePodCIDRs = append(plan.RemotePodCIDRs, p("10.246.0.0/16"), p("10.247.0.0/16"), p("10.250.1.0/24"), p("fd00:c::/48"))
 	if changed, err := netfilter.Apply(conn, plan); err != nil || !changed {
 		t.Fatalf("Apply with more ranges: changed %v, err %v", changed, err)
 	}
 	if got := ruleHandles(t, conn); !equalU64(got, handles) {
 		t.Fatalf("rule handles changed from %v to %v: the table was rebuilt for a range change", handles, got)
 	}
-	set := run(t, "ip", "netns", "exec", ns, "nft", "list", "set", "inet", netfilter.TableName, netfilter.SetRemote4)
+	set := netnstest.Run(t, "ip", "netns", "exec", ns, "nft", "list", "set", "inet", netfilter.TableName, netfilter.SetRemote4)
 	if !strings.Contains(set, "10.245.0.0-10.247.255.255, 10.250.1.0/24") {
 		t.Fatalf("remote4 after adding ranges:\n%s", set)
 	}
-	plan.RemotePodCIDRs = []netip.Prefix{pfx("10.246.0.0/16"), pfx("fd00:b::/48")}
+	plan.RemotePodCIDRs = []netip.Prefix{p("10.246.0.0/16"), p("fd00:b::/48")}
 	if changed, err := netfilter.Apply(conn, plan); err != nil || !changed {
 		t.Fatalf("Apply with fewer ranges: changed %v, err %v", changed, err)
 	}
-	set = run(t, "ip", "netns", "exec", ns, "nft", "list", "set", "inet", netfilter.TableName, netfilter.SetRemote4)
+	set = netnstest.Run(t, "ip", "netns", "exec", ns, "nft", "list", "set", "inet", netfilter.TableName, netfilter.SetRemote4)
 	if !strings.Contains(set, "elements = { 10.246.0.0/16 }") {
 		t.Fatalf("remote4 after removing ranges:\n%s", set)
 	}
@@ -335,11 +332,11 @@ table ip foreign {
 	}
 
 	// Hand edits are repaired.
-	run(t, "ip", "netns", "exec", ns, "nft", "flush", "chain", "inet", netfilter.TableName, netfilter.ChainForward)
+	netnstest.Run(t, "ip", "netns", "exec", ns, "nft", "flush", "chain", "inet", netfilter.TableName, netfilter.ChainForward)
 	if changed, err := netfilter.Apply(conn, plan); err != nil || !changed {
 		t.Fatalf("Apply after a flushed chain: changed %v, err %v", changed, err)
 	}
-	run(t, "ip", "netns", "exec", ns, "nft", "delete", "element", "inet", netfilter.TableName, netfilter.SetRemote4, "{ 10.246.0.0/16 }")
+	netnstest.Run(t, "ip", "netns", "exec", ns, "nft", "delete", "element", "inet", netfilter.TableName, netfilter.SetRemote4, "{ 10.246.0.0/16 }")
 	if changed, err := netfilter.Apply(conn, plan); err != nil || !changed {
 		t.Fatalf("Apply after a deleted element: changed %v, err %v", changed, err)
 	}
@@ -357,10 +354,10 @@ table ip foreign {
 	if err := netfilter.Cleanup(conn); err != nil {
 		t.Fatalf("second Cleanup: %v", err)
 	}
-	if out, err := runErr("ip", "netns", "exec", ns, "nft", "list", "table", "inet", netfilter.TableName); err == nil {
+	if out, err := netnstest.RunErr("ip", "netns", "exec", ns, "nft", "list", "table", "inet", netfilter.TableName); err == nil {
 		t.Fatalf("table still there after Cleanup:\n%s", out)
 	}
-	if got := run(t, "ip", "netns", "exec", ns, "nft", "list", "table", "ip", "foreign"); got != foreign {
+	if got := netnstest.Run(t, "ip", "netns", "exec", ns, "nft", "list", "table", "ip", "foreign"); got != foreign {
 		t.Fatalf("foreign table changed:\n%s\nwant\n%s", got, foreign)
 	}
 }

@@ -3,134 +3,50 @@
 package netfilter_test
 
 import (
-	"bytes"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/archipelago-mesh/archipelago/internal/netnstest"
 )
 
-// nsPrefix names every namespace these tests create: arch-nft-<pid>-<n>.
-const nsPrefix = "arch-nft-"
+// namespaces are these tests': arch-nft-<pid>-<n>-<role>. They start no
+// processes.
+var (
+	namespaces = netnstest.Set{Prefix: "arch-nft-"}
+	nsSeq      atomic.Int32
+)
 
-var nsSeq atomic.Int32
+func TestMain(m *testing.M) {
+	if os.Geteuid() == 0 {
+		namespaces.RemoveLeftovers()
+	}
+	os.Exit(m.Run())
+}
 
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces and nftables tables")
-	}
-	for _, tool := range []string{"ip", "nft"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s (iproute2/nftables) on PATH", tool)
-		}
-	}
-	removeLeftovers(t)
-}
-
-// removeLeftovers deletes namespaces of earlier runs of these tests whose
-// process is gone (a killed test cannot run its cleanups).
-func removeLeftovers(t *testing.T) {
-	entries, _ := os.ReadDir("/run/netns")
-	for _, e := range entries {
-		rest, ok := strings.CutPrefix(e.Name(), nsPrefix)
-		if !ok {
-			continue
-		}
-		pid, err := strconv.Atoi(strings.SplitN(rest, "-", 2)[0])
-		if err == nil && (pid == os.Getpid() || syscall.Kill(pid, 0) == nil) {
-			continue // ours or a concurrent run's
-		}
-		if out, err := exec.Command("ip", "netns", "del", e.Name()).CombinedOutput(); err != nil {
-			t.Logf("Remove leftover netns %s: %v: %s", e.Name(), err, out)
-		}
-	}
+	netnstest.RequireRoot(t, "creates network namespaces and nftables tables", "ip", "nft")
 }
 
 // newNS creates a namespace, deleted at the end of the test, with lo up.
 func newNS(t *testing.T, role string) (string, netns.NsHandle) {
 	t.Helper()
-	name := fmt.Sprintf("%s%d-%d-%s", nsPrefix, os.Getpid(), nsSeq.Add(1), role)
-	run(t, "ip", "netns", "add", name)
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("delete netns %s: %v: %s", name, err, out)
-		}
-	})
-	h, err := netns.GetFromName(name)
-	if err != nil {
-		t.Fatalf("open netns %s: %v", name, err)
-	}
-	t.Cleanup(func() { h.Close() })
-	run(t, "ip", "-n", name, "link", "set", "lo", "up")
+	name, h := namespaces.New(t, fmt.Sprintf("%d-%s", nsSeq.Add(1), role))
 	// Without DAD, link-local addresses are usable at once: a router only
 	// sends neighbor solicitations for forwarded packets from a non-tentative
 	// link-local address, so with DAD the first second of IPv6 is lost.
-	run(t, "ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
+	netnstest.Run(t, "ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
 	return name, h
-}
-
-func run(t *testing.T, args ...string) string {
-	t.Helper()
-	out, err := runErr(args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
-func runErr(args ...string) (string, error) {
-	cmd := exec.Command(args[0], args[1:]...)
-	var buf bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &buf, &buf
-	if err := cmd.Run(); err != nil {
-		return buf.String(), fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, buf.String())
-	}
-	return buf.String(), nil
-}
-
-func nftIn(t *testing.T, ns, script string) {
-	t.Helper()
-	cmd := exec.Command("ip", "netns", "exec", ns, "nft", "-f", "-")
-	cmd.Stdin = strings.NewReader(script)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("nft -f in %s: %v: %s\n%s", ns, err, out, script)
-	}
-}
-
-// inNS runs fn on an OS thread switched into ns. Sockets created there stay
-// in ns after the thread switches back.
-func inNS(t *testing.T, ns netns.NsHandle, fn func()) {
-	t.Helper()
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatalf("get current netns: %v", err)
-	}
-	defer orig.Close()
-	if err := netns.Set(ns); err != nil {
-		t.Fatalf("enter netns: %v", err)
-	}
-	defer func() {
-		if err := netns.Set(orig); err != nil {
-			// The thread is in the wrong namespace; a locked goroutine that
-			// never unlocks makes the runtime discard the thread.
-			panic(fmt.Sprintf("return to original netns: %v", err))
-		}
-	}()
-	fn()
 }
 
 // topology is pod-a —veth— node-a —veth— node-b —veth— pod-b.
@@ -158,16 +74,16 @@ func newTopology(t *testing.T) *topology {
 	tp.podB, tp.podBH = newNS(t, "podb")
 
 	veth := func(ns1, if1, ns2, if2 string) {
-		run(t, "ip", "-n", ns1, "link", "add", if1, "type", "veth", "peer", "name", if2, "netns", ns2)
-		run(t, "ip", "-n", ns1, "link", "set", if1, "up")
-		run(t, "ip", "-n", ns2, "link", "set", if2, "up")
+		netnstest.Run(t, "ip", "-n", ns1, "link", "add", if1, "type", "veth", "peer", "name", if2, "netns", ns2)
+		netnstest.Run(t, "ip", "-n", ns1, "link", "set", if1, "up")
+		netnstest.Run(t, "ip", "-n", ns2, "link", "set", if2, "up")
 	}
 	addr := func(ns, dev, a string) {
 		args := []string{"ip", "-n", ns, "addr", "add", a, "dev", dev}
 		if strings.Contains(a, ":") {
 			args = append(args, "nodad") // no 1-2s wait for duplicate address detection
 		}
-		run(t, args...)
+		netnstest.Run(t, args...)
 	}
 	veth(tp.podA, "eth0", tp.nodeA, "to-poda")
 	veth(tp.nodeA, tunnelIf, tp.nodeB, "to-a")
@@ -186,16 +102,16 @@ func newTopology(t *testing.T) *topology {
 	addr(tp.podB, "eth0", podBIP4+"/24")
 	addr(tp.podB, "eth0", podBIP6+"/64")
 
-	run(t, "ip", "-n", tp.podA, "route", "add", "default", "via", "10.244.1.1")
-	run(t, "ip", "-n", tp.podA, "-6", "route", "add", "default", "via", "fd00:a:0:1::1")
-	run(t, "ip", "-n", tp.podB, "route", "add", "default", "via", "10.245.1.1")
-	run(t, "ip", "-n", tp.podB, "-6", "route", "add", "default", "via", "fd00:b:0:1::1")
-	run(t, "ip", "-n", tp.nodeA, "route", "add", "10.245.0.0/16", "via", "192.168.250.2")
-	run(t, "ip", "-n", tp.nodeA, "-6", "route", "add", "fd00:b::/48", "via", "fd00:ffff::2")
-	run(t, "ip", "-n", tp.nodeB, "route", "add", "10.244.0.0/16", "via", nodeAIP4)
-	run(t, "ip", "-n", tp.nodeB, "-6", "route", "add", "fd00:a::/48", "via", nodeAIP6)
+	netnstest.Run(t, "ip", "-n", tp.podA, "route", "add", "default", "via", "10.244.1.1")
+	netnstest.Run(t, "ip", "-n", tp.podA, "-6", "route", "add", "default", "via", "fd00:a:0:1::1")
+	netnstest.Run(t, "ip", "-n", tp.podB, "route", "add", "default", "via", "10.245.1.1")
+	netnstest.Run(t, "ip", "-n", tp.podB, "-6", "route", "add", "default", "via", "fd00:b:0:1::1")
+	netnstest.Run(t, "ip", "-n", tp.nodeA, "route", "add", "10.245.0.0/16", "via", "192.168.250.2")
+	netnstest.Run(t, "ip", "-n", tp.nodeA, "-6", "route", "add", "fd00:b::/48", "via", "fd00:ffff::2")
+	netnstest.Run(t, "ip", "-n", tp.nodeB, "route", "add", "10.244.0.0/16", "via", nodeAIP4)
+	netnstest.Run(t, "ip", "-n", tp.nodeB, "-6", "route", "add", "fd00:a::/48", "via", nodeAIP6)
 	for _, ns := range []string{tp.nodeA, tp.nodeB} {
-		run(t, "ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+		netnstest.Run(t, "ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
 	}
 	return tp
 }
@@ -212,12 +128,10 @@ type seen struct {
 func (tp *topology) connect(t *testing.T, dst string) (server seen, clientMSS int, err error) {
 	t.Helper()
 	var ln net.Listener
-	inNS(t, tp.podBH, func() {
+	netnstest.In(t, tp.podBH, func() (err error) {
 		ln, err = net.Listen("tcp", net.JoinHostPort(dst, "0"))
+		return err
 	})
-	if err != nil {
-		t.Fatalf("listen in pod-b: %v", err)
-	}
 	defer ln.Close()
 	got := make(chan seen, 1)
 	go func() {
@@ -232,9 +146,10 @@ func (tp *topology) connect(t *testing.T, dst string) (server seen, clientMSS in
 	}()
 
 	var c net.Conn
-	inNS(t, tp.podAH, func() {
+	netnstest.In(t, tp.podAH, func() error {
 		d := net.Dialer{Timeout: 2 * time.Second}
 		c, err = d.Dial("tcp", ln.Addr().String())
+		return nil // a failed dial is the caller's to judge
 	})
 	if err != nil {
 		return seen{}, 0, err

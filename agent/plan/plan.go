@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -261,7 +260,7 @@ func usablePeers(in Inputs, local []netip.Prefix) directory {
 	gw := in.Role == RoleGateway
 	var self wgtypes.Key
 	if gw && in.PrivateKey != (wgtypes.Key{}) {
-		self = publicKey(in.PrivateKey)
+		self = wireguard.PublicKey(in.PrivateKey)
 	}
 	d := directory{
 		peers:   peers,
@@ -364,21 +363,6 @@ func usablePeers(in Inputs, local []netip.Prefix) directory {
 		})
 	}
 	return d
-}
-
-// lastKey remembers the last public key derived: the private key is the same
-// on every pass, and deriving its public key is a scalar multiplication that
-// would otherwise be a sizeable part of a pass at 1,000 peers. The cache is
-// not observable: publicKey is a function of its argument.
-var lastKey atomic.Pointer[[2]wgtypes.Key]
-
-func publicKey(private wgtypes.Key) wgtypes.Key {
-	if k := lastKey.Load(); k != nil && k[0] == private {
-		return k[1]
-	}
-	pub := private.PublicKey()
-	lastKey.Store(&[2]wgtypes.Key{private, pub})
-	return pub
 }
 
 // PeersFromMembers builds the peer directory from the hub's MemberClusters.

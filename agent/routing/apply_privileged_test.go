@@ -3,76 +3,43 @@
 package routing_test
 
 import (
-	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 
 	"github.com/vishvananda/netns"
 
 	"github.com/archipelago-mesh/archipelago/agent/routing"
+	"github.com/archipelago-mesh/archipelago/internal/netnstest"
 )
 
-const nsPrefix = "arch-rt-"
+// namespaces are these tests': arch-rt-<pid>-<name>. They start no
+// processes.
+var namespaces = netnstest.Set{Prefix: "arch-rt-"}
 
-func run(t *testing.T, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
+func TestMain(m *testing.M) {
+	if os.Geteuid() == 0 {
+		namespaces.RemoveLeftovers()
 	}
-	return string(out)
+	os.Exit(m.Run())
 }
 
-// newNS makes a throwaway namespace arch-rt-<pid>-<name>, removing leftovers
-// of dead earlier runs first.
+// newNS makes a throwaway namespace arch-rt-<pid>-<name>.
 func newNS(t *testing.T, name string) (string, netns.NsHandle) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs ip (iproute2)")
-	}
-	entries, _ := os.ReadDir("/run/netns")
-	for _, e := range entries {
-		rest, ok := strings.CutPrefix(e.Name(), nsPrefix)
-		if !ok {
-			continue
-		}
-		pid, err := strconv.Atoi(strings.SplitN(rest, "-", 2)[0])
-		if err == nil && (pid == os.Getpid() || syscall.Kill(pid, 0) == nil) {
-			continue
-		}
-		_ = exec.Command("ip", "netns", "del", e.Name()).Run()
-	}
-	ns := fmt.Sprintf("%s%d-%s", nsPrefix, os.Getpid(), name)
-	run(t, "ip", "netns", "add", ns)
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
-			t.Errorf("delete netns %s: %v: %s", ns, err, out)
-		}
-	})
-	h, err := netns.GetFromName(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close() })
-	return ns, h
+	netnstest.RequireRoot(t, "creates network namespaces", "ip")
+	return namespaces.New(t, name)
 }
 
 func TestApplyInNamespace(t *testing.T) {
 	ns, h := newNS(t, "apply")
-	ipn := func(args ...string) string { return run(t, append([]string{"ip", "-n", ns}, args...)...) }
+	ipn := func(args ...string) string { return netnstest.Run(t, append([]string{"ip", "-n", ns}, args...)...) }
 	// No DAD: link-local addresses (and their routes) appear at once instead
 	// of about a second later, in the middle of the comparisons below.
-	run(t, "ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
+	netnstest.Run(t, "ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
 	ipn("link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
 	ipn("link", "add", "wg0", "type", "veth", "peer", "name", "wg0p")
 	for _, l := range []string{"lo", "eth0", "eth1", "wg0", "wg0p"} {
@@ -175,32 +142,18 @@ func TestApplyInNamespace(t *testing.T) {
 
 func TestEnsureHostSettingsInNamespace(t *testing.T) {
 	ns, h := newNS(t, "sysctl")
-	run(t, "ip", "-n", ns, "link", "add", "wg0", "type", "veth", "peer", "name", "wg0p")
-	run(t, "ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.wg0.rp_filter=1", "net.ipv4.ip_forward=0")
+	netnstest.Run(t, "ip", "-n", ns, "link", "add", "wg0", "type", "veth", "peer", "name", "wg0p")
+	netnstest.Run(t, "ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.wg0.rp_filter=1", "net.ipv4.ip_forward=0")
 
 	// /proc/sys/net belongs to the namespace of the thread that opens it.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	if err := netns.Set(h); err != nil {
-		t.Fatal(err)
-	}
 	var changed, again []string
 	var err1, err2 error
-	func() {
-		defer func() {
-			if err := netns.Set(orig); err != nil {
-				panic(err)
-			}
-		}()
+	netnstest.In(t, h, func() error {
 		want := routing.HostSettings{IPv4: true, IPv6: true, TunnelInterface: "wg0"}
 		changed, err1 = routing.EnsureHostSettings(routing.ProcSys{}, want)
 		again, err2 = routing.EnsureHostSettings(routing.ProcSys{}, want)
-	}()
+		return nil
+	})
 	if err1 != nil || err2 != nil {
 		t.Fatal(err1, err2)
 	}
@@ -208,7 +161,7 @@ func TestEnsureHostSettingsInNamespace(t *testing.T) {
 	if !slices.Contains(changed, "net.ipv4.ip_forward=1") || !slices.Contains(changed, "net.ipv4.conf.wg0.rp_filter=2") || len(again) != 0 {
 		t.Fatalf("changed %q, second pass %q", changed, again)
 	}
-	out := run(t, "ip", "netns", "exec", ns, "sysctl", "-n", "net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding", "net.ipv4.conf.all.rp_filter", "net.ipv4.conf.wg0.rp_filter")
+	out := netnstest.Run(t, "ip", "netns", "exec", ns, "sysctl", "-n", "net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding", "net.ipv4.conf.all.rp_filter", "net.ipv4.conf.wg0.rp_filter")
 	if strings.Fields(out)[0] != "1" || strings.Fields(out)[1] != "1" || strings.Fields(out)[2] != "2" || strings.Fields(out)[3] != "2" {
 		t.Fatalf("sysctls in the namespace: %q", out)
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
@@ -104,4 +105,20 @@ func readKey(path string) (wgtypes.Key, error) {
 		return wgtypes.Key{}, fmt.Errorf("WireGuard key file %s holds an all-zero key; remove it to generate a new key", path)
 	}
 	return key, nil
+}
+
+// lastKey remembers the last public key derived: the private key is the same
+// on every pass, and deriving its public key is a scalar multiplication that
+// would otherwise be a sizeable part of a pass at 1,000 peers.
+var lastKey atomic.Pointer[[2]wgtypes.Key]
+
+// PublicKey returns private.PublicKey(), remembering the last result. The
+// cache is not observable: PublicKey is a function of its argument.
+func PublicKey(private wgtypes.Key) wgtypes.Key {
+	if k := lastKey.Load(); k != nil && k[0] == private {
+		return k[1]
+	}
+	pub := private.PublicKey()
+	lastKey.Store(&[2]wgtypes.Key{private, pub})
+	return pub
 }

@@ -14,7 +14,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -29,6 +28,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/archipelago-mesh/archipelago/agent/wireguard"
+	"github.com/archipelago-mesh/archipelago/internal/netnstest"
 )
 
 // Environment of the re-executed test binary that runs a device process.
@@ -43,6 +43,10 @@ const (
 	listenPort = 51820
 )
 
+// namespaces are this package's: arch-wgt-<pid>-..., and the device
+// processes the tests start in them.
+var namespaces = netnstest.Set{Prefix: nsPrefix, Ours: netnstest.EnvMarked(envDevice + "=" + ifPrefix)}
+
 func TestMain(m *testing.M) {
 	if name := os.Getenv(envDevice); name != "" {
 		os.Exit(runDeviceProcess(name))
@@ -51,7 +55,10 @@ func TestMain(m *testing.M) {
 		os.Exit(runShortLivedAgent(spec))
 	}
 	if os.Geteuid() == 0 {
-		removeLeftovers()
+		// What runs that died before their cleanups left: namespaces, the
+		// device processes in them and their sockets.
+		namespaces.RemoveLeftovers()
+		wireguard.RemoveStaleSockets(ifPrefix)
 		// Device processes orphaned on purpose (agent-restart test) are
 		// re-parented to us rather than to PID 1, so that the test can reap
 		// them; some sandboxes' PID 1 never reaps and would keep zombies.
@@ -96,69 +103,14 @@ func runShortLivedAgent(spec string) int {
 	return 0
 }
 
-// removeLeftovers deletes namespaces, device processes and sockets left by
-// earlier runs of this test binary that died before their cleanup. Only
-// processes carrying our environment marker are killed.
-func removeLeftovers() {
-	out, _ := exec.Command("ip", "netns", "list").Output()
-	for _, line := range strings.Split(string(out), "\n") {
-		ns, _, _ := strings.Cut(strings.TrimSpace(line), " ")
-		if !strings.HasPrefix(ns, nsPrefix) {
-			continue
-		}
-		pidStr, _, _ := strings.Cut(strings.TrimPrefix(ns, nsPrefix), "-")
-		if pid, err := strconv.Atoi(pidStr); err == nil && pid != os.Getpid() && processAlive(pid) {
-			continue // a concurrent run's namespace
-		}
-		killDeviceProcesses(ns)
-		_ = exec.Command("ip", "netns", "del", ns).Run()
-	}
-	socks, _ := filepath.Glob(filepath.Join(wireguard.SocketDir, ifPrefix+"*.sock"))
-	for _, s := range socks {
-		name := strings.TrimSuffix(filepath.Base(s), ".sock")
-		if _, err := wireguard.UserspaceDevicePID(name); err != nil {
-			_ = os.Remove(s)
-		}
-	}
-}
-
 func processAlive(pid int) bool { return syscall.Kill(pid, 0) == nil }
-
-func killDeviceProcesses(ns string) {
-	out, _ := exec.Command("ip", "netns", "pids", ns).Output()
-	for _, f := range strings.Fields(string(out)) {
-		pid, err := strconv.Atoi(f)
-		if err != nil {
-			continue
-		}
-		env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
-		if err != nil || !bytes.Contains(env, []byte(envDevice+"="+ifPrefix)) {
-			continue
-		}
-		_ = syscall.Kill(pid, syscall.SIGKILL)
-	}
-}
 
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces and TUN devices")
-	}
+	netnstest.RequireRoot(t, "creates network namespaces and TUN devices", "ip")
 	if _, err := os.Stat("/dev/net/tun"); err != nil {
 		t.Skip("needs root: /dev/net/tun is missing")
 	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs root: iproute2 (ip) is missing")
-	}
-}
-
-func run(t *testing.T, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return string(out)
 }
 
 // gateway is one member cluster's active gateway: a network namespace with an
@@ -185,15 +137,14 @@ func newLab(t *testing.T, n int, noOffloads bool) []*gateway {
 	pid := os.Getpid()
 	id := strings.ToLower(strings.ReplaceAll(t.Name(), "/", ""))
 	id = id[len(id)-min(len(id), 6):]
-	lan := newNS(t, fmt.Sprintf("%s%d-%s-lan", nsPrefix, pid, id))
-	run(t, "ip", "-n", lan, "link", "add", "br0", "type", "bridge")
-	run(t, "ip", "-n", lan, "link", "set", "br0", "up")
+	lan, _ := namespaces.New(t, id+"-lan")
+	netnstest.Run(t, "ip", "-n", lan, "link", "add", "br0", "type", "bridge")
+	netnstest.Run(t, "ip", "-n", lan, "link", "set", "br0", "up")
 
 	var gws []*gateway
 	for i := range n {
 		suffix := string(rune('a' + i))
 		g := &gateway{
-			ns:       newNS(t, fmt.Sprintf("%s%d-%s-%s", nsPrefix, pid, id, suffix)),
 			name:     fmt.Sprintf("%s%d%s", ifPrefix, pid, suffix),
 			keyDir:   filepath.Join(t.TempDir(), "key"),
 			underlay: netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 1)}),
@@ -201,16 +152,15 @@ func newLab(t *testing.T, n int, noOffloads bool) []*gateway {
 			logPath:  filepath.Join(t.TempDir(), "device.log"),
 			noOffl:   noOffloads,
 		}
+		// Teardown (registered later, so run earlier) normally stops the
+		// device; the namespace's cleanup kills it if that failed.
+		g.ns, g.nsh = namespaces.New(t, id+"-"+suffix)
 		veth := "p" + suffix
-		run(t, "ip", "-n", lan, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", g.ns)
-		run(t, "ip", "-n", lan, "link", "set", veth, "master", "br0", "up")
-		run(t, "ip", "-n", g.ns, "addr", "add", g.underlay.String()+"/24", "dev", "eth0")
-		run(t, "ip", "-n", g.ns, "link", "set", "eth0", "up")
+		netnstest.Run(t, "ip", "-n", lan, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", g.ns)
+		netnstest.Run(t, "ip", "-n", lan, "link", "set", veth, "master", "br0", "up")
+		netnstest.Run(t, "ip", "-n", g.ns, "addr", "add", g.underlay.String()+"/24", "dev", "eth0")
+		netnstest.Run(t, "ip", "-n", g.ns, "link", "set", "eth0", "up")
 		var err error
-		if g.nsh, err = netns.GetFromName(g.ns); err != nil {
-			t.Fatalf("open netns %s: %v", g.ns, err)
-		}
-		t.Cleanup(func() { g.nsh.Close() })
 		if g.links, err = wireguard.NewNetlinkLinks(g.nsh); err != nil {
 			t.Fatal(err)
 		}
@@ -227,19 +177,6 @@ func newLab(t *testing.T, n int, noOffloads bool) []*gateway {
 		gws = append(gws, g)
 	}
 	return gws
-}
-
-func newNS(t *testing.T, name string) string {
-	t.Helper()
-	run(t, "ip", "netns", "add", name)
-	t.Cleanup(func() {
-		// Teardown (registered later, so run earlier) normally stopped
-		// the device; this catches the case where it failed.
-		killDeviceProcesses(name)
-		_ = exec.Command("ip", "netns", "del", name).Run()
-	})
-	run(t, "ip", "-n", name, "link", "set", "lo", "up")
-	return name
 }
 
 func (g *gateway) userspace() (wireguard.UserspaceProcess, error) {
@@ -310,7 +247,7 @@ func (g *gateway) apply(t *testing.T, p wireguard.TunnelPlan) wireguard.Changes 
 	// addresses into the device by hand.
 	for _, peer := range p.Peers {
 		for _, pr := range peer.AllowedIPs {
-			run(t, "ip", "-n", g.ns, "route", "replace", pr.String(), "dev", g.name)
+			netnstest.Run(t, "ip", "-n", g.ns, "route", "replace", pr.String(), "dev", g.name)
 		}
 	}
 	return ch
@@ -340,42 +277,12 @@ func (g *gateway) peer(t *testing.T, k wgtypes.Key) wgtypes.Peer {
 	return wgtypes.Peer{}
 }
 
-// inNS runs fn on an OS thread switched into ns. Sockets keep the namespace
-// they were created in, so listeners and dialled connections can be used
-// from any goroutine afterwards. If switching back fails the goroutine exits
-// still locked, which makes the runtime discard the thread.
-func inNS(t *testing.T, ns netns.NsHandle, fn func() error) {
-	t.Helper()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			errc <- err
-			return
-		}
-		err = fn()
-		if serr := netns.Set(orig); serr == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- err
-	}()
-	if err := <-errc; err != nil {
-		t.Fatal(err)
-	}
-}
-
 // tcpPair opens a TCP connection from client's tunnel address to server's
 // and returns both ends, checking the remote address the server sees.
 func tcpPair(t *testing.T, client, server *gateway) (c, s net.Conn) {
 	t.Helper()
 	var ln net.Listener
-	inNS(t, server.nsh, func() (err error) {
+	netnstest.In(t, server.nsh, func() (err error) {
 		ln, err = net.Listen("tcp", netip.AddrPortFrom(server.addr, 7000).String())
 		return err
 	})
@@ -389,7 +296,7 @@ func tcpPair(t *testing.T, client, server *gateway) (c, s net.Conn) {
 		}
 		accepted <- conn
 	}()
-	inNS(t, client.nsh, func() (err error) {
+	netnstest.In(t, client.nsh, func() (err error) {
 		d := net.Dialer{Timeout: 15 * time.Second, LocalAddr: &net.TCPAddr{IP: client.addr.AsSlice()}}
 		c, err = d.Dial("tcp", netip.AddrPortFrom(server.addr, 7000).String())
 		return err
@@ -479,7 +386,7 @@ func TestPrivilegedTunnelTCP(t *testing.T) {
 				t.Errorf("offload line %q lacks %s", line, wantTCP)
 			}
 			// The wg CLI sees the userspace device like a kernel one.
-			out := run(t, "wg", "show", a.name, "peers")
+			out := netnstest.Run(t, "wg", "show", a.name, "peers")
 			if !strings.Contains(out, b.key.PublicKey().String()) {
 				t.Errorf("wg show %s peers = %q, want b's key", a.name, out)
 			}

@@ -371,6 +371,18 @@ func UserspaceDevicePID(name string) (int, error) {
 	}
 }
 
+// RemoveStaleSockets removes the UAPI sockets of devices whose name starts
+// with prefix and whose process no longer answers: what a device process
+// killed with SIGKILL leaves behind. Sockets of running devices are kept.
+func RemoveStaleSockets(prefix string) {
+	socks, _ := filepath.Glob(filepath.Join(SocketDir, prefix+"*.sock"))
+	for _, s := range socks {
+		if _, err := UserspaceDevicePID(strings.TrimSuffix(filepath.Base(s), ".sock")); err != nil {
+			_ = os.Remove(s)
+		}
+	}
+}
+
 // stopUserspaceDevice waits for the device process behind name to exit after
 // its interface was deleted, signals it if it does not, and removes a stale
 // socket file.

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +21,7 @@ import (
 	crlog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
+	"github.com/archipelago-mesh/archipelago/internal/netns"
 )
 
 // Addresses of the lab. Nothing outside these ranges is ever used.
@@ -257,7 +257,7 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 }
 
 func addBridgeNS(ns string) error {
-	if err := addNS(ns); err != nil {
+	if err := netns.Add(ns); err != nil {
 		return err
 	}
 	return ipBatch(ns, []string{"link add br0 type bridge", "link set br0 up"})
@@ -266,7 +266,7 @@ func addBridgeNS(ns string) error {
 func (l *Lab) startHub(ctx context.Context) error {
 	ns := NSPrefix + "hub"
 	l.progress("Hub: kube-apiserver + etcd in namespace %s at %s", ns, HubIP)
-	if err := addNS(ns); err != nil {
+	if err := netns.Add(ns); err != nil {
 		return err
 	}
 	if err := l.plugIntoBridge(l.wanNS, "hub", ns, "eth0", HubIP+"/24"); err != nil {
@@ -510,5 +510,3 @@ func (l *Lab) memberIndex(name string) (int, error) {
 	}
 	return 0, fmt.Errorf("unknown member name %s (the lab names members %s)", name, strings.Join(MemberNames, ", "))
 }
-
-func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }

@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
+	"github.com/archipelago-mesh/archipelago/internal/netns"
 )
 
 // MemberSpec is what AddMember builds.
@@ -155,7 +156,7 @@ func (l *Lab) PrepareMember(ctx context.Context, spec MemberSpec) (*Member, erro
 		return m, err
 	}
 	cpNS := NSPrefix + m.Name + "-cp"
-	if err := addNS(cpNS); err != nil {
+	if err := netns.Add(cpNS); err != nil {
 		return m, err
 	}
 	if err := l.plugIntoBridge(m.lanNS, "cp", cpNS, "eth0", lan+"2/24"); err != nil {
@@ -254,7 +255,7 @@ func (l *Lab) addNode(m *Member, short, lanIP string, candidate bool, j int) (*N
 	if err := os.MkdirAll(node.StateDir, 0o700); err != nil {
 		return nil, err
 	}
-	if err := addNS(node.NS); err != nil {
+	if err := netns.Add(node.NS); err != nil {
 		return nil, err
 	}
 	if err := l.plugIntoBridge(m.lanNS, short, node.NS, "eth0", lanIP+"/24"); err != nil {
@@ -373,7 +374,7 @@ func (l *Lab) wireCNI(m *Member, rng netip.Prefix) error {
 			}
 		}
 		for k, p := range node.Pods {
-			if err := addNS(p.NS); err != nil {
+			if err := netns.Add(p.NS); err != nil {
 				return err
 			}
 			veth := fmt.Sprintf("p%d", k+1)
@@ -554,9 +555,9 @@ func (m *Member) teardown(l *Lab) {
 	if m.Cluster != nil {
 		m.Cluster.stop()
 	}
-	for _, ns := range listNS() {
+	for _, ns := range netns.List() {
 		if strings.HasPrefix(ns, NSPrefix+m.Name+"-") {
-			_ = delNS(ns)
+			_ = netns.Delete(ns)
 		}
 	}
 	// The WAN ports of the member's gateways (and NAT) vanish with their

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/archipelago-mesh/archipelago/agent/wireguard"
+	"github.com/archipelago-mesh/archipelago/internal/netns"
 )
 
 // StateDir holds the state file that lets a later run clean up after a
@@ -204,7 +205,7 @@ func removeLeftovers(old state) {
 		removeDevice(d, old.AgentBin)
 	}
 	// Device processes in lab namespaces that no state file named.
-	for _, ns := range listNS() {
+	for _, ns := range netns.List() {
 		if !strings.HasPrefix(ns, NSPrefix) {
 			continue
 		}
@@ -221,15 +222,9 @@ func removeLeftovers(old state) {
 				_ = syscall.Kill(pid, syscall.SIGKILL)
 			}
 		}
-		_ = delNS(ns)
+		_ = netns.Delete(ns)
 	}
-	socks, _ := filepath.Glob(filepath.Join(wireguard.SocketDir, NSPrefix+"*.sock"))
-	for _, s := range socks {
-		name := strings.TrimSuffix(filepath.Base(s), ".sock")
-		if _, err := wireguard.UserspaceDevicePID(name); err != nil {
-			_ = os.Remove(s)
-		}
-	}
+	wireguard.RemoveStaleSockets(NSPrefix)
 	if old.Dir != "" && strings.Contains(old.Dir, "archipelago-lab") {
 		_ = os.RemoveAll(old.Dir)
 	}

@@ -7,12 +7,11 @@ import (
 	"io"
 	"net"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/vishvananda/netns"
+	"github.com/archipelago-mesh/archipelago/internal/netns"
 )
 
 // NSPrefix starts the name of every network namespace the lab creates.
@@ -65,31 +64,6 @@ func ipBatch(ns string, lines []string) error {
 	return nil
 }
 
-func addNS(name string) error {
-	if _, err := sh("ip", "netns", "add", name); err != nil {
-		return err
-	}
-	// Loopback up; nothing else: no namespace gets a default route.
-	return ipn(name, "link", "set", "lo", "up")
-}
-
-func delNS(name string) error {
-	_, err := sh("ip", "netns", "del", name)
-	return err
-}
-
-func listNS() []string {
-	out, _ := exec.Command("ip", "netns", "list").Output()
-	var names []string
-	for _, line := range strings.Split(string(out), "\n") {
-		n, _, _ := strings.Cut(strings.TrimSpace(line), " ")
-		if n != "" {
-			names = append(names, n)
-		}
-	}
-	return names
-}
-
 func sysctl(ns, key, value string) error {
 	_, err := nsRun(ns, "sysctl", "-qw", key+"="+value)
 	return err
@@ -108,36 +82,8 @@ func nft(ns, ruleset string) error {
 
 // InNS runs fn on an OS thread switched into network namespace ns. Sockets
 // keep the namespace they were created in, so listeners and connections
-// made in fn can be used from any goroutine afterwards. If switching back
-// fails the goroutine exits still locked and the runtime discards the
-// thread.
-func InNS(ns string, fn func() error) error {
-	h, err := netns.GetFromName(ns)
-	if err != nil {
-		return fmt.Errorf("open netns %s: %w", ns, err)
-	}
-	defer h.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(h); err != nil {
-			errc <- fmt.Errorf("enter netns %s: %w", ns, err)
-			return
-		}
-		err = fn()
-		if serr := netns.Set(orig); serr == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- err
-	}()
-	return <-errc
-}
+// made in fn can be used from any goroutine afterwards.
+func InNS(ns string, fn func() error) error { return netns.DoNamed(ns, fn) }
 
 // DialIn opens a TCP connection from inside namespace ns.
 func DialIn(ctx context.Context, ns, addr string) (net.Conn, error) {
