@@ -106,3 +106,17 @@ bench-lab: ## Run the lab benchmarks: join -> first packet, tunnel throughput, g
 	hack/install-packages.sh
 	$(MAKE) --no-print-directory test-binaries lab-binaries
 	go test -tags e2e -count=1 -timeout 20m -run '^$$' -bench . -benchtime 1x -v ./test/e2e/lab/
+
+##@ kind (tier 5; see docs/kind.md)
+
+.PHONY: docker-build
+docker-build: ## Build the hub, agent and probe images (FROM scratch; nothing is pulled).
+	hack/kind/docker-build.sh
+
+.PHONY: kind-images
+kind-images: ## Build or load the kind node image, tools and project images into bin/kind (KIND_OFFLINE=0: stock kind images).
+	hack/kind/e2e.sh --images-only
+
+.PHONY: e2e-kind
+e2e-kind: ## Run the kind e2e suite: a hub and two member kind clusters (cold: ~30 min of builds first; see docs/kind.md).
+	hack/kind/e2e.sh
