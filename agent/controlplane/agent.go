@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -151,6 +152,8 @@ type Agent struct {
 	kube   kubernetes.Interface
 
 	trigger chan struct{}
+	// hubRetryPending is true while a retry pass for a failing hub is scheduled.
+	hubRetryPending atomic.Bool
 
 	mu        sync.Mutex
 	elector   *elector

@@ -186,8 +186,15 @@ func (a *Agent) gatewaySync(ctx context.Context, s *scope) error {
 	}
 	if hub == nil || hub.degraded {
 		// Come back soon rather than at the next resync: the directory
-		// should catch up within seconds of the hub's return.
-		time.AfterFunc(hubRetry, a.Trigger)
+		// should catch up within seconds of the hub's return. One retry at
+		// a time: passes started by other events must not each add another
+		// chain of retries.
+		if a.hubRetryPending.CompareAndSwap(false, true) {
+			time.AfterFunc(hubRetry, func() {
+				a.hubRetryPending.Store(false)
+				a.Trigger()
+			})
+		}
 	}
 	s.dir = a.currentDirectory()
 	return nil
