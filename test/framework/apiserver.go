@@ -84,6 +84,9 @@ func StartAPIServer() (*APIServer, string, error) {
 	}
 	cfg, err := env.Start()
 	if err != nil {
+		// Start can fail after the control plane came up (a CRD the API
+		// server refuses): stop it, or etcd and kube-apiserver outlive the test.
+		_ = env.Stop()
 		return nil, "", fmt.Errorf("start envtest: %w", err)
 	}
 	// Many clients hammer one apiserver in these tests.
