@@ -42,7 +42,7 @@ cat "$out"/*.txt | awk '
   }'
 cat <<'EOT'
 
-Targets (docs/benchmarks.md): allocation <= 1 us at 10,000 members; rebuild of 10,000
+Targets (docs/benchmarks.md, DESIGN.md §6): allocation <= 1 us at 10,000 members; rebuild of 10,000
 allocations <= 2 s; agent no-change pass <= 10 ms at 1,000 peers and <= 100 ms at 10,000;
 one peer changed <= 1 ms touching one peer.
 EOT
