@@ -15,25 +15,16 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kruntime "k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/archipelago-mesh/archipelago/agent/plan"
 	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
+	archscheme "github.com/archipelago-mesh/archipelago/internal/scheme"
 )
 
-func newScheme() *kruntime.Scheme {
-	s := kruntime.NewScheme()
-	if err := clientgoscheme.AddToScheme(s); err != nil {
-		panic(err)
-	}
-	if err := meshv1.AddToScheme(s); err != nil {
-		panic(err)
-	}
-	return s
-}
+func newScheme() *kruntime.Scheme { return archscheme.New() }
 
 // hubConn is the elected agent's connection to the hub: a cache of the
 // MemberCluster directory and ClusterSets (watched, so hub load is one

@@ -6,14 +6,12 @@ import (
 	"strings"
 	"time"
 
+	archscheme "github.com/archipelago-mesh/archipelago/internal/scheme"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-
-	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
 )
 
 // requestTimeout bounds every single API request, so an address that drops
@@ -22,16 +20,7 @@ const requestTimeout = 15 * time.Second
 
 var scheme = newScheme()
 
-func newScheme() *runtime.Scheme {
-	s := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(s); err != nil {
-		panic(err)
-	}
-	if err := meshv1.AddToScheme(s); err != nil {
-		panic(err)
-	}
-	return s
-}
+func newScheme() *runtime.Scheme { return archscheme.New() }
 
 // cluster is one kubeconfig context, resolved into clients.
 type cluster struct {

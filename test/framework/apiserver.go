@@ -15,7 +15,6 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	kruntime "k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -24,8 +23,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
 	"github.com/archipelago-mesh/archipelago/controllers"
+	archscheme "github.com/archipelago-mesh/archipelago/internal/scheme"
 )
 
 // RepoRoot is the repository's top folder.
@@ -35,16 +34,7 @@ func RepoRoot() string {
 }
 
 // Scheme knows the core kinds and archipelago's.
-func Scheme() *kruntime.Scheme {
-	s := kruntime.NewScheme()
-	if err := clientgoscheme.AddToScheme(s); err != nil {
-		panic(err)
-	}
-	if err := meshv1.AddToScheme(s); err != nil {
-		panic(err)
-	}
-	return s
-}
+func Scheme() *kruntime.Scheme { return archscheme.New() }
 
 // AssetsDir returns where envtest finds kube-apiserver and etcd, or "" with
 // the reason when they are missing.

@@ -9,25 +9,14 @@ import (
 	"path/filepath"
 	"time"
 
+	archscheme "github.com/archipelago-mesh/archipelago/internal/scheme"
 	"k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-
-	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
 )
 
 // Scheme knows the core kinds and archipelago's.
-func Scheme() *runtime.Scheme {
-	s := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(s); err != nil {
-		panic(err)
-	}
-	if err := meshv1.AddToScheme(s); err != nil {
-		panic(err)
-	}
-	return s
-}
+func Scheme() *runtime.Scheme { return archscheme.New() }
 
 // Cluster is one kube-apiserver + etcd pair running inside a namespace of
 // the lab (the hub's on the WAN, a member's on its LAN).
