@@ -6,12 +6,13 @@ import (
 	"strings"
 	"time"
 
-	archscheme "github.com/archipelago-mesh/archipelago/internal/scheme"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	archscheme "github.com/archipelago-mesh/archipelago/internal/scheme"
 )
 
 // requestTimeout bounds every single API request, so an address that drops

@@ -9,10 +9,11 @@ import (
 	"path/filepath"
 	"time"
 
-	archscheme "github.com/archipelago-mesh/archipelago/internal/scheme"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	archscheme "github.com/archipelago-mesh/archipelago/internal/scheme"
 )
 
 // Scheme knows the core kinds and archipelago's.
