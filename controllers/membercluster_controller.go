@@ -49,15 +49,15 @@ type MemberClusterReconciler struct {
 type memberScope struct {
 	member     *meshv1.MemberCluster
 	clusterSet *meshv1.ClusterSet
-	gateways   []meshv1.Gateway
+	gateways   []meshv1.TunnelGateway
 }
 
 // +kubebuilder:rbac:groups=mesh.archipelago.dev,resources=memberclusters,verbs=get;list;watch;update;patch
 // +kubebuilder:rbac:groups=mesh.archipelago.dev,resources=memberclusters/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=mesh.archipelago.dev,resources=memberclusters/finalizers,verbs=update
 // +kubebuilder:rbac:groups=mesh.archipelago.dev,resources=cidrclaims,verbs=get;list;watch;create;update;patch;delete;deletecollection
-// +kubebuilder:rbac:groups=mesh.archipelago.dev,resources=gateways,verbs=get;list;watch;create;update;patch;delete;deletecollection
-// +kubebuilder:rbac:groups=mesh.archipelago.dev,resources=gateways/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=mesh.archipelago.dev,resources=tunnelgateways,verbs=get;list;watch;create;update;patch;delete;deletecollection
+// +kubebuilder:rbac:groups=mesh.archipelago.dev,resources=tunnelgateways/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups="",resources=namespaces;serviceaccounts,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=roles;rolebindings;clusterroles;clusterrolebindings,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
@@ -217,7 +217,7 @@ func requestedNotAssigned(m *meshv1.MemberCluster) string {
 }
 
 // reconcileNamespace gives the member its hub namespace, ServiceAccount and
-// the RBAC that confines it: Gateways in its own namespace, read access to
+// the RBAC that confines it: TunnelGateways in its own namespace, read access to
 // ClusterSets and MemberClusters, nothing else (never MemberCluster status).
 func (r *MemberClusterReconciler) reconcileNamespace(ctx context.Context, s *memberScope) (ctrl.Result, error) {
 	m := s.member
@@ -301,12 +301,12 @@ func memberNamespaceRules() []rbacv1.PolicyRule {
 	return []rbacv1.PolicyRule{
 		{
 			APIGroups: []string{meshv1.GroupVersion.Group},
-			Resources: []string{"gateways"},
+			Resources: []string{"tunnelgateways"},
 			Verbs:     []string{"get", "list", "watch", "create", "update", "patch", "delete"},
 		},
 		{
 			APIGroups: []string{meshv1.GroupVersion.Group},
-			Resources: []string{"gateways/status"},
+			Resources: []string{"tunnelgateways/status"},
 			Verbs:     []string{"get", "update", "patch"},
 		},
 	}
@@ -322,12 +322,12 @@ func mergeLabels(have, want map[string]string) map[string]string {
 	return have
 }
 
-// reconcileGateways validates the Gateway objects the member's agent wrote
+// reconcileGateways validates the TunnelGateway objects the member's agent wrote
 // and copies the valid ones into the member's status. An invalid Gateway is
 // marked on its own status and on the member, and is never given to peers.
 func (r *MemberClusterReconciler) reconcileGateways(ctx context.Context, s *memberScope) (ctrl.Result, error) {
 	m := s.member
-	var list meshv1.GatewayList
+	var list meshv1.TunnelGatewayList
 	if err := r.Client.List(ctx, &list, client.InNamespace(MemberNamespace(m.Name))); err != nil {
 		return ctrl.Result{}, fmt.Errorf("list gateways of member %s: %w", m.Name, err)
 	}
@@ -343,9 +343,9 @@ func (r *MemberClusterReconciler) reconcileGateways(ctx context.Context, s *memb
 		gwBefore := gw.DeepCopy()
 		if verr != nil {
 			invalid = append(invalid, gw.Name+": "+verr.Error())
-			setCondition(&gw.Status.Conditions, gw.Generation, meshv1.GatewayValid, metav1.ConditionFalse, meshv1.ReasonInvalidGateway, verr.Error())
+			setCondition(&gw.Status.Conditions, gw.Generation, meshv1.TunnelGatewayValid, metav1.ConditionFalse, meshv1.ReasonInvalidGateway, verr.Error())
 		} else {
-			setCondition(&gw.Status.Conditions, gw.Generation, meshv1.GatewayValid, metav1.ConditionTrue, meshv1.ReasonValid, "public key and endpoints parse")
+			setCondition(&gw.Status.Conditions, gw.Generation, meshv1.TunnelGatewayValid, metav1.ConditionTrue, meshv1.ReasonValid, "public key and endpoints parse")
 			valid = append(valid, meshv1.MemberGateway{
 				Name: gw.Name, Node: gw.Spec.NodeName, PublicKey: gw.Spec.PublicKey,
 				Endpoints: gw.Spec.Endpoints, Active: gw.Spec.Active,
@@ -381,7 +381,7 @@ func (r *MemberClusterReconciler) reconcileGateways(ctx context.Context, s *memb
 	return ctrl.Result{}, kerrors.NewAggregate(errs)
 }
 
-func validateGateway(gw *meshv1.Gateway) error {
+func validateGateway(gw *meshv1.TunnelGateway) error {
 	if err := ValidatePublicKey(gw.Spec.PublicKey); err != nil {
 		return err
 	}
@@ -403,7 +403,7 @@ func (r *MemberClusterReconciler) reconcileConnectivity(ctx context.Context, s *
 	if err := r.Client.List(ctx, &peers, client.MatchingFields{IndexClusterSet: s.clusterSet.Name}, readOnly); err != nil {
 		return ctrl.Result{}, fmt.Errorf("list members of clusterset %s: %w", s.clusterSet.Name, err)
 	}
-	var active *meshv1.Gateway
+	var active *meshv1.TunnelGateway
 	for i := range s.gateways {
 		if s.gateways[i].Spec.Active && s.gateways[i].Spec.NodeName == m.Status.ActiveGateway {
 			active = &s.gateways[i]
@@ -428,7 +428,7 @@ func (r *MemberClusterReconciler) reconcileConnectivity(ctx context.Context, s *
 	return ctrl.Result{}, nil
 }
 
-func peerUp(gw *meshv1.Gateway, cluster string) bool {
+func peerUp(gw *meshv1.TunnelGateway, cluster string) bool {
 	for _, p := range gw.Status.Peers {
 		if p.Cluster == cluster {
 			return p.Up
@@ -446,7 +446,7 @@ func (r *MemberClusterReconciler) reconcileDelete(ctx context.Context, s *member
 		return ctrl.Result{}, nil
 	}
 	nsName := MemberNamespace(m.Name)
-	if err := r.Client.DeleteAllOf(ctx, &meshv1.Gateway{}, client.InNamespace(nsName)); err != nil && !apierrors.IsNotFound(err) {
+	if err := r.Client.DeleteAllOf(ctx, &meshv1.TunnelGateway{}, client.InNamespace(nsName)); err != nil && !apierrors.IsNotFound(err) {
 		return ctrl.Result{}, fmt.Errorf("delete gateways of member %s: %w", m.Name, err)
 	}
 	for _, obj := range []client.Object{
@@ -506,12 +506,12 @@ func (r *MemberClusterReconciler) peersStillRouting(ctx context.Context, m *mesh
 		if p.Name == m.Name {
 			continue
 		}
-		var gws meshv1.GatewayList
+		var gws meshv1.TunnelGatewayList
 		if err := r.Client.List(ctx, &gws, client.InNamespace(MemberNamespace(p.Name))); err != nil {
 			return nil, fmt.Errorf("list gateways of member %s: %w", p.Name, err)
 		}
 		for j := range gws.Items {
-			if gws.Items[j].Spec.Active && slices.ContainsFunc(gws.Items[j].Status.Peers, func(ps meshv1.GatewayPeerStatus) bool { return ps.Cluster == m.Name }) {
+			if gws.Items[j].Spec.Active && slices.ContainsFunc(gws.Items[j].Status.Peers, func(ps meshv1.TunnelGatewayPeerStatus) bool { return ps.Cluster == m.Name }) {
 				out = append(out, p.Name)
 				break
 			}
@@ -539,7 +539,7 @@ func (r *MemberClusterReconciler) SetupWithManager(ctx context.Context, mgr ctrl
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&meshv1.MemberCluster{}).
 		Watches(&meshv1.ClusterSet{}, handler.EnqueueRequestsFromMapFunc(r.pendingMembersOfSet)).
-		Watches(&meshv1.Gateway{}, handler.EnqueueRequestsFromMapFunc(r.memberOfNamespacedObject)).
+		Watches(&meshv1.TunnelGateway{}, handler.EnqueueRequestsFromMapFunc(r.memberOfNamespacedObject)).
 		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(memberOfLabel),
 			builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool { return o.GetLabels()[meshv1.LabelMember] != "" }))).
 		WithOptions(controller.Options{MaxConcurrentReconciles: r.MaxConcurrentReconciles}).

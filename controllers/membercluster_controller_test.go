@@ -32,7 +32,7 @@ func newFakeHub(t *testing.T, objs ...client.Object) (client.Client, *MemberClus
 		t.Fatal(err)
 	}
 	c := fake.NewClientBuilder().WithScheme(s).
-		WithStatusSubresource(&meshv1.MemberCluster{}, &meshv1.ClusterSet{}, &meshv1.Gateway{}).
+		WithStatusSubresource(&meshv1.MemberCluster{}, &meshv1.ClusterSet{}, &meshv1.TunnelGateway{}).
 		WithIndex(&meshv1.MemberCluster{}, IndexClusterSet, func(o client.Object) []string {
 			return []string{o.(*meshv1.MemberCluster).Spec.ClusterSet}
 		}).
@@ -107,7 +107,7 @@ func TestReconcileAssignsAndConfines(t *testing.T) {
 	}
 	for _, rule := range role.Rules {
 		for _, res := range rule.Resources {
-			if res != "gateways" && res != "gateways/status" {
+			if res != "tunnelgateways" && res != "tunnelgateways/status" {
 				t.Errorf("member role grants %s", res)
 			}
 		}
@@ -187,8 +187,8 @@ func TestReconcileGatewayValidation(t *testing.T) {
 	c, r, _ := newFakeHub(t, prodSet(),
 		&meshv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: "east"}, Spec: meshv1.MemberClusterSpec{ClusterSet: "prod"}},
 		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{meshv1.LabelMember: "east", labelManagedBy: managedByHub}}},
-		&meshv1.Gateway{ObjectMeta: metav1.ObjectMeta{Name: "gw-1", Namespace: ns}, Spec: meshv1.GatewaySpec{NodeName: "n1", PublicKey: "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=", Endpoints: []string{"192.0.2.1:51820"}, Active: true}},
-		&meshv1.Gateway{ObjectMeta: metav1.ObjectMeta{Name: "gw-2", Namespace: ns}, Spec: meshv1.GatewaySpec{NodeName: "n2", PublicKey: "short"}},
+		&meshv1.TunnelGateway{ObjectMeta: metav1.ObjectMeta{Name: "gw-1", Namespace: ns}, Spec: meshv1.TunnelGatewaySpec{NodeName: "n1", PublicKey: "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=", Endpoints: []string{"192.0.2.1:51820"}, Active: true}},
+		&meshv1.TunnelGateway{ObjectMeta: metav1.ObjectMeta{Name: "gw-2", Namespace: ns}, Spec: meshv1.TunnelGatewaySpec{NodeName: "n2", PublicKey: "short"}},
 	)
 	reconcileMember(t, r, "east")
 	m := getMemberFake(t, c, "east")
@@ -198,11 +198,11 @@ func TestReconcileGatewayValidation(t *testing.T) {
 	if cond := meta.FindStatusCondition(m.Status.Conditions, meshv1.MemberGatewaysValid); cond.Status != metav1.ConditionFalse {
 		t.Errorf("GatewaysValid %+v", cond)
 	}
-	gw := &meshv1.Gateway{}
+	gw := &meshv1.TunnelGateway{}
 	if err := c.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "gw-2"}, gw); err != nil {
 		t.Fatal(err)
 	}
-	if cond := meta.FindStatusCondition(gw.Status.Conditions, meshv1.GatewayValid); cond == nil || cond.Status != metav1.ConditionFalse {
+	if cond := meta.FindStatusCondition(gw.Status.Conditions, meshv1.TunnelGatewayValid); cond == nil || cond.Status != metav1.ConditionFalse {
 		t.Errorf("invalid gateway's condition %+v", cond)
 	}
 }

@@ -52,11 +52,11 @@ func setCIDRPendingCondition(m *meshv1.MemberCluster, msg string) {
 	setCondition(&m.Status.Conditions, m.Generation, meshv1.MemberCIDRAllocated, metav1.ConditionFalse, meshv1.ReasonPending, msg)
 }
 
-// setGatewayConditions records the validation of the member's Gateway objects.
+// setGatewayConditions records the validation of the member's TunnelGateway objects.
 func setGatewayConditions(m *meshv1.MemberCluster, total int, invalid []string) {
 	if len(invalid) > 0 {
 		setCondition(&m.Status.Conditions, m.Generation, meshv1.MemberGatewaysValid, metav1.ConditionFalse,
-			meshv1.ReasonInvalidGateway, "invalid Gateway objects (not given to peers): "+joinStrings(invalid))
+			meshv1.ReasonInvalidGateway, "invalid TunnelGateway objects (not given to peers): "+joinStrings(invalid))
 	} else {
 		setCondition(&m.Status.Conditions, m.Generation, meshv1.MemberGatewaysValid, metav1.ConditionTrue,
 			meshv1.ReasonValid, fmt.Sprintf("%d gateway(s) valid", total))

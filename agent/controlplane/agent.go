@@ -336,7 +336,7 @@ type scope struct {
 	applied    bool
 	applyErr   error
 	join       joinState
-	ownGateway *meshv1.Gateway
+	ownGateway *meshv1.TunnelGateway
 	hold       string
 	cidrsOK    bool
 	cidrsMsg   string

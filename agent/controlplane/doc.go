@@ -7,7 +7,7 @@
 //     their WireGuard public key and endpoint as Node annotations and run a
 //     leader election on a Lease in the member cluster. The leader is the
 //     active gateway and the only agent that talks to the hub: it reads the
-//     MemberCluster directory and the ClusterSet, publishes one Gateway
+//     MemberCluster directory and the ClusterSet, publishes one TunnelGateway
 //     object per candidate in its hub namespace (spec.active on itself) with
 //     the tunnels' health in status, and writes ClusterSetMembership.status.
 //   - Every other agent reads only the membership status, so the hub's load
@@ -20,5 +20,5 @@
 //
 // This package must not touch the kernel (package dataplane does), compute
 // plans itself (package plan does), or write to the hub anything but the
-// Gateway objects and their status in the member's own hub namespace.
+// TunnelGateway objects and their status in the member's own hub namespace.
 package controlplane

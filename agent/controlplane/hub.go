@@ -142,7 +142,7 @@ type joinState struct {
 }
 
 // gatewaySync is the elected agent's hub phase: read the directory,
-// publish the Gateways. A hub that cannot be read leaves the last directory
+// publish the TunnelGateways. A hub that cannot be read leaves the last directory
 // in use (the data path keeps forwarding through hub outages).
 func (a *Agent) gatewaySync(ctx context.Context, s *scope) error {
 	if s.role != meshv1.RoleGateway {
@@ -283,7 +283,7 @@ func resolve(host string) (netip.Addr, error) {
 	return addrs[0].Unmap(), nil
 }
 
-// publishGateways makes the Gateway objects in the hub namespace match the
+// publishGateways makes the TunnelGateway objects in the hub namespace match the
 // candidate nodes: one per candidate that published a public key, active
 // only on this node. Objects of nodes that are no candidates any more go.
 func (a *Agent) publishGateways(ctx context.Context, hub *hubConn, s *scope, dir *directory) error {
@@ -291,26 +291,26 @@ func (a *Agent) publishGateways(ctx context.Context, hub *hubConn, s *scope, dir
 	if err := a.member.List(ctx, nodes, client.HasLabels{meshv1.LabelGatewayCandidate}); err != nil {
 		return fmt.Errorf("list gateway candidates: %w", err)
 	}
-	want := map[string]meshv1.GatewaySpec{}
+	want := map[string]meshv1.TunnelGatewaySpec{}
 	for _, n := range nodes.Items {
 		key := n.Annotations[meshv1.AnnotationPublicKey]
 		if key == "" {
 			continue
 		}
-		spec := meshv1.GatewaySpec{NodeName: n.Name, PublicKey: key, Active: n.Name == a.cfg.NodeName}
+		spec := meshv1.TunnelGatewaySpec{NodeName: n.Name, PublicKey: key, Active: n.Name == a.cfg.NodeName}
 		if ep := n.Annotations[meshv1.AnnotationEndpoint]; ep != "" && ep != EndpointNone {
 			spec.Endpoints = []string{ep}
 		}
 		want[n.Name] = spec
 	}
-	have := &meshv1.GatewayList{}
+	have := &meshv1.TunnelGatewayList{}
 	if err := hub.client.List(ctx, have, client.InNamespace(dir.namespace)); err != nil {
-		return fmt.Errorf("list Gateways in hub namespace %s: %w", dir.namespace, err)
+		return fmt.Errorf("list TunnelGateways in hub namespace %s: %w", dir.namespace, err)
 	}
 	var errs []error
 	// Deactivate before activating, so that the hub never sees two active
 	// gateways of this member.
-	slices.SortFunc(have.Items, func(x, y meshv1.Gateway) int {
+	slices.SortFunc(have.Items, func(x, y meshv1.TunnelGateway) int {
 		if x.Spec.Active != y.Spec.Active {
 			if x.Spec.Active {
 				return -1
@@ -350,7 +350,7 @@ func (a *Agent) publishGateways(ctx context.Context, hub *hubConn, s *scope, dir
 	}
 	slices.Sort(names)
 	for _, n := range names {
-		gw := &meshv1.Gateway{
+		gw := &meshv1.TunnelGateway{
 			ObjectMeta: metav1.ObjectMeta{Name: n, Namespace: dir.namespace,
 				Labels: map[string]string{meshv1.LabelMember: dir.clusterName}},
 			Spec: want[n],

@@ -142,7 +142,7 @@ func (a *Agent) applyPlan(ctx context.Context, s *scope) error {
 }
 
 // publishStatus is the elected agent's write of ClusterSetMembership.status
-// and of its Gateway's status on the hub.
+// and of its TunnelGateway's status on the hub.
 func (a *Agent) publishStatus(ctx context.Context, s *scope) error {
 	if s.role != meshv1.RoleGateway {
 		return nil
@@ -165,7 +165,7 @@ func (a *Agent) publishStatus(ctx context.Context, s *scope) error {
 	if ip := nodeIP(s.node); ip.IsValid() {
 		st.ActiveGatewayIP = ip.String()
 	}
-	var gwPeers []meshv1.GatewayPeerStatus
+	var gwPeers []meshv1.TunnelGatewayPeerStatus
 	if d := s.dir; d != nil {
 		st.PodCIDRs = slices.Clone(d.localRaw)
 		st.HubNamespace = d.namespace
@@ -218,7 +218,7 @@ func (a *Agent) publishStatus(ctx context.Context, s *scope) error {
 	return nil
 }
 
-func (a *Agent) publishGatewayStatus(ctx context.Context, s *scope, gw *meshv1.Gateway, peers []meshv1.GatewayPeerStatus) {
+func (a *Agent) publishGatewayStatus(ctx context.Context, s *scope, gw *meshv1.TunnelGateway, peers []meshv1.TunnelGatewayPeerStatus) {
 	a.mu.Lock()
 	hub := a.hub
 	stale := s.now.Sub(a.lastGW) >= a.cfg.ReportInterval
@@ -244,7 +244,7 @@ func (a *Agent) publishGatewayStatus(ctx context.Context, s *scope, gw *meshv1.G
 
 // peerStates joins the directory, the plan's skipped peers and the
 // device's view into the status' peers (sorted by cluster).
-func (a *Agent) peerStates(s *scope, d *directory, dev *wgtypes.Device) ([]meshv1.MembershipPeer, []meshv1.GatewayPeerStatus) {
+func (a *Agent) peerStates(s *scope, d *directory, dev *wgtypes.Device) ([]meshv1.MembershipPeer, []meshv1.TunnelGatewayPeerStatus) {
 	byKey := map[wgtypes.Key]*wgtypes.Peer{}
 	if dev != nil {
 		for i := range dev.Peers {
@@ -257,7 +257,7 @@ func (a *Agent) peerStates(s *scope, d *directory, dev *wgtypes.Device) ([]meshv
 	}
 	var (
 		out []meshv1.MembershipPeer
-		gws []meshv1.GatewayPeerStatus
+		gws []meshv1.TunnelGatewayPeerStatus
 	)
 	for _, p := range d.peers {
 		mp := meshv1.MembershipPeer{Cluster: p.Cluster, Gateway: p.Gateway, State: meshv1.PeerConnecting}
@@ -272,7 +272,7 @@ func (a *Agent) peerStates(s *scope, d *directory, dev *wgtypes.Device) ([]meshv
 			out = append(out, mp)
 			continue
 		}
-		gp := meshv1.GatewayPeerStatus{Cluster: p.Cluster}
+		gp := meshv1.TunnelGatewayPeerStatus{Cluster: p.Cluster}
 		switch wp := byKey[p.PublicKey]; {
 		case !s.applied || s.hold != "" || s.plan.Hold != "":
 			mp.Message = "not routing: " + s.plan.Hold
@@ -309,7 +309,7 @@ func (a *Agent) peerStates(s *scope, d *directory, dev *wgtypes.Device) ([]meshv
 			State: meshv1.PeerInvalid, Message: inv.Message})
 	}
 	slices.SortFunc(out, func(x, y meshv1.MembershipPeer) int { return strings.Compare(x.Cluster, y.Cluster) })
-	slices.SortFunc(gws, func(x, y meshv1.GatewayPeerStatus) int { return strings.Compare(x.Cluster, y.Cluster) })
+	slices.SortFunc(gws, func(x, y meshv1.TunnelGatewayPeerStatus) int { return strings.Compare(x.Cluster, y.Cluster) })
 	return out, gws
 }
 

@@ -21,7 +21,7 @@ func addKnownTypes(s *runtime.Scheme) error {
 		&ClusterSet{}, &ClusterSetList{},
 		&MemberCluster{}, &MemberClusterList{},
 		&CIDRClaim{}, &CIDRClaimList{},
-		&Gateway{}, &GatewayList{},
+		&TunnelGateway{}, &TunnelGatewayList{},
 		&ClusterSetMembership{}, &ClusterSetMembershipList{},
 	)
 	metav1.AddToGroupVersion(s, GroupVersion)

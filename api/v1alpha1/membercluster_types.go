@@ -10,7 +10,7 @@ const (
 	MemberAccepted = "Accepted"
 	// MemberCIDRAllocated is True when the member holds a pod range for every family of its ClusterSet.
 	MemberCIDRAllocated = "CIDRAllocated"
-	// MemberGatewaysValid is False when one of the member's Gateway objects is invalid.
+	// MemberGatewaysValid is False when one of the member's TunnelGateway objects is invalid.
 	MemberGatewaysValid = "GatewaysValid"
 	// MemberAgentConnected is True when the member's agent published at least one valid Gateway.
 	MemberAgentConnected = "AgentConnected"
@@ -65,10 +65,10 @@ type MemberClusterSpec struct {
 }
 
 // MemberGateway is a validated gateway of a member, copied by the hub from
-// the member's Gateway object. Peers build their tunnels from this, never
-// from the Gateway object itself.
+// the member's TunnelGateway object. Peers build their tunnels from this, never
+// from the TunnelGateway object itself.
 type MemberGateway struct {
-	// Name of the Gateway object in the member's hub namespace.
+	// Name of the TunnelGateway object in the member's hub namespace.
 	Name string `json:"name"`
 	// Node is the member cluster's node that runs this gateway.
 	Node string `json:"node"`
@@ -96,7 +96,7 @@ type MemberClusterStatus struct {
 	PodCIDRs []string `json:"podCIDRs,omitempty"`
 
 	// Namespace is the member's namespace on the hub: its credentials and the
-	// Gateway objects its agent writes live there.
+	// TunnelGateway objects its agent writes live there.
 	// +optional
 	Namespace string `json:"namespace,omitempty"`
 

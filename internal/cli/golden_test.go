@@ -89,16 +89,16 @@ func withCondition(c metav1.Condition) memberOpt {
 	}
 }
 
-func gateway(member string, peers ...meshv1.GatewayPeerStatus) *meshv1.Gateway {
-	return &meshv1.Gateway{
+func gateway(member string, peers ...meshv1.TunnelGatewayPeerStatus) *meshv1.TunnelGateway {
+	return &meshv1.TunnelGateway{
 		ObjectMeta: metav1.ObjectMeta{Name: member + "-gw", Namespace: "member-" + member},
-		Spec:       meshv1.GatewaySpec{NodeName: member + "-gw", PublicKey: "k", Active: true},
-		Status:     meshv1.GatewayStatus{Peers: peers},
+		Spec:       meshv1.TunnelGatewaySpec{NodeName: member + "-gw", PublicKey: "k", Active: true},
+		Status:     meshv1.TunnelGatewayStatus{Peers: peers},
 	}
 }
 
-func peer(cluster string, up bool, hs *metav1.Time) meshv1.GatewayPeerStatus {
-	return meshv1.GatewayPeerStatus{Cluster: cluster, Up: up, LatestHandshake: hs}
+func peer(cluster string, up bool, hs *metav1.Time) meshv1.TunnelGatewayPeerStatus {
+	return meshv1.TunnelGatewayPeerStatus{Cluster: cluster, Up: up, LatestHandshake: hs}
 }
 
 func statusFixture() client.Client {

@@ -246,7 +246,7 @@ func memberRow(ctx context.Context, c client.Reader, m *meshv1.MemberCluster, no
 	if m.Status.Namespace == "" {
 		return row, nil
 	}
-	var gws meshv1.GatewayList
+	var gws meshv1.TunnelGatewayList
 	if err := c.List(ctx, &gws, client.InNamespace(m.Status.Namespace)); err != nil {
 		return row, fmt.Errorf("list Gateways of member %s in %s: %w", m.Name, m.Status.Namespace, err)
 	}

@@ -155,11 +155,11 @@ func TestAgentJoinsAndPeers(t *testing.T) {
 		}
 		return true, ""
 	})
-	for _, gw := range []*meshv1.Gateway{
+	for _, gw := range []*meshv1.TunnelGateway{
 		{ObjectMeta: metav1.ObjectMeta{Name: "b-gw", Namespace: controllers.MemberNamespace("b")},
-			Spec: meshv1.GatewaySpec{NodeName: "b-gw", PublicKey: bKey.PublicKey().String(), Endpoints: []string{"192.0.2.2:51820"}, Active: true}},
+			Spec: meshv1.TunnelGatewaySpec{NodeName: "b-gw", PublicKey: bKey.PublicKey().String(), Endpoints: []string{"192.0.2.2:51820"}, Active: true}},
 		{ObjectMeta: metav1.ObjectMeta{Name: "c-gw", Namespace: controllers.MemberNamespace("c")},
-			Spec: meshv1.GatewaySpec{NodeName: "c-gw", PublicKey: "bm90LWEta2V5", Endpoints: []string{"192.0.2.3:51820"}, Active: true}},
+			Spec: meshv1.TunnelGatewaySpec{NodeName: "c-gw", PublicKey: "bm90LWEta2V5", Endpoints: []string{"192.0.2.3:51820"}, Active: true}},
 	} {
 		if err := hc.Create(ctx, gw); err != nil {
 			t.Fatal(err)
@@ -214,8 +214,8 @@ func TestAgentJoinsAndPeers(t *testing.T) {
 	}
 
 	t.Run("gateways published from node annotations", func(t *testing.T) {
-		eventually(t, "Gateway objects and MemberCluster status", func() (bool, string) {
-			gws := &meshv1.GatewayList{}
+		eventually(t, "TunnelGateway objects and MemberCluster status", func() (bool, string) {
+			gws := &meshv1.TunnelGatewayList{}
 			if err := hc.List(ctx, gws, client.InNamespace(controllers.MemberNamespace("a"))); err != nil {
 				return false, err.Error()
 			}

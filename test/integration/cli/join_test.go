@@ -110,10 +110,10 @@ func TestJoinLeave(t *testing.T) {
 		if err != nil {
 			t.Fatalf("client from the member's token: %v", err)
 		}
-		gw := func(ns string) *meshv1.Gateway {
-			return &meshv1.Gateway{
+		gw := func(ns string) *meshv1.TunnelGateway {
+			return &meshv1.TunnelGateway{
 				ObjectMeta: metav1.ObjectMeta{Name: "gw", Namespace: ns},
-				Spec:       meshv1.GatewaySpec{NodeName: "node-1", PublicKey: "mH3ZsoTjPCnfYHG2+d5ugeOEOsH5Jw1dhb7sZtFvUHM="},
+				Spec:       meshv1.TunnelGatewaySpec{NodeName: "node-1", PublicKey: "mH3ZsoTjPCnfYHG2+d5ugeOEOsH5Jw1dhb7sZtFvUHM="},
 			}
 		}
 		if err := c.Create(ctx, gw(controllers.MemberNamespace("a"))); err != nil {

@@ -38,10 +38,10 @@ func asMember(t *testing.T, member string) client.Client {
 	return c
 }
 
-func gateway(member, name, node, key string, endpoints ...string) *meshv1.Gateway {
-	return &meshv1.Gateway{
+func gateway(member, name, node, key string, endpoints ...string) *meshv1.TunnelGateway {
+	return &meshv1.TunnelGateway{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: controllers.MemberNamespace(member)},
-		Spec:       meshv1.GatewaySpec{NodeName: node, PublicKey: key, Endpoints: endpoints, Active: true},
+		Spec:       meshv1.TunnelGatewaySpec{NodeName: node, PublicKey: key, Endpoints: endpoints, Active: true},
 	}
 }
 
@@ -120,12 +120,12 @@ func TestMemberRBAC(t *testing.T) {
 		t.Errorf("member cannot list ClusterSets: %v", err)
 	}
 	// Its own Gateway can be updated, status included.
-	gw := &meshv1.Gateway{}
+	gw := &meshv1.TunnelGateway{}
 	if err := a.Get(ctx, client.ObjectKey{Namespace: controllers.MemberNamespace("rbac-a"), Name: "node-1"}, gw); err != nil {
 		t.Fatal(err)
 	}
 	patch := client.MergeFrom(gw.DeepCopy())
-	gw.Status.Peers = []meshv1.GatewayPeerStatus{{Cluster: "rbac-b", Up: true}}
+	gw.Status.Peers = []meshv1.TunnelGatewayPeerStatus{{Cluster: "rbac-b", Up: true}}
 	if err := a.Status().Patch(ctx, gw, patch); err != nil {
 		t.Errorf("member cannot report its gateway's peers: %v", err)
 	}
@@ -176,11 +176,11 @@ func TestGatewayValidation(t *testing.T) {
 		return nil
 	})
 	for name, want := range map[string]string{"bad-key": "spec.publicKey", "bad-endpoint": "spec.endpoints[0]"} {
-		gw := &meshv1.Gateway{}
+		gw := &meshv1.TunnelGateway{}
 		if err := c.Get(ctx, client.ObjectKey{Namespace: controllers.MemberNamespace("gw-a"), Name: name}, gw); err != nil {
 			t.Fatal(err)
 		}
-		cond := meta.FindStatusCondition(gw.Status.Conditions, meshv1.GatewayValid)
+		cond := meta.FindStatusCondition(gw.Status.Conditions, meshv1.TunnelGatewayValid)
 		if cond == nil || cond.Status != metav1.ConditionFalse || !strings.Contains(cond.Message, want) {
 			t.Errorf("gateway %s: Valid condition %+v, want False naming %s", name, cond, want)
 		}
@@ -194,12 +194,12 @@ func TestGatewayValidation(t *testing.T) {
 	})
 
 	// Connected counts what the active gateway reports.
-	gw := &meshv1.Gateway{}
+	gw := &meshv1.TunnelGateway{}
 	if err := c.Get(ctx, client.ObjectKey{Namespace: controllers.MemberNamespace("gw-a"), Name: "good"}, gw); err != nil {
 		t.Fatal(err)
 	}
 	patch := client.MergeFrom(gw.DeepCopy())
-	gw.Status.Peers = []meshv1.GatewayPeerStatus{{Cluster: "gw-b", Up: true}}
+	gw.Status.Peers = []meshv1.TunnelGatewayPeerStatus{{Cluster: "gw-b", Up: true}}
 	if err := c.Status().Patch(ctx, gw, patch); err != nil {
 		t.Fatal(err)
 	}

@@ -55,8 +55,8 @@ func TestBadSpecsAreRejected(t *testing.T) {
 		{"member podCIDR host bits", framework.NewMember("bad", "prod", framework.WithPodCIDRs("10.1.0.1/16")), []string{"spec.podCIDRs[0]", "canonical"}},
 		{"member two IPv4 ranges", framework.NewMember("bad", "prod", framework.WithPodCIDRs("10.1.0.0/16", "10.2.0.0/16")), []string{"spec.podCIDRs", "one range per IP family"}},
 
-		{"gateway key too long", &meshv1.Gateway{ObjectMeta: metav1.ObjectMeta{Name: "bad", Namespace: "default"}, Spec: meshv1.GatewaySpec{NodeName: "n", PublicKey: strings.Repeat("A", 65)}}, []string{"spec.publicKey"}},
-		{"gateway without node", &meshv1.Gateway{ObjectMeta: metav1.ObjectMeta{Name: "bad", Namespace: "default"}, Spec: meshv1.GatewaySpec{PublicKey: "x"}}, []string{"spec.nodeName"}},
+		{"gateway key too long", &meshv1.TunnelGateway{ObjectMeta: metav1.ObjectMeta{Name: "bad", Namespace: "default"}, Spec: meshv1.TunnelGatewaySpec{NodeName: "n", PublicKey: strings.Repeat("A", 65)}}, []string{"spec.publicKey"}},
+		{"gateway without node", &meshv1.TunnelGateway{ObjectMeta: metav1.ObjectMeta{Name: "bad", Namespace: "default"}, Spec: meshv1.TunnelGatewaySpec{PublicKey: "x"}}, []string{"spec.nodeName"}},
 
 		{"membership hub not https", membership("a", "http://hub.example:6443"), []string{"spec.hub.server", "https"}},
 		{"membership cluster name not a label", membership("A_B", "https://hub.example:6443"), []string{"spec.clusterName", "DNS label"}},

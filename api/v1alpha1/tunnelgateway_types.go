@@ -4,16 +4,16 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// Gateway condition types.
+// TunnelGateway condition types.
 const (
-	// GatewayValid is set by the hub: False (reason InvalidGateway) when the
+	// TunnelGatewayValid is set by the hub: False (reason InvalidGateway) when the
 	// public key or an endpoint does not parse; such a gateway is never given to peers.
-	GatewayValid = "Valid"
+	TunnelGatewayValid = "Valid"
 )
 
-// GatewaySpec is what a member's agent publishes about one gateway candidate.
+// TunnelGatewaySpec is what a member's agent publishes about one gateway candidate.
 // It never holds a private key.
-type GatewaySpec struct {
+type TunnelGatewaySpec struct {
 	// NodeName is the member cluster's node that runs this gateway.
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=253
@@ -35,8 +35,8 @@ type GatewaySpec struct {
 	Active bool `json:"active,omitempty"`
 }
 
-// GatewayPeerStatus is the health of one tunnel as the gateway observes it.
-type GatewayPeerStatus struct {
+// TunnelGatewayPeerStatus is the health of one tunnel as the gateway observes it.
+type TunnelGatewayPeerStatus struct {
 	// Cluster is the peer member's name.
 	Cluster string `json:"cluster"`
 	// Up is true when the tunnel had a handshake recently.
@@ -49,13 +49,13 @@ type GatewayPeerStatus struct {
 	Endpoint string `json:"endpoint,omitempty"`
 }
 
-// GatewayStatus is written by the agent (peers, heartbeat) and the hub (conditions).
-type GatewayStatus struct {
+// TunnelGatewayStatus is written by the agent (peers, heartbeat) and the hub (conditions).
+type TunnelGatewayStatus struct {
 	// Peers is the tunnel health the gateway observes.
 	// +optional
 	// +listType=map
 	// +listMapKey=cluster
-	Peers []GatewayPeerStatus `json:"peers,omitempty"`
+	Peers []TunnelGatewayPeerStatus `json:"peers,omitempty"`
 
 	// LastSeen is when the agent last refreshed this object.
 	// +optional
@@ -68,32 +68,32 @@ type GatewayStatus struct {
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
 }
 
-// Gateway is one gateway candidate of a member cluster, written by that
+// TunnelGateway is one gateway candidate of a member cluster, written by that
 // member's agent in the member's hub namespace. The hub validates it and
 // copies valid gateways into MemberCluster.status.gateways.
 //
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
-// +kubebuilder:resource:shortName=gw
+// +kubebuilder:resource:shortName=tgw
 // +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.spec.nodeName`
 // +kubebuilder:printcolumn:name="Active",type=boolean,JSONPath=`.spec.active`
 // +kubebuilder:printcolumn:name="Endpoints",type=string,JSONPath=`.spec.endpoints`
 // +kubebuilder:printcolumn:name="Valid",type=string,JSONPath=`.status.conditions[?(@.type=="Valid")].status`
 // +kubebuilder:printcolumn:name="Public Key",type=string,priority=1,JSONPath=`.spec.publicKey`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
-type Gateway struct {
+type TunnelGateway struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 
-	Spec   GatewaySpec   `json:"spec"`
-	Status GatewayStatus `json:"status,omitempty"`
+	Spec   TunnelGatewaySpec   `json:"spec"`
+	Status TunnelGatewayStatus `json:"status,omitempty"`
 }
 
-// GatewayList is a list of Gateways.
+// TunnelGatewayList is a list of TunnelGateways.
 //
 // +kubebuilder:object:root=true
-type GatewayList struct {
+type TunnelGatewayList struct {
 	metav1.TypeMeta `json:",inline"`
 	metav1.ListMeta `json:"metadata,omitempty"`
-	Items           []Gateway `json:"items"`
+	Items           []TunnelGateway `json:"items"`
 }
