@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 // wireGuardKeyLen is the length of a Curve25519 key.
@@ -37,34 +40,8 @@ func ValidateEndpoint(s string) error {
 	if err != nil || n < 1 || n > 65535 {
 		return fmt.Errorf("endpoint %q: port must be a number from 1 to 65535", s)
 	}
-	if net.ParseIP(host) == nil && !isDNSName(host) {
+	if net.ParseIP(host) == nil && len(validation.IsDNS1123Subdomain(strings.ToLower(host))) > 0 {
 		return fmt.Errorf("endpoint %q: host is neither an IP address nor a DNS name", s)
 	}
 	return nil
-}
-
-func isDNSName(s string) bool {
-	if len(s) == 0 || len(s) > 253 {
-		return false
-	}
-	label := 0
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == '.':
-			if label == 0 {
-				return false
-			}
-			label = 0
-			continue
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-':
-		default:
-			return false
-		}
-		label++
-		if label > 63 {
-			return false
-		}
-	}
-	return label > 0
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -329,9 +330,9 @@ func (l *BlockLedger) choose(ctx context.Context, cs *meshv1.ClusterSet, member 
 	if len(out) == 0 {
 		return Assignment{Reason: meshv1.ReasonPoolExhausted, Message: "ClusterSet has no pools"}, nil, nil
 	}
-	reason, msg := meshv1.ReasonAllocated, "assigned "+joinStrings(out)
+	reason, msg := meshv1.ReasonAllocated, "assigned "+strings.Join(out, ", ")
 	if adopted {
-		reason, msg = meshv1.ReasonAdopted, "adopted "+joinStrings(out)
+		reason, msg = meshv1.ReasonAdopted, "adopted "+strings.Join(out, ", ")
 	}
 	return Assignment{PodCIDRs: out, Reason: reason, Message: msg, Adopted: adopted, Unchanged: len(fresh) == 0}, fresh, nil
 }
@@ -473,16 +474,5 @@ func joinPrefixes(ps []netip.Prefix) string {
 	for i, p := range ps {
 		s[i] = p.String()
 	}
-	return joinStrings(s)
-}
-
-func joinStrings(s []string) string {
-	out := ""
-	for i, x := range s {
-		if i > 0 {
-			out += ", "
-		}
-		out += x
-	}
-	return out
+	return strings.Join(s, ", ")
 }

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	kerrors "k8s.io/apimachinery/pkg/util/errors"
@@ -185,17 +187,17 @@ func (r *MemberClusterReconciler) reconcileRanges(ctx context.Context, s *member
 	if a.Unchanged {
 		// Keep the reason of the pass that assigned the ranges (Allocated or
 		// Adopted); only a request that now differs is worth a new message.
-		if cond := findCondition(m.Status.Conditions, meshv1.MemberCIDRAllocated); cond != nil && cond.Status == metav1.ConditionTrue && cond.Reason != meshv1.ReasonRequestDiffers {
+		if cond := meta.FindStatusCondition(m.Status.Conditions, meshv1.MemberCIDRAllocated); cond != nil && cond.Status == metav1.ConditionTrue && cond.Reason != meshv1.ReasonRequestDiffers {
 			a.Reason, a.Message = cond.Reason, cond.Message
 		}
 	}
 	if a.Assigned() {
 		if len(m.Status.PodCIDRs) == 0 {
-			r.Recorder.Eventf(m, nil, corev1.EventTypeNormal, a.Reason, "AssignRanges", "Pod ranges %s", joinStrings(a.PodCIDRs))
+			r.Recorder.Eventf(m, nil, corev1.EventTypeNormal, a.Reason, "AssignRanges", "Pod ranges %s", strings.Join(a.PodCIDRs, ", "))
 		}
 		m.Status.PodCIDRs = a.PodCIDRs
 		if req := requestedNotAssigned(m); req != "" {
-			a.Message = "assigned " + joinStrings(a.PodCIDRs) + "; spec.podCIDRs asks for " + req + " but an assigned range never changes: delete and re-create the member to move it"
+			a.Message = "assigned " + strings.Join(a.PodCIDRs, ", ") + "; spec.podCIDRs asks for " + req + " but an assigned range never changes: delete and re-create the member to move it"
 			a.Reason = meshv1.ReasonRequestDiffers
 		}
 	} else if len(m.Status.PodCIDRs) > 0 {
@@ -213,7 +215,7 @@ func requestedNotAssigned(m *meshv1.MemberCluster) string {
 			out = append(out, string(c))
 		}
 	}
-	return joinStrings(out)
+	return strings.Join(out, ", ")
 }
 
 // reconcileNamespace gives the member its hub namespace, ServiceAccount and
@@ -225,76 +227,76 @@ func (r *MemberClusterReconciler) reconcileNamespace(ctx context.Context, s *mem
 	labels := map[string]string{meshv1.LabelMember: m.Name, labelManagedBy: managedByHub}
 
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: nsName}}
-	if _, err := controllerutil.CreateOrPatch(ctx, r.Client, ns, func() error {
+	if err := r.ensure(ctx, ns, labels, func() error {
 		if owner := ns.Labels[meshv1.LabelMember]; owner != "" && owner != m.Name {
 			return fmt.Errorf("namespace %s belongs to member %q", nsName, owner)
 		}
-		ns.Labels = mergeLabels(ns.Labels, labels)
 		return nil
 	}); err != nil {
-		return ctrl.Result{}, fmt.Errorf("ensure namespace %s: %w", nsName, err)
+		return ctrl.Result{}, err
 	}
 	if !ns.DeletionTimestamp.IsZero() {
 		// A member of the same name was deleted a moment ago.
 		return ctrl.Result{RequeueAfter: 2 * time.Second}, errStop
 	}
-	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: MemberServiceAccount, Namespace: nsName}}
-	if _, err := controllerutil.CreateOrPatch(ctx, r.Client, sa, func() error {
-		sa.Labels = mergeLabels(sa.Labels, labels)
-		return nil
-	}); err != nil {
-		return ctrl.Result{}, fmt.Errorf("ensure serviceaccount %s/%s: %w", nsName, sa.Name, err)
-	}
-	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: memberRoleName, Namespace: nsName}}
-	if _, err := controllerutil.CreateOrPatch(ctx, r.Client, role, func() error {
-		role.Labels = mergeLabels(role.Labels, labels)
-		role.Rules = memberNamespaceRules()
-		return nil
-	}); err != nil {
-		return ctrl.Result{}, fmt.Errorf("ensure role %s/%s: %w", nsName, role.Name, err)
-	}
 	subject := []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: MemberServiceAccount, Namespace: nsName}}
+	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: memberRoleName, Namespace: nsName}}
 	rb := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: memberRoleName, Namespace: nsName}}
-	if _, err := controllerutil.CreateOrPatch(ctx, r.Client, rb, func() error {
-		rb.Labels = mergeLabels(rb.Labels, labels)
-		rb.RoleRef = rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: memberRoleName}
-		rb.Subjects = subject
-		return nil
-	}); err != nil {
-		return ctrl.Result{}, fmt.Errorf("ensure rolebinding %s/%s: %w", nsName, rb.Name, err)
-	}
-	if err := r.ensureMemberClusterRole(ctx); err != nil {
-		return ctrl.Result{}, err
-	}
+	cr := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: memberRoleName}}
 	crb := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: memberClusterRoleBinding(m.Name)}}
-	if _, err := controllerutil.CreateOrPatch(ctx, r.Client, crb, func() error {
-		crb.Labels = mergeLabels(crb.Labels, labels)
-		crb.RoleRef = rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: memberRoleName}
-		crb.Subjects = subject
-		return nil
-	}); err != nil {
-		return ctrl.Result{}, fmt.Errorf("ensure clusterrolebinding %s: %w", crb.Name, err)
+	for _, e := range []struct {
+		obj    client.Object
+		labels map[string]string
+		mutate func() error
+	}{
+		{&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: MemberServiceAccount, Namespace: nsName}}, labels, nil},
+		{role, labels, func() error { role.Rules = memberNamespaceRules(); return nil }},
+		{rb, labels, func() error {
+			rb.RoleRef = rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: memberRoleName}
+			rb.Subjects = subject
+			return nil
+		}},
+		// The ClusterRole is shared by all members, so it carries no member label.
+		{cr, map[string]string{labelManagedBy: managedByHub}, func() error { cr.Rules = memberClusterRules(); return nil }},
+		{crb, labels, func() error {
+			crb.RoleRef = rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: memberRoleName}
+			crb.Subjects = subject
+			return nil
+		}},
+	} {
+		if err := r.ensure(ctx, e.obj, e.labels, e.mutate); err != nil {
+			return ctrl.Result{}, err
+		}
 	}
 	m.Status.Namespace = nsName
 	m.Status.ServiceAccount = MemberServiceAccount
 	return ctrl.Result{}, nil
 }
 
-func (r *MemberClusterReconciler) ensureMemberClusterRole(ctx context.Context) error {
-	cr := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: memberRoleName}}
-	_, err := controllerutil.CreateOrPatch(ctx, r.Client, cr, func() error {
-		cr.Labels = mergeLabels(cr.Labels, map[string]string{labelManagedBy: managedByHub})
-		cr.Rules = []rbacv1.PolicyRule{{
-			APIGroups: []string{meshv1.GroupVersion.Group},
-			Resources: []string{"clustersets", "memberclusters"},
-			Verbs:     []string{"get", "list", "watch"},
-		}}
+// ensure creates obj or patches it to carry labels and what mutate sets.
+func (r *MemberClusterReconciler) ensure(ctx context.Context, obj client.Object, labels map[string]string, mutate func() error) error {
+	if _, err := controllerutil.CreateOrPatch(ctx, r.Client, obj, func() error {
+		if mutate != nil {
+			if err := mutate(); err != nil {
+				return err
+			}
+		}
+		obj.SetLabels(mergeLabels(obj.GetLabels(), labels))
 		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("ensure clusterrole %s: %w", memberRoleName, err)
+	}); err != nil {
+		kind := strings.ToLower(strings.TrimPrefix(fmt.Sprintf("%T", obj), "*v1."))
+		return fmt.Errorf("ensure %s %s: %w", kind, client.ObjectKeyFromObject(obj), err)
 	}
 	return nil
+}
+
+// memberClusterRules is what every member may read cluster-wide.
+func memberClusterRules() []rbacv1.PolicyRule {
+	return []rbacv1.PolicyRule{{
+		APIGroups: []string{meshv1.GroupVersion.Group},
+		Resources: []string{"clustersets", "memberclusters"},
+		Verbs:     []string{"get", "list", "watch"},
+	}}
 }
 
 func memberNamespaceRules() []rbacv1.PolicyRule {
@@ -560,8 +562,8 @@ func (r *MemberClusterReconciler) pendingMembersOfSet(ctx context.Context, o cli
 	var out []reconcile.Request
 	for i := range members.Items {
 		m := &members.Items[i]
-		cond := findCondition(m.Status.Conditions, meshv1.MemberCIDRAllocated)
-		if cond == nil || cond.Status != metav1.ConditionTrue || !isTrue(m.Status.Conditions, meshv1.MemberAccepted) {
+		cond := meta.FindStatusCondition(m.Status.Conditions, meshv1.MemberCIDRAllocated)
+		if cond == nil || cond.Status != metav1.ConditionTrue || !meta.IsStatusConditionTrue(m.Status.Conditions, meshv1.MemberAccepted) {
 			out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Name: m.Name}})
 		}
 	}
@@ -581,18 +583,4 @@ func memberOfLabel(_ context.Context, o client.Object) []reconcile.Request {
 		return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: name}}}
 	}
 	return nil
-}
-
-func findCondition(conds []metav1.Condition, t string) *metav1.Condition {
-	for i := range conds {
-		if conds[i].Type == t {
-			return &conds[i]
-		}
-	}
-	return nil
-}
-
-func isTrue(conds []metav1.Condition, t string) bool {
-	c := findCondition(conds, t)
-	return c != nil && c.Status == metav1.ConditionTrue
 }

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"fmt"
+	"strings"
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -56,7 +57,7 @@ func setCIDRPendingCondition(m *meshv1.MemberCluster, msg string) {
 func setGatewayConditions(m *meshv1.MemberCluster, total int, invalid []string) {
 	if len(invalid) > 0 {
 		setCondition(&m.Status.Conditions, m.Generation, meshv1.MemberGatewaysValid, metav1.ConditionFalse,
-			meshv1.ReasonInvalidGateway, "invalid TunnelGateway objects (not given to peers): "+joinStrings(invalid))
+			meshv1.ReasonInvalidGateway, "invalid TunnelGateway objects (not given to peers): "+strings.Join(invalid, ", "))
 	} else {
 		setCondition(&m.Status.Conditions, m.Generation, meshv1.MemberGatewaysValid, metav1.ConditionTrue,
 			meshv1.ReasonValid, fmt.Sprintf("%d gateway(s) valid", total))
@@ -82,7 +83,7 @@ func setConnectedCondition(m *meshv1.MemberCluster, up, total int, down []string
 			meshv1.ReasonAllPeersUp, fmt.Sprintf("tunnels up to %d of %d peers", up, total))
 	default:
 		setCondition(&m.Status.Conditions, m.Generation, meshv1.MemberConnected, metav1.ConditionFalse,
-			meshv1.ReasonPeersDown, fmt.Sprintf("tunnels up to %d of %d peers; down: %s", up, total, joinStrings(down)))
+			meshv1.ReasonPeersDown, fmt.Sprintf("tunnels up to %d of %d peers; down: %s", up, total, strings.Join(down, ", ")))
 	}
 }
 

@@ -225,8 +225,8 @@ func memberRow(ctx context.Context, c client.Reader, m *meshv1.MemberCluster, no
 		Tunnels:  m.Status.ConnectedPeers,
 		Age:      age(now, &m.CreationTimestamp),
 	}
-	row.Ready = isTrue(m.Status.Conditions, meshv1.ConditionReady)
-	row.Connected = isTrue(m.Status.Conditions, meshv1.MemberConnected)
+	row.Ready = meta.IsStatusConditionTrue(m.Status.Conditions, meshv1.ConditionReady)
+	row.Connected = meta.IsStatusConditionTrue(m.Status.Conditions, meshv1.MemberConnected)
 	for _, t := range memberConditionOrder {
 		cond := meta.FindStatusCondition(m.Status.Conditions, t)
 		switch {
@@ -277,11 +277,6 @@ func memberRow(ctx context.Context, c client.Reader, m *meshv1.MemberCluster, no
 		row.OldestHandshakeAge = age(now, row.OldestHandshake)
 	}
 	return row, nil
-}
-
-func isTrue(conds []metav1.Condition, t string) bool {
-	c := meta.FindStatusCondition(conds, t)
-	return c != nil && c.Status == metav1.ConditionTrue
 }
 
 // WriteStatus prints the report as table, wide, json or yaml.
