@@ -134,7 +134,7 @@ func setUsageStatus(cs *meshv1.ClusterSet, u Usage) {
 			exhausted = append(exhausted, string(f.Family))
 		}
 	}
-	cs.Status.FreeBlocks = strings.Join(free, ", ")
+	freeSummary := "free blocks: " + strings.Join(free, ", ")
 	cs.Status.BlocksOutsidePools = nil
 	for _, o := range u.Orphans {
 		if o.QuarantinedUntil.IsZero() {
@@ -145,7 +145,7 @@ func setUsageStatus(cs *meshv1.ClusterSet, u Usage) {
 		setCondition(&cs.Status.Conditions, cs.Generation, meshv1.ClusterSetPoolExhausted, metav1.ConditionTrue, meshv1.ReasonExhausted,
 			fmt.Sprintf("no free block left for %s: add a pool to spec.podCIDRPools or delete members (released blocks return after spec.quarantineSeconds)", strings.Join(exhausted, ", ")))
 	} else {
-		setCondition(&cs.Status.Conditions, cs.Generation, meshv1.ClusterSetPoolExhausted, metav1.ConditionFalse, meshv1.ReasonAvailable, cs.Status.FreeBlocks)
+		setCondition(&cs.Status.Conditions, cs.Generation, meshv1.ClusterSetPoolExhausted, metav1.ConditionFalse, meshv1.ReasonAvailable, freeSummary)
 	}
 	if len(cs.Status.BlocksOutsidePools) > 0 {
 		setCondition(&cs.Status.Conditions, cs.Generation, meshv1.ClusterSetRemovedPoolsInUse, metav1.ConditionTrue, meshv1.ReasonBlocksOutsidePools,
@@ -156,7 +156,7 @@ func setUsageStatus(cs *meshv1.ClusterSet, u Usage) {
 	if len(exhausted) > 0 {
 		setCondition(&cs.Status.Conditions, cs.Generation, meshv1.ConditionReady, metav1.ConditionFalse, meshv1.ReasonExhausted, "pool exhausted for "+strings.Join(exhausted, ", "))
 	} else {
-		setCondition(&cs.Status.Conditions, cs.Generation, meshv1.ConditionReady, metav1.ConditionTrue, meshv1.ReasonAvailable, "blocks available: "+cs.Status.FreeBlocks)
+		setCondition(&cs.Status.Conditions, cs.Generation, meshv1.ConditionReady, metav1.ConditionTrue, meshv1.ReasonAvailable, freeSummary)
 	}
 }
 

@@ -371,15 +371,20 @@ func (r *MemberClusterReconciler) reconcileGateways(ctx context.Context, s *memb
 		return 0
 	})
 	m.Status.ActiveGateway = ""
+	var actives []string
 	for i := range valid {
-		if valid[i].Active && m.Status.ActiveGateway == "" {
+		if !valid[i].Active {
+			continue
+		}
+		actives = append(actives, valid[i].Name)
+		if m.Status.ActiveGateway == "" {
 			m.Status.ActiveGateway = valid[i].Node
 			continue
 		}
 		valid[i].Active = false
 	}
 	m.Status.Gateways = valid
-	setGatewayConditions(m, len(list.Items), invalid)
+	setGatewayConditions(m, len(list.Items), invalid, actives)
 	return ctrl.Result{}, kerrors.NewAggregate(errs)
 }
 

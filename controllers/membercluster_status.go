@@ -54,11 +54,18 @@ func setCIDRPendingCondition(m *meshv1.MemberCluster, msg string) {
 }
 
 // setGatewayConditions records the validation of the member's TunnelGateway objects.
-func setGatewayConditions(m *meshv1.MemberCluster, total int, invalid []string) {
-	if len(invalid) > 0 {
+// actives are the valid gateways that claim to be active: more than one is
+// reported (peers are given the first, so that they all pick the same one).
+func setGatewayConditions(m *meshv1.MemberCluster, total int, invalid, actives []string) {
+	switch {
+	case len(invalid) > 0:
 		setCondition(&m.Status.Conditions, m.Generation, meshv1.MemberGatewaysValid, metav1.ConditionFalse,
 			meshv1.ReasonInvalidGateway, "invalid TunnelGateway objects (not given to peers): "+strings.Join(invalid, ", "))
-	} else {
+	case len(actives) > 1:
+		setCondition(&m.Status.Conditions, m.Generation, meshv1.MemberGatewaysValid, metav1.ConditionFalse,
+			meshv1.ReasonMultipleActive, fmt.Sprintf("%d TunnelGateways claim to be active (%s); peers are given %s until the member's agents agree",
+				len(actives), strings.Join(actives, ", "), actives[0]))
+	default:
 		setCondition(&m.Status.Conditions, m.Generation, meshv1.MemberGatewaysValid, metav1.ConditionTrue,
 			meshv1.ReasonValid, fmt.Sprintf("%d gateway(s) valid", total))
 	}
@@ -73,7 +80,7 @@ func setGatewayConditions(m *meshv1.MemberCluster, total int, invalid []string) 
 
 // setConnectedCondition records k of n peers up, as the active gateway reports.
 func setConnectedCondition(m *meshv1.MemberCluster, up, total int, down []string) {
-	m.Status.ConnectedPeers = fmt.Sprintf("%d/%d", up, total)
+	m.Status.ConnectedPeers, m.Status.TotalPeers = int32(up), int32(total)
 	switch {
 	case total == 0:
 		setCondition(&m.Status.Conditions, m.Generation, meshv1.MemberConnected, metav1.ConditionTrue,

@@ -77,19 +77,21 @@ func TestSetGatewayConditions(t *testing.T) {
 	cases := []struct {
 		name                 string
 		total                int
-		invalid              []string
+		invalid, actives     []string
 		wantValid, wantAgent metav1.ConditionStatus
+		wantReason           string
 	}{
-		{"none published", 0, nil, metav1.ConditionTrue, metav1.ConditionFalse},
-		{"one valid", 1, nil, metav1.ConditionTrue, metav1.ConditionTrue},
-		{"one invalid", 1, []string{"gw: bad key"}, metav1.ConditionFalse, metav1.ConditionFalse},
-		{"one of two invalid", 2, []string{"gw: bad key"}, metav1.ConditionFalse, metav1.ConditionTrue},
+		{"none published", 0, nil, nil, metav1.ConditionTrue, metav1.ConditionFalse, meshv1.ReasonValid},
+		{"one valid", 1, nil, []string{"gw1"}, metav1.ConditionTrue, metav1.ConditionTrue, meshv1.ReasonValid},
+		{"one invalid", 1, []string{"gw: bad key"}, nil, metav1.ConditionFalse, metav1.ConditionFalse, meshv1.ReasonInvalidGateway},
+		{"one of two invalid", 2, []string{"gw: bad key"}, nil, metav1.ConditionFalse, metav1.ConditionTrue, meshv1.ReasonInvalidGateway},
+		{"two active", 2, nil, []string{"gw1", "gw2"}, metav1.ConditionFalse, metav1.ConditionTrue, meshv1.ReasonMultipleActive},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			m := member(1)
-			setGatewayConditions(m, tc.total, tc.invalid)
-			if c := meta.FindStatusCondition(m.Status.Conditions, meshv1.MemberGatewaysValid); c.Status != tc.wantValid {
+			setGatewayConditions(m, tc.total, tc.invalid, tc.actives)
+			if c := meta.FindStatusCondition(m.Status.Conditions, meshv1.MemberGatewaysValid); c.Status != tc.wantValid || c.Reason != tc.wantReason {
 				t.Errorf("GatewaysValid %+v", c)
 			}
 			if c := meta.FindStatusCondition(m.Status.Conditions, meshv1.MemberAgentConnected); c.Status != tc.wantAgent {
@@ -105,18 +107,18 @@ func TestSetConnectedCondition(t *testing.T) {
 		down       []string
 		wantStatus metav1.ConditionStatus
 		wantReason string
-		wantPeers  string
+		wantPeers  int32
 	}{
-		{0, 0, nil, metav1.ConditionTrue, meshv1.ReasonNoPeers, "0/0"},
-		{2, 2, nil, metav1.ConditionTrue, meshv1.ReasonAllPeersUp, "2/2"},
-		{1, 3, []string{"west", "north"}, metav1.ConditionFalse, meshv1.ReasonPeersDown, "1/3"},
+		{0, 0, nil, metav1.ConditionTrue, meshv1.ReasonNoPeers, 0},
+		{2, 2, nil, metav1.ConditionTrue, meshv1.ReasonAllPeersUp, 2},
+		{1, 3, []string{"west", "north"}, metav1.ConditionFalse, meshv1.ReasonPeersDown, 1},
 	}
 	for _, tc := range cases {
 		m := member(1)
 		setConnectedCondition(m, tc.up, tc.total, tc.down)
 		c := meta.FindStatusCondition(m.Status.Conditions, meshv1.MemberConnected)
-		if c.Status != tc.wantStatus || c.Reason != tc.wantReason || m.Status.ConnectedPeers != tc.wantPeers {
-			t.Errorf("%d/%d: %+v peers %q", tc.up, tc.total, c, m.Status.ConnectedPeers)
+		if c.Status != tc.wantStatus || c.Reason != tc.wantReason || m.Status.ConnectedPeers != tc.wantPeers || m.Status.TotalPeers != int32(tc.total) {
+			t.Errorf("%d/%d: %+v peers %d/%d", tc.up, tc.total, c, m.Status.ConnectedPeers, m.Status.TotalPeers)
 		}
 		for _, d := range tc.down {
 			if !strings.Contains(c.Message, d) {
@@ -130,7 +132,7 @@ func TestSetReadyCondition(t *testing.T) {
 	m := member(1)
 	setAcceptedCondition(m, &meshv1.ClusterSet{ObjectMeta: metav1.ObjectMeta{Name: "prod"}})
 	setCIDRAllocatedCondition(m, Assignment{Reason: meshv1.ReasonPoolExhausted, Message: "no free IPv4 block"})
-	setGatewayConditions(m, 1, nil)
+	setGatewayConditions(m, 1, nil, nil)
 	setReadyCondition(m)
 	if c := meta.FindStatusCondition(m.Status.Conditions, meshv1.ConditionReady); c.Status != metav1.ConditionFalse || c.Reason != meshv1.ReasonPoolExhausted || !strings.Contains(c.Message, "no free IPv4 block") {
 		t.Errorf("Ready of an exhausted member: %+v", c)

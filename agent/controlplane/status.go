@@ -191,7 +191,8 @@ func (a *Agent) publishStatus(ctx context.Context, s *scope) error {
 				down = append(down, p.Cluster)
 			}
 		}
-		st.ReadyPeers = fmt.Sprintf("%d/%d", up, len(st.Peers))
+		st.ReadyPeers, st.TotalPeers = int32(up), int32(len(st.Peers))
+		peersUpMsg := fmt.Sprintf("%d/%d", up, len(st.Peers))
 		peersUp.Set(float64(up))
 		peersTotal.Set(float64(len(st.Peers)))
 		switch {
@@ -200,9 +201,9 @@ func (a *Agent) publishStatus(ctx context.Context, s *scope) error {
 		case len(st.Peers) == 0:
 			setCond(meshv1.MembershipTunnelsReady, true, "NoPeers", "no other member clusters")
 		case len(down) == 0:
-			setCond(meshv1.MembershipTunnelsReady, true, "AllPeersUp", st.ReadyPeers+" peers up")
+			setCond(meshv1.MembershipTunnelsReady, true, "AllPeersUp", peersUpMsg+" peers up")
 		default:
-			setCond(meshv1.MembershipTunnelsReady, false, "PeersDown", st.ReadyPeers+" peers up; not up: "+strings.Join(down, ","))
+			setCond(meshv1.MembershipTunnelsReady, false, "PeersDown", peersUpMsg+" peers up; not up: "+strings.Join(down, ","))
 		}
 	}
 	if !equality.Semantic.DeepEqual(st, m.Status) {

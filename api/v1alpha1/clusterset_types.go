@@ -131,10 +131,6 @@ type ClusterSetStatus struct {
 	// +listMapKey=family
 	Families []FamilyStatus `json:"families,omitempty"`
 
-	// FreeBlocks summarizes free blocks per family, for kubectl get.
-	// +optional
-	FreeBlocks string `json:"freeBlocks,omitempty"`
-
 	// BlocksOutsidePools lists assigned blocks that lie outside every current
 	// pool because their pool was removed from spec.
 	// +optional
@@ -156,7 +152,8 @@ type ClusterSetStatus struct {
 // +kubebuilder:validation:XValidation:rule="self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",message="metadata.name of a ClusterSet must be a DNS label: lowercase letters, digits and '-', at most 63 characters"
 // +kubebuilder:printcolumn:name="Pools",type=string,JSONPath=`.spec.podCIDRPools`
 // +kubebuilder:printcolumn:name="Members",type=integer,JSONPath=`.status.members`
-// +kubebuilder:printcolumn:name="Free",type=string,JSONPath=`.status.freeBlocks`
+// +kubebuilder:printcolumn:name="Free IPv4",type=integer,JSONPath=`.status.families[?(@.family=="IPv4")].free`
+// +kubebuilder:printcolumn:name="Free IPv6",type=integer,JSONPath=`.status.families[?(@.family=="IPv6")].free`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type ClusterSet struct {

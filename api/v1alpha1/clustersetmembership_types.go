@@ -44,8 +44,10 @@ type ClusterSetMembershipSpec struct {
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec.clusterName is immutable: delete the membership and join again"
 	ClusterName string `json:"clusterName"`
 
-	// ClusterSet is the name of the ClusterSet on the hub.
+	// ClusterSet is the name of the ClusterSet on the hub (a DNS label).
 	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",message="spec.clusterSet must be a DNS label (the name of a ClusterSet): lowercase letters, digits and '-'"
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec.clusterSet is immutable: delete the membership and join again"
 	ClusterSet string `json:"clusterSet"`
 
@@ -111,9 +113,12 @@ type ClusterSetMembershipStatus struct {
 	// +listType=map
 	// +listMapKey=cluster
 	Peers []MembershipPeer `json:"peers,omitempty"`
-	// ReadyPeers is "k/n", for kubectl get.
+	// ReadyPeers is how many peers have their tunnel up.
 	// +optional
-	ReadyPeers string `json:"readyPeers,omitempty"`
+	ReadyPeers int32 `json:"readyPeers"`
+	// TotalPeers is how many peers this cluster has.
+	// +optional
+	TotalPeers int32 `json:"totalPeers"`
 	// Conditions: Joined, CIDRsMatch, TunnelsReady.
 	// +optional
 	// +listType=map
@@ -127,11 +132,13 @@ type ClusterSetMembershipStatus struct {
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:scope=Cluster,shortName=csm
+// +kubebuilder:validation:XValidation:rule="self.metadata.name == 'membership'",message="metadata.name of a ClusterSetMembership must be 'membership': a cluster joins one ClusterSet, through the one object its agents follow"
 // +kubebuilder:printcolumn:name="Cluster",type=string,JSONPath=`.spec.clusterName`
 // +kubebuilder:printcolumn:name="ClusterSet",type=string,JSONPath=`.spec.clusterSet`
 // +kubebuilder:printcolumn:name="Pod CIDRs",type=string,JSONPath=`.status.podCIDRs`
 // +kubebuilder:printcolumn:name="Gateway",type=string,JSONPath=`.status.activeGateway`
-// +kubebuilder:printcolumn:name="Peers",type=string,JSONPath=`.status.readyPeers`
+// +kubebuilder:printcolumn:name="Ready Peers",type=integer,JSONPath=`.status.readyPeers`
+// +kubebuilder:printcolumn:name="Peers",type=integer,JSONPath=`.status.totalPeers`
 // +kubebuilder:printcolumn:name="Joined",type=string,JSONPath=`.status.conditions[?(@.type=="Joined")].status`
 // +kubebuilder:printcolumn:name="CIDRs Match",type=string,priority=1,JSONPath=`.status.conditions[?(@.type=="CIDRsMatch")].status`
 // +kubebuilder:printcolumn:name="Tunnels",type=string,JSONPath=`.status.conditions[?(@.type=="TunnelsReady")].status`

@@ -37,18 +37,17 @@ const (
 	ReasonAllPeersUp          = "AllPeersUp"
 	ReasonPeersDown           = "PeersDown"
 	ReasonNoPeers             = "NoPeers"
-	ReasonNotReady            = "NotReady"
 	ReasonReady               = "Ready"
 	ReasonRequestDiffers      = "RequestDiffersFromAssignment"
 	ReasonMultipleActive      = "MultipleActiveGateways"
-	ReasonNamespaceTerminated = "NamespaceTerminating"
 )
 
 // MemberClusterSpec says which ClusterSet a member cluster belongs to.
 type MemberClusterSpec struct {
-	// ClusterSet is the name of the ClusterSet this member belongs to.
+	// ClusterSet is the name of the ClusterSet this member belongs to (a DNS label).
 	// +kubebuilder:validation:MinLength=1
-	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",message="spec.clusterSet must be a DNS label (the name of a ClusterSet): lowercase letters, digits and '-'"
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec.clusterSet is immutable: delete the MemberCluster and create it again to move it to another ClusterSet"
 	ClusterSet string `json:"clusterSet"`
 
@@ -114,9 +113,14 @@ type MemberClusterStatus struct {
 	// +optional
 	ActiveGateway string `json:"activeGateway,omitempty"`
 
-	// ConnectedPeers is "k/n": tunnels the active gateway reports up, out of the other members with ranges.
+	// ConnectedPeers is how many of the other members with ranges the active
+	// gateway reports a tunnel up to.
 	// +optional
-	ConnectedPeers string `json:"connectedPeers,omitempty"`
+	ConnectedPeers int32 `json:"connectedPeers"`
+
+	// TotalPeers is how many other members of the set hold ranges.
+	// +optional
+	TotalPeers int32 `json:"totalPeers"`
 
 	// Conditions: Ready, Accepted, CIDRAllocated, GatewaysValid, AgentConnected, Connected.
 	// +optional
@@ -135,7 +139,8 @@ type MemberClusterStatus struct {
 // +kubebuilder:printcolumn:name="ClusterSet",type=string,JSONPath=`.spec.clusterSet`
 // +kubebuilder:printcolumn:name="Pod CIDRs",type=string,JSONPath=`.status.podCIDRs`
 // +kubebuilder:printcolumn:name="Gateway",type=string,JSONPath=`.status.activeGateway`
-// +kubebuilder:printcolumn:name="Peers",type=string,JSONPath=`.status.connectedPeers`
+// +kubebuilder:printcolumn:name="Connected",type=integer,JSONPath=`.status.connectedPeers`
+// +kubebuilder:printcolumn:name="Peers",type=integer,JSONPath=`.status.totalPeers`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Reason",type=string,priority=1,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`

@@ -62,7 +62,7 @@ func member(name, cidr string, opts ...memberOpt) *meshv1.MemberCluster {
 		Spec:       meshv1.MemberClusterSpec{ClusterSet: "demo"},
 		Status: meshv1.MemberClusterStatus{
 			PodCIDRs: []string{cidr}, Namespace: "member-" + name, ServiceAccount: "archipelago-agent",
-			ActiveGateway: name + "-gw", ConnectedPeers: "2/2",
+			ActiveGateway: name + "-gw", ConnectedPeers: 2, TotalPeers: 2,
 			Conditions: []metav1.Condition{
 				cond(meshv1.MemberAccepted, metav1.ConditionTrue, meshv1.ReasonAccepted, "member of ClusterSet \"demo\""),
 				cond(meshv1.MemberCIDRAllocated, metav1.ConditionTrue, meshv1.ReasonAllocated, "assigned "+cidr),
@@ -106,15 +106,15 @@ func statusFixture() client.Client {
 		&meshv1.ClusterSet{
 			ObjectMeta: metav1.ObjectMeta{Name: "demo"},
 			Spec:       meshv1.ClusterSetSpec{PodCIDRPools: []meshv1.CIDR{"10.0.0.0/8"}},
-			Status:     meshv1.ClusterSetStatus{FreeBlocks: "IPv4: 253"},
+			Status:     meshv1.ClusterSetStatus{Families: []meshv1.FamilyStatus{{Family: meshv1.IPv4, BlockPrefixLength: 16, Total: 256, Allocated: 3, Free: 253}}},
 		},
 		member("alpha", "10.1.0.0/16"),
 		gateway("alpha", peer("bravo", true, ago(12*time.Second)), peer("charlie", true, ago(45*time.Second))),
-		member("bravo", "10.2.0.0/16", func(m *meshv1.MemberCluster) { m.Status.ConnectedPeers = "1/2" },
+		member("bravo", "10.2.0.0/16", func(m *meshv1.MemberCluster) { m.Status.ConnectedPeers = 1 },
 			withCondition(cond(meshv1.MemberConnected, metav1.ConditionFalse, meshv1.ReasonPeersDown, "tunnels up to 1 of 2 peers; down: charlie"))),
 		gateway("bravo", peer("alpha", true, ago(20*time.Second)), peer("charlie", false, ago(184*time.Second))),
 		member("charlie", "10.3.0.0/16", func(m *meshv1.MemberCluster) {
-			m.Status.ActiveGateway, m.Status.ConnectedPeers = "", "0/2"
+			m.Status.ActiveGateway, m.Status.ConnectedPeers = "", 0
 		},
 			withCondition(cond(meshv1.MemberAgentConnected, metav1.ConditionFalse, meshv1.ReasonNoGateway, "no valid Gateway published yet")),
 			withCondition(cond(meshv1.MemberConnected, metav1.ConditionFalse, meshv1.ReasonPeersDown, "tunnels up to 0 of 2 peers; down: alpha, bravo")),

@@ -182,7 +182,7 @@ func BuildStatusWithLimits(ctx context.Context, c client.Reader, onlySet string,
 	bySet := map[string]*ClusterSetReport{}
 	report := &StatusReport{}
 	for _, cs := range sets {
-		r := ClusterSetReport{Name: cs.Name, FreeBlocks: cs.Status.FreeBlocks, Members: []MemberReport{}}
+		r := ClusterSetReport{Name: cs.Name, FreeBlocks: freeBlocks(cs.Status.Families), Members: []MemberReport{}}
 		for _, p := range cs.Spec.PodCIDRPools {
 			r.Pools = append(r.Pools, string(p))
 		}
@@ -217,12 +217,29 @@ func BuildStatusWithLimits(ctx context.Context, c client.Reader, onlySet string,
 	return report, nil
 }
 
+// freeBlocks summarizes free blocks per family, such as "IPv4: 13".
+func freeBlocks(fams []meshv1.FamilyStatus) string {
+	var out []string
+	for _, f := range fams {
+		out = append(out, fmt.Sprintf("%s: %d", f.Family, f.Free))
+	}
+	return strings.Join(out, ", ")
+}
+
+// tunnels is "k/n" once the hub has counted the member's connected peers.
+func tunnels(m *meshv1.MemberCluster) string {
+	if meta.FindStatusCondition(m.Status.Conditions, meshv1.MemberConnected) == nil {
+		return ""
+	}
+	return fmt.Sprintf("%d/%d", m.Status.ConnectedPeers, m.Status.TotalPeers)
+}
+
 func memberRow(ctx context.Context, c client.Reader, m *meshv1.MemberCluster, now time.Time, staleAfter time.Duration) (MemberReport, error) {
 	row := MemberReport{
 		Name:     m.Name,
 		PodCIDRs: m.Status.PodCIDRs,
 		Gateway:  m.Status.ActiveGateway,
-		Tunnels:  m.Status.ConnectedPeers,
+		Tunnels:  tunnels(m),
 		Age:      age(now, &m.CreationTimestamp),
 	}
 	row.Ready = meta.IsStatusConditionTrue(m.Status.Conditions, meshv1.ConditionReady)

@@ -208,7 +208,8 @@ func (e *env) nodes(cluster string) []nodeInfo {
 type membership struct {
 	ActiveGateway   string `json:"activeGateway"`
 	ActiveGatewayIP string `json:"activeGatewayIP"`
-	ReadyPeers      string `json:"readyPeers"`
+	ReadyPeers      int32  `json:"readyPeers"`
+	TotalPeers      int32  `json:"totalPeers"`
 	PodCIDRs        []string
 	Peers           []struct {
 		Cluster  string `json:"cluster"`

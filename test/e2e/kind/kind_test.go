@@ -286,8 +286,8 @@ func (e *env) waitTunnels(timeout time.Duration) {
 			if err != nil {
 				return err
 			}
-			if m.ReadyPeers != "1/1" {
-				return fmt.Errorf("%s: readyPeers %q, active gateway %q, peers %+v", c, m.ReadyPeers, m.ActiveGateway, m.Peers)
+			if m.ReadyPeers != 1 || m.TotalPeers != 1 {
+				return fmt.Errorf("%s: readyPeers %d/%d, active gateway %q, peers %+v", c, m.ReadyPeers, m.TotalPeers, m.ActiveGateway, m.Peers)
 			}
 		}
 		return nil

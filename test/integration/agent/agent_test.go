@@ -196,7 +196,7 @@ func TestAgentJoinsAndPeers(t *testing.T) {
 	})
 	st := getMS().Status
 	active := st.ActiveGateway
-	t.Logf("active gateway %s (%s), peers %s", active, st.ActiveGatewayIP, st.ReadyPeers)
+	t.Logf("active gateway %s (%s), peers %d/%d up", active, st.ActiveGatewayIP, st.ReadyPeers, st.TotalPeers)
 	if !meta.IsStatusConditionTrue(st.Conditions, meshv1.MembershipCIDRsMatch) {
 		t.Errorf("CIDRsMatch not True: %+v", st.Conditions)
 	}

@@ -205,8 +205,8 @@ func TestGatewayValidation(t *testing.T) {
 	}
 	eventually(t, 20*time.Second, "gw-a connected 1/1", func() error {
 		m := getMember(t, c, "gw-a")
-		if m.Status.ConnectedPeers != "1/1" || !meta.IsStatusConditionTrue(m.Status.Conditions, meshv1.MemberConnected) {
-			return fmt.Errorf("connected %q %+v", m.Status.ConnectedPeers, meta.FindStatusCondition(m.Status.Conditions, meshv1.MemberConnected))
+		if m.Status.ConnectedPeers != 1 || m.Status.TotalPeers != 1 || !meta.IsStatusConditionTrue(m.Status.Conditions, meshv1.MemberConnected) {
+			return fmt.Errorf("connected %d/%d %+v", m.Status.ConnectedPeers, m.Status.TotalPeers, meta.FindStatusCondition(m.Status.Conditions, meshv1.MemberConnected))
 		}
 		return nil
 	})

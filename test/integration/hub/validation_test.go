@@ -60,6 +60,10 @@ func TestBadSpecsAreRejected(t *testing.T) {
 
 		{"membership hub not https", membership("a", "http://hub.example:6443"), []string{"spec.hub.server", "https"}},
 		{"membership cluster name not a label", membership("A_B", "https://hub.example:6443"), []string{"spec.clusterName", "DNS label"}},
+		{"membership with another name", renamed(membership("a", "https://hub.example:6443"), "second"), []string{"metadata.name", "must be 'membership'"}},
+		{"membership clusterset not a label", inSet(membership("a", "https://hub.example:6443"), "prod.eu"), []string{"spec.clusterSet", "DNS label"}},
+		{"member clusterset not a label", framework.NewMember("bad", "Prod_EU"), []string{"spec.clusterSet", "DNS label"}},
+		{"member clusterset too long", framework.NewMember("bad", strings.Repeat("p", 64)), []string{"spec.clusterSet", "63"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -116,6 +120,16 @@ func TestBadSpecsAreRejected(t *testing.T) {
 func withTunnel(cs *meshv1.ClusterSet, tun meshv1.TunnelSettings) *meshv1.ClusterSet {
 	cs.Spec.Tunnel = tun
 	return cs
+}
+
+func renamed(m *meshv1.ClusterSetMembership, name string) *meshv1.ClusterSetMembership {
+	m.Name = name
+	return m
+}
+
+func inSet(m *meshv1.ClusterSetMembership, set string) *meshv1.ClusterSetMembership {
+	m.Spec.ClusterSet = set
+	return m
 }
 
 func membership(cluster, server string) *meshv1.ClusterSetMembership {
