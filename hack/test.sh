@@ -26,8 +26,33 @@ run() { # name command...
   fi
 }
 
+# gotest runs go test -json through hack/testreport, which prints what go test
+# prints and counts top-level tests: a tier whose tests all skipped is
+# reported as skipped, not ok. testreport -v prints every test's output.
+report=$(mktemp -d)/testreport
+trap 'rm -rf "$(dirname "$report")"' EXIT
+go build -o "$report" ./hack/testreport
+gotest() { # name [-v] go-test-args...
+  local name=$1; shift
+  local v=()
+  if [[ ${1:-} == -v ]]; then v=(-v); shift; fi
+  local start=$SECONDS st
+  set +e
+  go test -json "$@" | "$report" "${v[@]}"
+  st=("${PIPESTATUS[@]}")
+  set -e
+  if [[ ${st[0]} == 0 && ${st[1]} == 0 ]]; then
+    summary+=("ok      $name ($((SECONDS - start))s)")
+  elif [[ ${st[0]} == 0 && ( ${st[1]} == 3 || ${st[1]} == 4 ) ]]; then
+    summary+=("skipped $name: every test skipped or none ran ($((SECONDS - start))s)")
+  else
+    summary+=("FAILED  $name ($((SECONDS - start))s)")
+    failed=1
+  fi
+}
+
 step "unit and API integration tests (go test ./...)"
-run "unit + integration" go test -count=1 ./...
+gotest "unit + integration" -count=1 ./...
 
 step "fuzzing the allocator for $FUZZTIME"
 run "fuzz FuzzAllocator" go test -run '^$' -fuzz '^FuzzAllocator$' -fuzztime "$FUZZTIME" ./internal/ipam/
@@ -35,11 +60,11 @@ run "fuzz FuzzAllocator" go test -run '^$' -fuzz '^FuzzAllocator$' -fuzztime "$F
 if [[ $(id -u) -eq 0 ]]; then
   hack/install-packages.sh
   step "privileged tests (network namespaces, TUN, wireguard-go, nftables)"
-  run "privileged" go test -count=1 -tags privileged ./agent/...
+  gotest "privileged" -count=1 -tags privileged ./agent/...
   if [[ -z "${SKIP_E2E:-}" && -d test/e2e/lab ]]; then
     step "lab end-to-end suite"
     make --no-print-directory lab-binaries
-    run "e2e lab" go test -count=1 -timeout 30m -tags e2e ./test/e2e/lab/... -v
+    gotest "e2e lab" -v -count=1 -timeout 30m -tags e2e ./test/e2e/lab/...
   else
     summary+=("skipped e2e lab (SKIP_E2E set or no suite)")
   fi
