@@ -80,6 +80,10 @@ test-unit: ## Run unit tests only (no root, no apiserver).
 bench: test-binaries ## Run the benchmarks and print a table.
 	hack/bench.sh
 
+.PHONY: bench-scale
+bench-scale: test-binaries ## Run the hub scale harness: the real hub with SCALE_MEMBERS (1000) simulated members; prints one line.
+	go test -count=1 -timeout 60m -run '^$$' -bench BenchmarkHubScale -benchtime 1x -v ./test/scale/
+
 .PHONY: lab-binaries
 lab-binaries: ## Build the binaries the lab runs (hub, agent, kubectl plugin, lab) into bin/.
 	@echo "==> building archipelago-hub, archipelago-agent, kubectl-archipelago, archipelago-lab into $(BIN)"

@@ -11,12 +11,13 @@ mkdir -p "$out"
 bench() { # file package pattern benchtime [tags]
   local file=$1 pkg=$2 pattern=$3 benchtime=$4 tags=${5:-}
   echo "==> go test -bench '$pattern' $pkg" >&2
-  go test ${tags:+-tags "$tags"} -run '^$' -bench "$pattern" -benchtime "$benchtime" -benchmem -count 1 "$pkg" | tee "$out/$file.txt" >&2
+  go test ${tags:+-tags "$tags"} -timeout 60m -run '^$' -bench "$pattern" -benchtime "$benchtime" -benchmem -count 1 "$pkg" | tee "$out/$file.txt" >&2
 }
 
 bench ipam ./internal/ipam/ . 1s
 bench dataplane ./agent/dataplane/ . 20x
 bench hub-api ./test/integration/hub/ BenchmarkAPIAllocate1000 1x
+bench hub-scale ./test/scale/ BenchmarkHubScale 1x
 if [[ $(id -u) -eq 0 && -d test/e2e/lab ]]; then
   bench lab ./test/e2e/lab/ . 1x e2e
 fi
