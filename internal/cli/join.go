@@ -26,6 +26,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
+	"github.com/archipelago-mesh/archipelago/internal/hubtoken"
 )
 
 // Names of what join writes into a member cluster. The agent reads the
@@ -47,6 +48,12 @@ const (
 	AnnotationAwaitingMember = "archipelago.dev/awaiting-member"
 	// AnnotationTokenExpires on the hub Secret says when its token expires.
 	AnnotationTokenExpires = "archipelago.dev/token-expires"
+
+	// DefaultTokenTTL is the lifetime of the hub token join issues. The
+	// agent renews it before it ends; it is short so that a token copied
+	// off a member is worth little, and revocable by deleting its bound
+	// credential Secret on the hub.
+	DefaultTokenTTL = 24 * time.Hour
 )
 
 type joinOptions struct {
@@ -77,7 +84,9 @@ NAME of ClusterSet SET on the hub of --hub-context:
      and waits until the hub assigns its pod range, hub namespace and
      ServiceAccount; if the hub refuses the range (Conflict, OutsidePool,
      PoolExhausted) the MemberCluster is deleted again and join fails;
-  3. requests a token of that ServiceAccount (TokenRequest, --token-ttl);
+  3. creates a credential Secret hub-credential-* in the member's hub
+     namespace and requests a token of that ServiceAccount bound to it
+     (TokenRequest, --token-ttl, default 24h; the elected agent renews it);
   4. writes into the member: Namespace archipelago-system, Secret
      archipelago-hub (keys token, ca.crt) and the ClusterSetMembership
      "membership".
@@ -88,7 +97,8 @@ pass --hub-server with an address the member's nodes can reach (for kind,
 the hub's control-plane container, e.g. https://hub-control-plane:6443).
 
 Re-running join for a member that already joined (same NAME, same cluster)
-rotates its token. With --print-only or --kind-config nothing is written
+rotates its token: a new credential Secret and token, then the old credential
+Secrets are deleted, which revokes the old tokens at once. With --print-only or --kind-config nothing is written
 into a member; the MemberCluster is marked awaiting-member, and a later join
 of the same NAME with --context completes it.`,
 		Example: `  # Join the current cluster as "c1"
@@ -118,7 +128,7 @@ of the same NAME with --context completes it.`,
 	f.StringVar(&j.hubServer, "hub-server", "", "Hub API URL as the member's nodes reach it (default: the hub context's server; kind's 127.0.0.1 addresses do not work from other clusters)")
 	f.StringSliceVar(&j.podCIDRs, "pod-cidr", nil, "Pod range the cluster already uses, to adopt (at most one per IP family; repeat or comma-separate)")
 	f.StringVar(&j.serviceSubnet, "service-subnet", "", "serviceSubnet written by --kind-config (default: kind's 10.96.0.0/16, or another range outside the ClusterSet's pools)")
-	f.DurationVar(&j.tokenTTL, "token-ttl", 8760*time.Hour, "Lifetime of the member's hub token; re-run join before it ends to rotate it")
+	f.DurationVar(&j.tokenTTL, "token-ttl", DefaultTokenTTL, "Lifetime of the member's hub token; the elected agent renews it at 75% of its lifetime")
 	f.DurationVar(&j.timeout, "timeout", 2*time.Minute, "How long to wait for the hub to assign the range")
 	f.BoolVar(&j.printOnly, "print-only", false, "Print the member-side manifests as YAML instead of applying them")
 	f.BoolVar(&j.kindConfig, "kind-config", false, "Print a kind cluster config whose podSubnet is the assigned range (for a cluster that does not exist yet)")
@@ -253,13 +263,26 @@ func (j *joinOptions) run(ctx context.Context) (retErr error) {
 	if err != nil {
 		return err
 	}
-	tr, err := hub.Kube.CoreV1().ServiceAccounts(mc.Status.Namespace).CreateToken(ctx, mc.Status.ServiceAccount,
-		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To(int64(j.tokenTTL / time.Second))}},
-		metav1.CreateOptions{})
+	cred, tr, err := j.issueCredential(ctx, hub, mc)
 	if err != nil {
-		return unreachable(hub, fmt.Errorf("request a token for ServiceAccount %s/%s (your hub user needs create on serviceaccounts/token): %w",
-			mc.Status.Namespace, mc.Status.ServiceAccount, err))
+		return err
 	}
+	defer func() {
+		if retErr != nil {
+			// The token never reached anyone: revoke it.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			defer cancel()
+			if err := hub.Client.Delete(rctx, cred); err != nil && !apierrors.IsNotFound(err) {
+				fmt.Fprintf(j.Streams.ErrOut, "Warning: could not revoke the unused credential Secret %s/%s: %v\n", cred.Namespace, cred.Name, err)
+			}
+			return
+		}
+		// Delivered: revoke every older credential of this member.
+		if err := j.revokeOtherCredentials(context.WithoutCancel(ctx), hub, mc.Status.Namespace, cred.Name); err != nil {
+			fmt.Fprintf(j.Streams.ErrOut, "Warning: the old hub tokens of member %s still work: %v; delete the Secrets %s* in hub namespace %s other than %s\n",
+				j.name, err, hubtoken.CredentialPrefix, mc.Status.Namespace, cred.Name)
+		}
+	}()
 	expires := tr.Status.ExpirationTimestamp
 	objs := memberObjects(j.name, j.clusterSet, server, tr.Status.Token, ca, expires)
 
@@ -429,6 +452,68 @@ func (j *joinOptions) waitAssigned(ctx context.Context, hub *cluster) (*meshv1.M
 	}
 	return nil, &exitError{code: ExitError, err: fmt.Errorf("waited %s for the hub to assign member %q its range, namespace and ServiceAccount (%s); check 'kubectl --context %s get membercluster %s -o yaml' and the hub's logs: %w",
 		j.timeout, j.name, state, j.hubContext, j.name, err)}
+}
+
+// issueCredential creates a new credential generation of the member on the
+// hub: a Secret in its hub namespace (no data; it exists to be deleted) and
+// a token of the member's ServiceAccount bound to it. The hub's apiserver
+// refuses the token as soon as the Secret is gone.
+func (j *joinOptions) issueCredential(ctx context.Context, hub *cluster, mc *meshv1.MemberCluster) (*corev1.Secret, *authenticationv1.TokenRequest, error) {
+	ns, sa := mc.Status.Namespace, mc.Status.ServiceAccount
+	cred := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{
+			// A random name: another member cannot guess it, and a token can
+			// only be bound to an object that exists.
+			GenerateName: hubtoken.CredentialPrefix, Namespace: ns,
+			Labels: map[string]string{hubtoken.LabelCredential: j.name, "app.kubernetes.io/part-of": "archipelago"},
+			Annotations: map[string]string{
+				"archipelago.dev/purpose": "Tokens of ServiceAccount " + sa + " are bound to this Secret: deleting it revokes them",
+			},
+		},
+		Type: corev1.SecretTypeOpaque,
+	}
+	if err := hub.Client.Create(ctx, cred); err != nil {
+		return nil, nil, unreachable(hub, fmt.Errorf("create credential Secret in hub namespace %s (your hub user needs create on secrets there): %w", ns, err))
+	}
+	tr, err := hub.Kube.CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa, &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
+		ExpirationSeconds: ptr.To(int64(j.tokenTTL / time.Second)),
+		BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Secret", APIVersion: "v1", Name: cred.Name, UID: cred.UID},
+	}}, metav1.CreateOptions{})
+	if err != nil {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		_ = hub.Client.Delete(rctx, cred)
+		return nil, nil, unreachable(hub, fmt.Errorf("request a token for ServiceAccount %s/%s (your hub user needs create on serviceaccounts/token): %w", ns, sa, err))
+	}
+	return cred, tr, nil
+}
+
+// revokeOtherCredentials deletes the member's credential Secrets on the hub
+// except keep, which revokes every token bound to them.
+func (j *joinOptions) revokeOtherCredentials(ctx context.Context, hub *cluster, ns, keep string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return revokeCredentials(ctx, hub, ns, j.name, keep)
+}
+
+// revokeCredentials deletes member's credential Secrets in hub namespace ns
+// (all but keep, when given).
+func revokeCredentials(ctx context.Context, hub *cluster, ns, member, keep string) error {
+	var list corev1.SecretList
+	if err := hub.Client.List(ctx, &list, client.InNamespace(ns), client.MatchingLabels{hubtoken.LabelCredential: member}); err != nil {
+		return fmt.Errorf("list credential Secrets in hub namespace %s: %w", ns, err)
+	}
+	var errs []error
+	for i := range list.Items {
+		s := &list.Items[i]
+		if s.Name == keep || !strings.HasPrefix(s.Name, hubtoken.CredentialPrefix) {
+			continue
+		}
+		if err := hub.Client.Delete(ctx, s, client.Preconditions{UID: &s.UID}); err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("delete credential Secret %s/%s: %w", ns, s.Name, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // deleteAndWait deletes obj and waits until the hub's finalizer let it go.

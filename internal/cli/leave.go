@@ -30,8 +30,9 @@ func newLeaveCommand(o *Options) *cobra.Command {
 		Short: "Remove a member: its membership and Secret in the member, its MemberCluster on the hub",
 		Long: `leave undoes join. With --context it deletes the ClusterSetMembership and the
 hub Secret in the member cluster (only if the membership is NAME's). With
---hub-context it deletes the MemberCluster NAME on the hub and waits until it
-is gone: the hub first waits for the other members to drop their tunnels to
+--hub-context it revokes the member's hub tokens (deletes the credential
+Secrets they are bound to), deletes the MemberCluster NAME on the hub and
+waits until it is gone: the hub first waits for the other members to drop their tunnels to
 it, then releases its pod range (into the ClusterSet's quarantine).
 
 Either side works alone, for a member cluster that no longer exists or a hub
@@ -120,6 +121,14 @@ func (l *leaveOptions) leaveHub(ctx context.Context) error {
 	}
 	wctx, cancel := context.WithTimeout(ctx, l.timeout)
 	defer cancel()
+	// Revoke the member's tokens first: the hub keeps its namespace while it
+	// waits for the peers to drop their tunnels, and a leaving member must
+	// not write there any more.
+	if ns := mc.Status.Namespace; ns != "" {
+		if err := revokeCredentials(wctx, hub, ns, l.name, ""); err != nil {
+			return unreachable(hub, fmt.Errorf("revoke the hub tokens of member %s: %w", l.name, err))
+		}
+	}
 	if err := deleteAndWait(wctx, hub.Client, mc); err != nil {
 		return &exitError{code: ExitError, err: fmt.Errorf("MemberCluster %s is still on the hub after %s (finalizer %s: the hub waits for peers to drop their tunnels to it); check 'kubectl --context %s get membercluster %s -o yaml' and the hub's logs: %w",
 			l.name, l.timeout, meshv1.Finalizer, l.hubContext, l.name, err)}

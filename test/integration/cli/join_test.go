@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -17,6 +18,7 @@ import (
 	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
 	"github.com/archipelago-mesh/archipelago/controllers"
 	"github.com/archipelago-mesh/archipelago/internal/cli"
+	"github.com/archipelago-mesh/archipelago/internal/hubtoken"
 	"github.com/archipelago-mesh/archipelago/test/framework"
 )
 
@@ -25,6 +27,7 @@ const set = "demo"
 // TestJoinLeave walks one hub and two members through the join contract.
 // The subtests share the hub's state and run in order.
 func TestJoinLeave(t *testing.T) {
+	needAPIServers(t)
 	framework.StartHub(t, hub.Config, controllers.Options{})
 	ctx := context.Background()
 	cs := &meshv1.ClusterSet{
@@ -89,6 +92,26 @@ func TestJoinLeave(t *testing.T) {
 			t.Fatalf("membership spec %+v, want %+v", m.Spec, want)
 		}
 		assertMemberEmpty(t, memberB)
+	})
+
+	t.Run("the token is short-lived and bound to a hub credential Secret", func(t *testing.T) {
+		claims := tokenClaims(t, getSecret(t, memberA))
+		if claims.Lifetime() != 24*time.Hour {
+			t.Errorf("token lifetime %s (exp %s), want the default 24h", claims.Lifetime(), claims.Expires)
+		}
+		ns := controllers.MemberNamespace("a")
+		if claims.Namespace != ns || claims.ServiceAccount != controllers.MemberServiceAccount {
+			t.Errorf("token of %s/%s, want %s/%s", claims.Namespace, claims.ServiceAccount, ns, controllers.MemberServiceAccount)
+		}
+		if !strings.HasPrefix(claims.BoundSecret, hubtoken.CredentialPrefix) {
+			t.Fatalf("token bound to Secret %q, want one named %s*", claims.BoundSecret, hubtoken.CredentialPrefix)
+		}
+		if got := credentialSecrets(t, ns); len(got) != 1 || got[0] != claims.BoundSecret {
+			t.Errorf("hub credential Secrets in %s: %v, want only %s", ns, got, claims.BoundSecret)
+		}
+		if exp := getSecret(t, memberA).Annotations[cli.AnnotationTokenExpires]; exp != claims.Expires.Format(time.RFC3339) {
+			t.Errorf("annotation %s = %q, want the token's exp %s", cli.AnnotationTokenExpires, exp, claims.Expires.Format(time.RFC3339))
+		}
 	})
 
 	t.Run("the member's token can do only what RBAC allows", func(t *testing.T) {
@@ -158,15 +181,30 @@ func TestJoinLeave(t *testing.T) {
 		}
 	})
 
-	t.Run("join again from the same member rotates the token", func(t *testing.T) {
+	t.Run("join again from the same member rotates the token and revokes the old one", func(t *testing.T) {
 		old := getSecret(t, memberA).Data[cli.SecretKeyToken]
-		r := kubectlArchipelago(t, "join", "a", "--clusterset", set, "--hub-context", "hub", "--context", "member-a")
+		oldBound := tokenClaims(t, getSecret(t, memberA)).BoundSecret
+		tokenAccepted(t, string(old))
+		r := kubectlArchipelago(t, "join", "a", "--clusterset", set, "--hub-context", "hub", "--context", "member-a", "--token-ttl", "2h")
 		if r.code != 0 {
 			t.Fatalf("rejoin failed: %s", r)
 		}
-		if bytes.Equal(getSecret(t, memberA).Data[cli.SecretKeyToken], old) {
-			t.Error("the token did not change")
+		fresh := getSecret(t, memberA)
+		if bytes.Equal(fresh.Data[cli.SecretKeyToken], old) {
+			t.Fatal("the token did not change")
 		}
+		claims := tokenClaims(t, fresh)
+		if claims.Lifetime() != 2*time.Hour {
+			t.Errorf("token lifetime %s, want --token-ttl 2h", claims.Lifetime())
+		}
+		if claims.BoundSecret == oldBound {
+			t.Errorf("the new token is bound to the old credential %s", oldBound)
+		}
+		if got := credentialSecrets(t, controllers.MemberNamespace("a")); len(got) != 1 || got[0] != claims.BoundSecret {
+			t.Errorf("hub credential Secrets after rotation: %v, want only %s", got, claims.BoundSecret)
+		}
+		tokenRefused(t, string(old))
+		tokenAccepted(t, string(fresh.Data[cli.SecretKeyToken]))
 	})
 
 	t.Run("join with a taken pod-cidr fails and removes its MemberCluster", func(t *testing.T) {
@@ -234,12 +272,15 @@ func TestJoinLeave(t *testing.T) {
 		waitGone(t, hub, &meshv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: "d"}})
 	})
 
-	t.Run("leave removes both sides", func(t *testing.T) {
+	t.Run("leave removes both sides and revokes the token", func(t *testing.T) {
+		token := string(getSecret(t, memberA).Data[cli.SecretKeyToken])
+		tokenAccepted(t, token)
 		r := kubectlArchipelago(t, "leave", "a", "--hub-context", "hub", "--context", "member-a")
 		if r.code != 0 {
 			t.Fatalf("leave failed: %s", r)
 		}
 		assertNothingMade(t, "a", memberA)
+		tokenRefused(t, token)
 		r = kubectlArchipelago(t, "leave", "a", "--hub-context", "hub", "--context", "member-a")
 		if r.code != 0 {
 			t.Fatalf("a second leave is not a no-op: %s", r)
@@ -332,6 +373,64 @@ func getMembership(t *testing.T, s *framework.APIServer) *meshv1.ClusterSetMembe
 		t.Fatalf("get ClusterSetMembership: %v", err)
 	}
 	return m
+}
+
+// tokenClaims decodes the hub token in a member's hub Secret.
+func tokenClaims(t *testing.T, s *corev1.Secret) hubtoken.Claims {
+	t.Helper()
+	if s == nil {
+		t.Fatal("no hub Secret")
+	}
+	c, err := hubtoken.Parse(string(s.Data[cli.SecretKeyToken]))
+	if err != nil {
+		t.Fatalf("hub token: %v", err)
+	}
+	return c
+}
+
+// credentialSecrets lists the names of the hub Secrets tokens are bound to in ns.
+func credentialSecrets(t *testing.T, ns string) []string {
+	t.Helper()
+	var list corev1.SecretList
+	if err := hub.Client.List(context.Background(), &list, client.InNamespace(ns)); err != nil {
+		t.Fatalf("list Secrets in %s: %v", ns, err)
+	}
+	var out []string
+	for _, s := range list.Items {
+		if strings.HasPrefix(s.Name, hubtoken.CredentialPrefix) {
+			out = append(out, s.Name)
+		}
+	}
+	return out
+}
+
+// askHub reads the peer directory with token, as an agent would.
+func askHub(token string) error {
+	c, err := client.New(&rest.Config{Host: hub.Config.Host, BearerToken: token,
+		TLSClientConfig: rest.TLSClientConfig{CAData: hub.Config.CAData}}, client.Options{Scheme: framework.Scheme()})
+	if err != nil {
+		return err
+	}
+	return c.List(context.Background(), &meshv1.MemberClusterList{})
+}
+
+func tokenAccepted(t *testing.T, token string) {
+	t.Helper()
+	if err := askHub(token); err != nil {
+		t.Fatalf("the hub refused a token it should accept: %v", err)
+	}
+}
+
+// tokenRefused waits until the hub refuses token (its authenticator reads
+// the bound objects through informers, so a deletion takes a moment).
+func tokenRefused(t *testing.T, token string) {
+	t.Helper()
+	var last error
+	eventually(t, "the hub refuses the revoked token", func(context.Context) (bool, error) {
+		last = askHub(token)
+		return apierrors.IsUnauthorized(last), nil
+	})
+	t.Logf("revoked token: %v", last)
 }
 
 func keys(m map[string][]byte) []string {
