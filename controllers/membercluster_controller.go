@@ -61,6 +61,8 @@ type memberScope struct {
 // +kubebuilder:rbac:groups=mesh.archipelago.dev,resources=tunnelgateways,verbs=get;list;watch;create;update;patch;delete;deletecollection
 // +kubebuilder:rbac:groups=mesh.archipelago.dev,resources=tunnelgateways/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups="",resources=namespaces;serviceaccounts,verbs=get;list;watch;create;update;patch;delete
+// The hub grants members create on their own serviceaccounts/token (renewal), so it must hold it (RBAC escalation check).
+// +kubebuilder:rbac:groups="",resources=serviceaccounts/token,verbs=create
 // +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=roles;rolebindings;clusterroles;clusterrolebindings,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
@@ -310,6 +312,14 @@ func memberNamespaceRules() []rbacv1.PolicyRule {
 			APIGroups: []string{meshv1.GroupVersion.Group},
 			Resources: []string{"tunnelgateways/status"},
 			Verbs:     []string{"get", "update", "patch"},
+		},
+		{
+			// The elected agent renews its own token (bound to its
+			// credential Secret, which only join and leave create and delete).
+			APIGroups:     []string{""},
+			Resources:     []string{"serviceaccounts/token"},
+			ResourceNames: []string{MemberServiceAccount},
+			Verbs:         []string{"create"},
 		},
 	}
 }

@@ -107,7 +107,14 @@ func TestReconcileAssignsAndConfines(t *testing.T) {
 	}
 	for _, rule := range role.Rules {
 		for _, res := range rule.Resources {
-			if res != "tunnelgateways" && res != "tunnelgateways/status" {
+			switch res {
+			case "tunnelgateways", "tunnelgateways/status":
+			case "serviceaccounts/token":
+				// Renewal of its own token only.
+				if len(rule.ResourceNames) != 1 || rule.ResourceNames[0] != MemberServiceAccount || len(rule.Verbs) != 1 || rule.Verbs[0] != "create" {
+					t.Errorf("member role grants %v on serviceaccounts/token %v, want only create on %s", rule.Verbs, rule.ResourceNames, MemberServiceAccount)
+				}
+			default:
 				t.Errorf("member role grants %s", res)
 			}
 		}

@@ -24,6 +24,7 @@ import (
 	"github.com/archipelago-mesh/archipelago/agent/dataplane"
 	"github.com/archipelago-mesh/archipelago/agent/plan"
 	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
+	"github.com/archipelago-mesh/archipelago/internal/hubtoken"
 )
 
 // Member-side RBAC of the agent (config/agent/rbac, generated).
@@ -32,7 +33,7 @@ import (
 // +kubebuilder:rbac:groups=mesh.archipelago.dev,resources=clustersetmemberships,verbs=get;list;watch
 // +kubebuilder:rbac:groups=mesh.archipelago.dev,resources=clustersetmemberships/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=coordination.k8s.io,namespace=archipelago-system,resources=leases,verbs=get;list;watch;create;update;patch
-// +kubebuilder:rbac:groups="",namespace=archipelago-system,resources=secrets,resourceNames=archipelago-hub,verbs=get
+// +kubebuilder:rbac:groups="",namespace=archipelago-system,resources=secrets,resourceNames=archipelago-hub,verbs=get;update
 
 // Defaults.
 const (
@@ -89,7 +90,10 @@ type Config struct {
 	// HubConfig builds the hub client config from the membership and its
 	// Secret; the default uses spec.hub.server, "token" and "ca.crt".
 	HubConfig func(m *meshv1.ClusterSetMembership, secret *corev1.Secret) (*rest.Config, error)
-	Log       logr.Logger
+	// TokenRenewFraction is the share of the hub token's lifetime after
+	// which the elected agent renews it (default hubtoken.RenewFraction).
+	TokenRenewFraction float64
+	Log                logr.Logger
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 }
@@ -122,18 +126,23 @@ func (c *Config) defaults() {
 	if c.HubConfig == nil {
 		c.HubConfig = DefaultHubConfig
 	}
+	if c.TokenRenewFraction <= 0 || c.TokenRenewFraction >= 1 {
+		c.TokenRenewFraction = hubtoken.RenewFraction
+	}
 	if c.Now == nil {
 		c.Now = time.Now
 	}
 }
 
 // DefaultHubConfig is the hub connection the kubectl plugin's join sets up:
-// spec.hub.server, with the Secret's "token" and "ca.crt".
+// spec.hub.server, with the Secret's "token" and "ca.crt". A Secret without
+// a token or a CA is refused (*SecretError); the hub is never verified with
+// the system's roots.
 func DefaultHubConfig(m *meshv1.ClusterSetMembership, s *corev1.Secret) (*rest.Config, error) {
-	token, ca := s.Data["token"], s.Data["ca.crt"]
-	if len(token) == 0 {
-		return nil, fmt.Errorf("secret %s/%s has no key \"token\"; run 'kubectl archipelago join' again", s.Namespace, s.Name)
+	if err := checkHubSecret(s); err != nil {
+		return nil, err
 	}
+	token, ca := s.Data[secretKeyToken], s.Data[secretKeyCA]
 	return &rest.Config{
 		Host:            m.Spec.Hub.Server,
 		BearerToken:     string(token),
@@ -154,6 +163,9 @@ type Agent struct {
 	trigger chan struct{}
 	// hubRetryPending is true while a retry pass for a failing hub is scheduled.
 	hubRetryPending atomic.Bool
+
+	// renewal is the hub token's renewal schedule (elected agent only).
+	renewal tokenRenewal
 
 	mu        sync.Mutex
 	elector   *elector
@@ -179,7 +191,8 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("member client: %w", err)
 	}
-	return &Agent{cfg: cfg, log: cfg.Log.WithValues("node", cfg.NodeName), kube: kube, trigger: make(chan struct{}, 1)}, nil
+	return &Agent{cfg: cfg, log: cfg.Log.WithValues("node", cfg.NodeName), kube: kube, trigger: make(chan struct{}, 1),
+		renewal: tokenRenewal{fraction: cfg.TokenRenewFraction}}, nil
 }
 
 // Trigger asks for a pass soon.
@@ -336,6 +349,7 @@ type scope struct {
 	applied    bool
 	applyErr   error
 	join       joinState
+	cred       *credState
 	ownGateway *meshv1.TunnelGateway
 	hold       string
 	cidrsOK    bool

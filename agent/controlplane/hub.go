@@ -10,17 +10,22 @@ import (
 	"slices"
 	"time"
 
+	"net/http"
+	"sync/atomic"
+
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kruntime "k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/archipelago-mesh/archipelago/agent/plan"
 	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
+	"github.com/archipelago-mesh/archipelago/internal/hubtoken"
 	archscheme "github.com/archipelago-mesh/archipelago/internal/scheme"
 )
 
@@ -33,7 +38,16 @@ type hubConn struct {
 	id     [32]byte
 	reader client.Reader
 	client client.Client
+	kube   kubernetes.Interface
 	cancel context.CancelFunc
+	// token is what every request to the hub authenticates with; a renewal
+	// replaces it in place.
+	token atomic.Pointer[string]
+	// secret is the member's hub Secret as last read, and claims (or
+	// claimsErr) what its token says.
+	secret    *corev1.Secret
+	claims    hubtoken.Claims
+	claimsErr error
 	// degraded is set when a call to the hub failed. The watches behind
 	// reader then sit in client-go's reconnect backoff (up to 30 s), so once
 	// the hub answers again the connection is started afresh.
@@ -64,12 +78,24 @@ func (a *Agent) ensureHub(ctx context.Context, m *meshv1.ClusterSetMembership) (
 	if err := a.direct.Get(ctx, client.ObjectKey{Namespace: ref.Namespace, Name: ref.Name}, secret); err != nil {
 		return nil, fmt.Errorf("read hub credentials %s/%s: %w", ref.Namespace, ref.Name, err)
 	}
+	if err := checkHubSecret(secret); err != nil {
+		return nil, err
+	}
 	rc, err := a.cfg.HubConfig(m, secret)
 	if err != nil {
 		return nil, err
 	}
+	token := rc.BearerToken
+	claims, claimsErr := hubtoken.Parse(token)
+	// A renewed token is bound to the same credential Secret and keeps the
+	// connection (its token is swapped in place); a new credential (join
+	// rotated it) or another hub or CA starts a new one.
+	credential := token
+	if claimsErr == nil && claims.BoundSecretUID != "" {
+		credential = "bound:" + claims.BoundSecretUID
+	}
 	h := sha256.New()
-	fmt.Fprintf(h, "%s\x00%s\x00%s\x00", rc.Host, rc.BearerToken, rc.CAData)
+	fmt.Fprintf(h, "%s\x00%s\x00%s\x00", rc.Host, credential, rc.CAData)
 	var id [32]byte
 	copy(id[:], h.Sum(nil))
 
@@ -77,9 +103,16 @@ func (a *Agent) ensureHub(ctx context.Context, m *meshv1.ClusterSetMembership) (
 	cur := a.hub
 	a.mu.Unlock()
 	if cur != nil && cur.id == id {
+		cur.setToken(secret, token)
 		return cur, nil
 	}
 	a.stopHub()
+
+	conn := &hubConn{id: id}
+	conn.setToken(secret, token)
+	rc = rest.CopyConfig(rc)
+	rc.BearerToken, rc.BearerTokenFile = "", ""
+	rc.WrapTransport = func(rt http.RoundTripper) http.RoundTripper { return &bearerToken{next: rt, token: &conn.token} }
 
 	scheme := newScheme()
 	hc, err := cache.New(rc, cache.Options{Scheme: scheme})
@@ -116,12 +149,24 @@ func (a *Agent) ensureHub(ctx context.Context, m *meshv1.ClusterSetMembership) (
 		cancel()
 		return nil, err
 	}
-	conn := &hubConn{id: id, reader: hc, client: direct, cancel: cancel}
+	kube, err := kubernetes.NewForConfig(drc)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	conn.reader, conn.client, conn.kube, conn.cancel = hc, direct, kube, cancel
 	a.mu.Lock()
 	a.hub = conn
 	a.mu.Unlock()
 	a.log.Info("Connected to the hub", "server", rc.Host)
 	return conn, nil
+}
+
+// setToken makes token (from secret) the one the connection uses.
+func (h *hubConn) setToken(secret *corev1.Secret, token string) {
+	h.token.Store(&token)
+	h.secret = secret
+	h.claims, h.claimsErr = hubtoken.Parse(token)
 }
 
 func (a *Agent) stopHub() {
@@ -150,8 +195,21 @@ func (a *Agent) gatewaySync(ctx context.Context, s *scope) error {
 		return nil
 	}
 	hub, err := a.ensureHub(ctx, s.membership)
+	var secretErr *SecretError
+	if errors.As(err, &secretErr) {
+		// Keep what works (the last directory, a connection made with the
+		// Secret as it was) and say what is wrong with the Secret.
+		s.join = joinState{reason: "HubSecretInvalid", message: err.Error()}
+		s.cred = &credState{reason: "HubSecretInvalid", message: err.Error()}
+		s.errs = append(s.errs, err)
+		s.dir = a.currentDirectory()
+		return nil
+	}
 	if err == nil && hub.degraded {
 		hub, err = a.reconnectHub(ctx, hub, s.membership)
+	}
+	if err == nil {
+		a.renewToken(ctx, hub, s)
 	}
 	if err == nil {
 		var dir *directory

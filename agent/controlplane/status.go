@@ -161,6 +161,9 @@ func (a *Agent) publishStatus(ctx context.Context, s *scope) error {
 	if s.join.reason != "" {
 		setCond(meshv1.MembershipJoined, s.join.ok, s.join.reason, s.join.message)
 	}
+	if c := s.cred; c != nil {
+		setCond(meshv1.MembershipHubCredentials, c.ok, c.reason, c.message)
+	}
 	st.ActiveGateway = a.cfg.NodeName
 	if ip := nodeIP(s.node); ip.IsValid() {
 		st.ActiveGatewayIP = ip.String()

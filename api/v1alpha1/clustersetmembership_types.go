@@ -12,6 +12,9 @@ const (
 	MembershipCIDRsMatch = "CIDRsMatch"
 	// MembershipTunnelsReady is True when the tunnels to every peer are up.
 	MembershipTunnelsReady = "TunnelsReady"
+	// MembershipHubCredentials is True while the elected agent's hub token is
+	// bound (revocable) and renewed in time; False names the problem.
+	MembershipHubCredentials = "HubCredentials"
 )
 
 // HubConnection says how a member's agent reaches the hub.

@@ -17,6 +17,7 @@ import (
 
 	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
 	"github.com/archipelago-mesh/archipelago/controllers"
+	"github.com/archipelago-mesh/archipelago/internal/hubtoken"
 )
 
 // Names the kubectl plugin's join writes into a member cluster.
@@ -27,18 +28,44 @@ const (
 )
 
 // MemberHubToken waits for the hub to create member's ServiceAccount in its
-// hub namespace and returns a token for it (TokenRequest), as join does.
+// hub namespace and returns a token for it, as join does: a one-hour token
+// (TokenRequest) bound to a new credential Secret hub-credential-* in the
+// member's hub namespace.
 func MemberHubToken(t testing.TB, hub *rest.Config, member string) string {
+	t.Helper()
+	return MemberHubTokenTTL(t, hub, member, time.Hour)
+}
+
+// MemberHubTokenTTL is MemberHubToken with a lifetime (at least 10 minutes,
+// the TokenRequest API's minimum).
+func MemberHubTokenTTL(t testing.TB, hub *rest.Config, member string, ttl time.Duration) string {
 	t.Helper()
 	cs, err := kubernetes.NewForConfig(hub)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ns := controllers.MemberNamespace(member)
-	var token string
+	var (
+		token string
+		cred  *corev1.Secret
+	)
 	err = wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		if cred == nil {
+			s, err := cs.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{
+				GenerateName: hubtoken.CredentialPrefix, Labels: map[string]string{hubtoken.LabelCredential: member}}}, metav1.CreateOptions{})
+			if apierrors.IsNotFound(err) {
+				return false, nil // no namespace yet
+			}
+			if err != nil {
+				return false, err
+			}
+			cred = s
+		}
 		tr, err := cs.CoreV1().ServiceAccounts(ns).CreateToken(ctx, controllers.MemberServiceAccount,
-			&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To[int64](3600)}}, metav1.CreateOptions{})
+			&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
+				ExpirationSeconds: ptr.To(int64(ttl / time.Second)),
+				BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Secret", APIVersion: "v1", Name: cred.Name, UID: cred.UID},
+			}}, metav1.CreateOptions{})
 		if apierrors.IsNotFound(err) {
 			return false, nil
 		}

@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/archipelago-mesh/archipelago/agent/controlplane"
@@ -29,17 +30,31 @@ import (
 	"github.com/archipelago-mesh/archipelago/agent/wireguard"
 	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
 	"github.com/archipelago-mesh/archipelago/controllers"
+	"github.com/archipelago-mesh/archipelago/internal/hubtoken"
 	"github.com/archipelago-mesh/archipelago/test/framework"
 )
 
-var hub, member *framework.APIServer
+var (
+	hub, member *framework.APIServer
+	// skipReason is set when the apiservers cannot run here; every test
+	// then skips with it (go test reports the skips, never a silent pass).
+	skipReason string
+)
+
+// needAPIServers skips t when TestMain could not start the apiservers.
+func needAPIServers(t *testing.T) {
+	t.Helper()
+	if skipReason != "" {
+		t.Skip(skipReason)
+	}
+}
 
 func TestMain(m *testing.M) { os.Exit(run(m)) }
 
 func run(m *testing.M) int {
 	if _, why := framework.AssetsDir(); why != "" {
-		fmt.Println("SKIP: agent integration tests need envtest binaries:", why)
-		return 0
+		skipReason = "agent integration tests need envtest binaries: " + why
+		return m.Run()
 	}
 	for _, p := range []**framework.APIServer{&hub, &member} {
 		s, why, err := framework.StartAPIServer()
@@ -105,7 +120,10 @@ func startAgent(t *testing.T, nodeName string) *runningAgent {
 		LeaseDuration: 3 * time.Second, RenewDeadline: 2 * time.Second, RetryPeriod: 500 * time.Millisecond,
 		Key:      func() (wgtypes.Key, error) { return wireguard.LoadOrCreateKey(ra.keyDir) },
 		Datapath: dp, Resync: time.Second, ReportInterval: 5 * time.Second,
-		Log: testr.NewWithOptions(t, testr.Options{Verbosity: 0}).WithValues("agent", nodeName),
+		// Renew after 5 % of the token's lifetime (30 s of the 10 minutes
+		// below) instead of 75 %, so that the test sees renewals.
+		TokenRenewFraction: 0.05,
+		Log:                testr.NewWithOptions(t, testr.Options{Verbosity: 0}).WithValues("agent", nodeName),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -124,6 +142,7 @@ func startAgent(t *testing.T, nodeName string) *runningAgent {
 }
 
 func TestAgentJoinsAndPeers(t *testing.T) {
+	needAPIServers(t)
 	framework.StartHub(t, hub.Config, controllers.Options{PeerDrainTimeout: time.Second})
 	ctx := context.Background()
 	hc, mc := hub.Client, member.Client
@@ -171,7 +190,7 @@ func TestAgentJoinsAndPeers(t *testing.T) {
 	createNode(t, mc, node("n1", "172.18.0.2", "10.64.1.0/24", true))
 	createNode(t, mc, node("n2", "172.18.0.3", "10.64.2.0/24", true))
 	createNode(t, mc, node("n3", "172.18.0.4", "10.64.3.0/24", false))
-	token := framework.MemberHubToken(t, hub.Config, "a")
+	token := framework.MemberHubTokenTTL(t, hub.Config, "a", tokenTTL)
 	framework.JoinMember(t, mc, hub.Config, "a", "demo", token)
 
 	agents := map[string]*runningAgent{}
@@ -317,6 +336,53 @@ func TestAgentJoinsAndPeers(t *testing.T) {
 		})
 	})
 
+	t.Run("the elected agent renews its hub token before it expires", func(t *testing.T) {
+		first := hubSecret(t)
+		c0 := claimsOf(t, first)
+		if c0.BoundSecret == "" {
+			t.Fatal("the test's token is not bound to a credential Secret")
+		}
+		var renewed *corev1.Secret
+		eventually(t, "a renewed token in the member's hub Secret", func() (bool, string) {
+			renewed = hubSecret(t)
+			c := claimsOf(t, renewed)
+			return c.Expires.After(c0.Expires), fmt.Sprintf("token expires %s, first one %s", c.Expires, c0.Expires)
+		})
+		c := claimsOf(t, renewed)
+		if c.BoundSecret != c0.BoundSecret || c.BoundSecretUID != c0.BoundSecretUID || c.Lifetime() != c0.Lifetime() {
+			t.Errorf("renewed token bound to %s (%s), lifetime %s; want %s (%s), %s", c.BoundSecret, c.BoundSecretUID, c.Lifetime(),
+				c0.BoundSecret, c0.BoundSecretUID, c0.Lifetime())
+		}
+		if got := renewed.Annotations[tokenExpiresAnnotation]; got != c.Expires.Format(time.RFC3339) {
+			t.Errorf("annotation %s = %q, want %s", tokenExpiresAnnotation, got, c.Expires.Format(time.RFC3339))
+		}
+		if err := askHub(string(renewed.Data["token"])); err != nil {
+			t.Errorf("the hub refuses the renewed token: %v", err)
+		}
+		eventually(t, "HubCredentials condition True", func() (bool, string) {
+			cond := meta.FindStatusCondition(getMS().Status.Conditions, meshv1.MembershipHubCredentials)
+			return cond != nil && cond.Status == metav1.ConditionTrue && strings.Contains(cond.Message, c0.BoundSecret), fmt.Sprintf("%+v", cond)
+		})
+		// Renewing keeps the connection: the agent still publishes.
+		eventually(t, "Joined stays True", func() (bool, string) {
+			return meta.IsStatusConditionTrue(getMS().Status.Conditions, meshv1.MembershipJoined), fmt.Sprintf("%+v", getMS().Status.Conditions)
+		})
+	})
+
+	t.Run("a hub Secret without a CA is refused", func(t *testing.T) {
+		var ca []byte
+		editHubSecret(t, func(s *corev1.Secret) { ca = s.Data["ca.crt"]; delete(s.Data, "ca.crt") })
+		eventually(t, "Joined False naming the missing CA", func() (bool, string) {
+			cond := meta.FindStatusCondition(getMS().Status.Conditions, meshv1.MembershipJoined)
+			return cond != nil && cond.Status == metav1.ConditionFalse && cond.Reason == "HubSecretInvalid" &&
+				strings.Contains(cond.Message, `"ca.crt"`), fmt.Sprintf("%+v", cond)
+		})
+		editHubSecret(t, func(s *corev1.Secret) { s.Data["ca.crt"] = ca })
+		eventually(t, "Joined True again", func() (bool, string) {
+			return meta.IsStatusConditionTrue(getMS().Status.Conditions, meshv1.MembershipJoined), fmt.Sprintf("%+v", getMS().Status.Conditions)
+		})
+	})
+
 	t.Run("no API object holds a private key", func(t *testing.T) {
 		var secrets []string
 		for _, ra := range agents {
@@ -337,6 +403,54 @@ func TestAgentJoinsAndPeers(t *testing.T) {
 			t.Logf("%s: scanned %d objects", name, scanned)
 		}
 	})
+}
+
+// tokenTTL is the lifetime of the test's hub token: the TokenRequest API's minimum.
+const tokenTTL = 10 * time.Minute
+
+// tokenExpiresAnnotation is the hub Secret's annotation with the token's expiry.
+const tokenExpiresAnnotation = "archipelago.dev/token-expires"
+
+func hubSecret(t *testing.T) *corev1.Secret {
+	t.Helper()
+	s := &corev1.Secret{}
+	if err := member.Client.Get(context.Background(), client.ObjectKey{Namespace: framework.MemberSystemNamespace, Name: framework.MemberHubSecret}, s); err != nil {
+		t.Fatalf("get hub Secret: %v", err)
+	}
+	return s
+}
+
+// editHubSecret changes the member's hub Secret, retrying on conflicts with
+// the agent's own writes (renewals).
+func editHubSecret(t *testing.T, edit func(*corev1.Secret)) {
+	t.Helper()
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		s := hubSecret(t)
+		edit(s)
+		return member.Client.Update(context.Background(), s)
+	})
+	if err != nil {
+		t.Fatalf("update hub Secret: %v", err)
+	}
+}
+
+func claimsOf(t *testing.T, s *corev1.Secret) hubtoken.Claims {
+	t.Helper()
+	c, err := hubtoken.Parse(string(s.Data["token"]))
+	if err != nil {
+		t.Fatalf("hub token: %v", err)
+	}
+	return c
+}
+
+// askHub lists the peer directory with token, as the agent does.
+func askHub(token string) error {
+	c, err := client.New(&rest.Config{Host: hub.Config.Host, BearerToken: token,
+		TLSClientConfig: rest.TLSClientConfig{CAData: hub.Config.CAData}}, client.Options{Scheme: framework.Scheme()})
+	if err != nil {
+		return err
+	}
+	return c.List(context.Background(), &meshv1.MemberClusterList{})
 }
 
 // scanAll lists every object of every listable resource and fails when one
