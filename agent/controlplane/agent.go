@@ -33,7 +33,8 @@ import (
 // +kubebuilder:rbac:groups=mesh.archipelago.dev,resources=clustersetmemberships,verbs=get;list;watch
 // +kubebuilder:rbac:groups=mesh.archipelago.dev,resources=clustersetmemberships/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=coordination.k8s.io,namespace=archipelago-system,resources=leases,verbs=get;list;watch;create;update;patch
-// +kubebuilder:rbac:groups="",namespace=archipelago-system,resources=secrets,resourceNames=archipelago-hub,verbs=get;update
+// The hub Secret (get, and update for renewals) is not generated here: only
+// the gateway candidates' ServiceAccount may read it (config/agent/rbac/hub-secret.yaml).
 
 // Defaults.
 const (

@@ -46,7 +46,9 @@ type Member struct {
 
 	lanNS, natNS    string
 	agentKubeconfig string
-	mu              sync.Mutex
+	// gatewayKubeconfig is the gateway candidates' (ServiceAccount archipelago-gateway).
+	gatewayKubeconfig string
+	mu                sync.Mutex
 }
 
 // Node is a node of a member: a namespace on the member's LAN.
@@ -198,20 +200,24 @@ func (l *Lab) PrepareMember(ctx context.Context, spec MemberSpec) (*Member, erro
 	if err := l.applyCRDs(ctx, m.Name); err != nil {
 		return m, err
 	}
-	// The agents authenticate the way the DaemonSet's do: a token of the
-	// archipelago-agent ServiceAccount, with the project's RBAC.
+	// The agents authenticate the way the DaemonSets' do: workers with a
+	// token of the archipelago-agent ServiceAccount, gateway candidates
+	// with one of archipelago-gateway (the only one that may read the hub
+	// Secret), with the project's RBAC.
 	agentDir := filepath.Join(l.Root, "config", "agent")
 	if _, err := l.kubectl(ctx, m.Name, "apply", "-f", filepath.Join(agentDir, "namespace.yaml"),
 		"-f", filepath.Join(agentDir, "serviceaccount.yaml"), "-f", filepath.Join(agentDir, "rbac")); err != nil {
 		return m, err
 	}
-	token, err := l.kubectl(ctx, m.Name, "create", "token", "archipelago-agent", "-n", "archipelago-system", "--duration=48h")
-	if err != nil {
-		return m, err
-	}
-	m.agentKubeconfig = filepath.Join(c.dir, "agent.kubeconfig")
-	if err := writeClientKubeconfig(m.agentKubeconfig, c.InternalURL(), c.pki.CAPEM, nil, nil, strings.TrimSpace(token)); err != nil {
-		return m, err
+	for sa, path := range map[string]*string{"archipelago-agent": &m.agentKubeconfig, "archipelago-gateway": &m.gatewayKubeconfig} {
+		token, err := l.kubectl(ctx, m.Name, "create", "token", sa, "-n", "archipelago-system", "--duration=48h")
+		if err != nil {
+			return m, err
+		}
+		*path = filepath.Join(c.dir, sa+".kubeconfig")
+		if err := writeClientKubeconfig(*path, c.InternalURL(), c.pki.CAPEM, nil, nil, strings.TrimSpace(token)); err != nil {
+			return m, err
+		}
 	}
 	return m, nil
 }
@@ -416,8 +422,12 @@ func (l *Lab) wireCNI(m *Member, rng netip.Prefix) error {
 }
 
 func (l *Lab) agentArgs(n *Node) []string {
+	kubeconfig := n.Member.agentKubeconfig
+	if n.Candidate {
+		kubeconfig = n.Member.gatewayKubeconfig
+	}
 	args := []string{l.bin("archipelago-agent"), "run",
-		"--node-name=" + n.Name, "--kubeconfig=" + n.Member.agentKubeconfig,
+		"--node-name=" + n.Name, "--kubeconfig=" + kubeconfig,
 		"--interface=" + n.Iface, "--state-dir=" + n.StateDir,
 		"--lease-duration=" + l.LeaseDuration.String(),
 		"--renew-deadline=" + (l.LeaseDuration * 3 / 4).String(),

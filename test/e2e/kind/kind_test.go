@@ -165,7 +165,11 @@ spec:
 			e.must(2*time.Minute, "kubectl", "--context", ctxName(c), "apply", "-k", filepath.Join(e.root, "config/agent"))
 		}
 		for _, c := range e.members {
-			e.must(4*time.Minute, "kubectl", "--context", ctxName(c), "-n", agentNS, "rollout", "status", "daemonset/archipelago-agent", "--timeout=4m")
+			// Workers' agents and gateway candidates' agents (the only ones
+			// that may read the hub Secret) are two DaemonSets.
+			for _, ds := range []string{"daemonset/archipelago-agent", "daemonset/archipelago-gateway"} {
+				e.must(4*time.Minute, "kubectl", "--context", ctxName(c), "-n", agentNS, "rollout", "status", ds, "--timeout=4m")
+			}
 		}
 	})
 
