@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
+	"github.com/archipelago-mesh/archipelago/internal/hubtoken"
 )
 
 // Finding statuses.
@@ -237,6 +238,14 @@ func (d *diagnosis) condition(check string, conds []metav1.Condition, typ string
 	}
 }
 
+// tokenRenewalGrace is how long past its renewal point a token may be before
+// diagnose warns (the elected agent renews on its next pass, within 30 s).
+const tokenRenewalGrace = 10 * time.Minute
+
+// tokenExpiryWarning is when diagnose warns about a token it cannot read the
+// lifetime of (the Secret's expiry annotation only).
+const tokenExpiryWarning = 6 * time.Hour
+
 func (d *diagnosis) checkSecret(ctx context.Context, c client.Reader, m *meshv1.ClusterSetMembership) error {
 	ref := m.Spec.Hub.SecretRef
 	rejoin := fmt.Sprintf("Re-run 'kubectl archipelago join %s --clusterset %s --hub-context HUB' to write a fresh token", m.Spec.ClusterName, m.Spec.ClusterSet)
@@ -262,16 +271,33 @@ func (d *diagnosis) checkSecret(ctx context.Context, c client.Reader, m *meshv1.
 		d.add("hub credentials", StatusFail, fmt.Sprintf("Secret %s/%s has no %s", ref.Namespace, ref.Name, strings.Join(missing, ", ")), rejoin)
 		return nil
 	}
-	if exp, err := time.Parse(time.RFC3339, s.Annotations[AnnotationTokenExpires]); err == nil {
-		left := exp.Sub(d.now)
-		switch {
-		case left <= 0:
-			d.add("hub credentials", StatusFail, fmt.Sprintf("Token in %s/%s expired %s ago", ref.Namespace, ref.Name, age(d.now, &metav1.Time{Time: exp})), rejoin)
-			return nil
-		case left < 30*24*time.Hour:
-			d.add("hub credentials", StatusWarn, fmt.Sprintf("Token in %s/%s expires in %s", ref.Namespace, ref.Name, age(exp, &metav1.Time{Time: d.now})), rejoin)
-			return nil
-		}
+	name := ref.Namespace + "/" + ref.Name
+	claims, claimsErr := hubtoken.Parse(string(s.Data[SecretKeyToken]))
+	exp, expErr := claims.Expires, claimsErr
+	if expErr != nil {
+		exp, expErr = time.Parse(time.RFC3339, s.Annotations[AnnotationTokenExpires])
+	}
+	if expErr == nil && !exp.After(d.now) {
+		d.add("hub credentials", StatusFail, fmt.Sprintf("Token in %s expired %s ago", name, age(d.now, &metav1.Time{Time: exp})), rejoin)
+		return nil
+	}
+	switch {
+	case claimsErr == nil && claims.BoundSecret == "":
+		d.add("hub credentials", StatusWarn, fmt.Sprintf("Token in %s (expires %s) is not bound to a hub credential Secret: nothing revokes it and the agent does not renew it",
+			name, exp.UTC().Format(time.RFC3339)), rejoin)
+		return nil
+	case claimsErr == nil && d.now.After(claims.RenewAt(hubtoken.RenewFraction).Add(tokenRenewalGrace)):
+		// The elected agent renews at 75 % of the lifetime; past that, renewal fails or no agent runs.
+		d.add("hub credentials", StatusWarn, fmt.Sprintf("Token in %s expires in %s and was due for renewal at %s: see the membership's HubCredentials condition and the elected agent's log",
+			name, age(exp, &metav1.Time{Time: d.now}), claims.RenewAt(hubtoken.RenewFraction).UTC().Format(time.RFC3339)), rejoin)
+		return nil
+	case claimsErr != nil && expErr == nil && exp.Sub(d.now) < tokenExpiryWarning:
+		d.add("hub credentials", StatusWarn, fmt.Sprintf("Token in %s expires in %s", name, age(exp, &metav1.Time{Time: d.now})), rejoin)
+		return nil
+	}
+	if c := meta.FindStatusCondition(m.Status.Conditions, meshv1.MembershipHubCredentials); c != nil && c.Status != metav1.ConditionTrue {
+		d.add("hub credentials", StatusWarn, fmt.Sprintf("%s=%s %s: %s", c.Type, c.Status, c.Reason, c.Message), rejoin)
+		return nil
 	}
 	d.add("hub credentials", StatusOK, fmt.Sprintf("Secret %s/%s has a token and ca.crt", ref.Namespace, ref.Name), "")
 	return nil
