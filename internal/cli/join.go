@@ -54,6 +54,9 @@ const (
 	// off a member is worth little, and revocable by deleting its bound
 	// credential Secret on the hub.
 	DefaultTokenTTL = 24 * time.Hour
+	// MaxTokenTTL is the longest lifetime join issues, and the longest the
+	// hub lets an agent renew to (config/hub/member-token-policy.yaml).
+	MaxTokenTTL = 30 * 24 * time.Hour
 )
 
 type joinOptions struct {
@@ -163,6 +166,9 @@ func (j *joinOptions) validate() error {
 	}
 	if j.tokenTTL < 10*time.Minute {
 		return usageError("--token-ttl %s is too short: the TokenRequest API needs at least 10m", j.tokenTTL)
+	}
+	if j.tokenTTL > MaxTokenTTL {
+		return usageError("--token-ttl %s is too long: at most %s (the hub's policy archipelago-member-token-requests refuses longer renewals; the agent renews the token itself)", j.tokenTTL, MaxTokenTTL)
 	}
 	if err := j.checkOutput(); err != nil {
 		return err

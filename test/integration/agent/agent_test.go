@@ -146,6 +146,12 @@ func TestAgentJoinsAndPeers(t *testing.T) {
 	framework.StartHub(t, hub.Config, controllers.Options{PeerDrainTimeout: time.Second})
 	ctx := context.Background()
 	hc, mc := hub.Client, member.Client
+	// The hub's policy on members' token requests: renewals must pass it.
+	for _, u := range readObjects(t, filepath.Join(framework.RepoRoot(), "config", "hub", "member-token-policy.yaml")) {
+		if err := hc.Create(ctx, u); err != nil {
+			t.Fatalf("create %s %s: %v", u.GetKind(), u.GetName(), err)
+		}
+	}
 
 	// The hub: a ClusterSet with members a (us), b (valid peer), c (its
 	// only gateway is invalid) and d (no range: it asks for one outside

@@ -21,6 +21,26 @@ import (
 	"github.com/archipelago-mesh/archipelago/test/framework"
 )
 
+// readObjects reads the objects of a multi-document YAML file.
+func readObjects(t *testing.T, path string) []*unstructured.Unstructured {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var objs []*unstructured.Unstructured
+	for _, doc := range strings.Split(string(raw), "\n---\n") {
+		u := &unstructured.Unstructured{}
+		if err := yaml.Unmarshal([]byte(doc), &u.Object); err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		if len(u.Object) > 0 {
+			objs = append(objs, u)
+		}
+	}
+	return objs
+}
+
 // configAgent reads every object config/agent's kustomization lists.
 func configAgent(t *testing.T) []*unstructured.Unstructured {
 	t.Helper()
@@ -37,19 +57,7 @@ func configAgent(t *testing.T) []*unstructured.Unstructured {
 	}
 	var objs []*unstructured.Unstructured
 	for _, r := range k.Resources {
-		raw, err := os.ReadFile(filepath.Join(dir, r))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, doc := range strings.Split(string(raw), "\n---\n") {
-			u := &unstructured.Unstructured{}
-			if err := yaml.Unmarshal([]byte(doc), &u.Object); err != nil {
-				t.Fatalf("%s: %v", r, err)
-			}
-			if len(u.Object) > 0 {
-				objs = append(objs, u)
-			}
-		}
+		objs = append(objs, readObjects(t, filepath.Join(dir, r))...)
 	}
 	return objs
 }

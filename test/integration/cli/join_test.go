@@ -4,16 +4,22 @@ import (
 	"bytes"
 	"context"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
 
 	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
 	"github.com/archipelago-mesh/archipelago/controllers"
@@ -30,6 +36,7 @@ func TestJoinLeave(t *testing.T) {
 	needAPIServers(t)
 	framework.StartHub(t, hub.Config, controllers.Options{})
 	ctx := context.Background()
+	applyFile(t, hub, "config/hub/member-token-policy.yaml")
 	cs := &meshv1.ClusterSet{
 		ObjectMeta: metav1.ObjectMeta{Name: set},
 		Spec:       meshv1.ClusterSetSpec{PodCIDRPools: []meshv1.CIDR{"10.0.0.0/8"}},
@@ -165,6 +172,43 @@ func TestJoinLeave(t *testing.T) {
 			t.Fatalf("delete MemberCluster other: %v", err)
 		}
 		waitGone(t, hub, &meshv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: "other"}})
+	})
+
+	t.Run("the member's token renews itself but mints no other token", func(t *testing.T) {
+		secret := getSecret(t, memberA)
+		claims := tokenClaims(t, secret)
+		kube, err := kubernetes.NewForConfig(&rest.Config{Host: hub.Config.Host, BearerToken: string(secret.Data[cli.SecretKeyToken]),
+			TLSClientConfig: rest.TLSClientConfig{CAData: hub.Config.CAData}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		request := func(sa string, seconds int64, bound *authenticationv1.BoundObjectReference) error {
+			_, err := kube.CoreV1().ServiceAccounts(claims.Namespace).CreateToken(ctx, sa, &authenticationv1.TokenRequest{
+				Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &seconds, BoundObjectRef: bound}}, metav1.CreateOptions{})
+			return err
+		}
+		own := &authenticationv1.BoundObjectReference{Kind: "Secret", APIVersion: "v1", Name: claims.BoundSecret, UID: types.UID(claims.BoundSecretUID)}
+		day := int64(24 * 3600)
+		// The policy takes a moment to be enforced after it is created.
+		var last error
+		eventually(t, "an unbound token is refused", func(context.Context) (bool, error) {
+			last = request(controllers.MemberServiceAccount, day, nil)
+			return apierrors.IsForbidden(last) && strings.Contains(last.Error(), "hub credential Secret"), nil
+		})
+		t.Logf("unbound token: %v", last)
+		if err := request(controllers.MemberServiceAccount, day, own); err != nil {
+			t.Errorf("renewal bound to its own credential: %v", err)
+		}
+		if err := request(controllers.MemberServiceAccount, 100*day, own); !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "30 days") {
+			t.Errorf("a 100-day token: got %v, want Forbidden naming the 30-day limit", err)
+		}
+		if err := request("default", day, own); !apierrors.IsForbidden(err) {
+			t.Errorf("a token of another ServiceAccount: got %v, want Forbidden", err)
+		}
+		other := &authenticationv1.BoundObjectReference{Kind: "Secret", APIVersion: "v1", Name: "not-a-credential"}
+		if err := request(controllers.MemberServiceAccount, day, other); !apierrors.IsForbidden(err) {
+			t.Errorf("a token bound to another Secret: got %v, want Forbidden", err)
+		}
 	})
 
 	t.Run("join of an existing name from another cluster fails", func(t *testing.T) {
@@ -308,6 +352,7 @@ func TestJoinLeave(t *testing.T) {
 		wantFailure(t, kubectlArchipelago(t, "join", "Not_A_Label", "--clusterset", set, "--hub-context", "hub"), cli.ExitError, "not a DNS label")
 		wantFailure(t, kubectlArchipelago(t, "join", "a", "--clusterset", set, "--hub-context", "no-such-context"), cli.ExitError, "no-such-context")
 		wantFailure(t, kubectlArchipelago(t, "leave", "a"), cli.ExitError, "--hub-context")
+		wantFailure(t, kubectlArchipelago(t, "join", "a", "--clusterset", set, "--hub-context", "hub", "--token-ttl", "8760h"), cli.ExitError, "--token-ttl 8760h0m0s is too long")
 	})
 }
 
@@ -431,6 +476,27 @@ func tokenRefused(t *testing.T, token string) {
 		return apierrors.IsUnauthorized(last), nil
 	})
 	t.Logf("revoked token: %v", last)
+}
+
+// applyFile creates the objects of a YAML file of the repository.
+func applyFile(t *testing.T, s *framework.APIServer, path string) {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(framework.RepoRoot(), path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, doc := range strings.Split(string(raw), "\n---\n") {
+		u := &unstructured.Unstructured{}
+		if err := yaml.Unmarshal([]byte(doc), &u.Object); err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		if len(u.Object) == 0 {
+			continue
+		}
+		if err := s.Client.Create(context.Background(), u); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatalf("%s: create %s %s: %v", path, u.GetKind(), u.GetName(), err)
+		}
+	}
 }
 
 func keys(m map[string][]byte) []string {
