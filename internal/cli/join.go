@@ -499,14 +499,16 @@ func (j *joinOptions) issueCredential(ctx context.Context, hub *cluster, mc *mes
 func (j *joinOptions) revokeOtherCredentials(ctx context.Context, hub *cluster, ns, keep string) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	return revokeCredentials(ctx, hub, ns, j.name, keep)
+	return revokeCredentials(ctx, hub, ns, keep)
 }
 
-// revokeCredentials deletes member's credential Secrets in hub namespace ns
-// (all but keep, when given).
-func revokeCredentials(ctx context.Context, hub *cluster, ns, member, keep string) error {
+// revokeCredentials deletes the credential Secrets (hub-credential-*) in
+// the hub namespace ns, all but keep when given.
+func revokeCredentials(ctx context.Context, hub *cluster, ns, keep string) error {
+	// By name, not label: the namespace is the member's, and a credential
+	// made by hand (config/agent/samples) need not carry the label.
 	var list corev1.SecretList
-	if err := hub.Client.List(ctx, &list, client.InNamespace(ns), client.MatchingLabels{hubtoken.LabelCredential: member}); err != nil {
+	if err := hub.Client.List(ctx, &list, client.InNamespace(ns)); err != nil {
 		return fmt.Errorf("list credential Secrets in hub namespace %s: %w", ns, err)
 	}
 	var errs []error

@@ -125,7 +125,7 @@ func (l *leaveOptions) leaveHub(ctx context.Context) error {
 	// waits for the peers to drop their tunnels, and a leaving member must
 	// not write there any more.
 	if ns := mc.Status.Namespace; ns != "" {
-		if err := revokeCredentials(wctx, hub, ns, l.name, ""); err != nil {
+		if err := revokeCredentials(wctx, hub, ns, ""); err != nil {
 			return unreachable(hub, fmt.Errorf("revoke the hub tokens of member %s: %w", l.name, err))
 		}
 	}
