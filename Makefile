@@ -23,8 +23,9 @@ generate: ## Generate deepcopy code (controller-gen).
 	$(CONTROLLER_GEN) object paths=$(ROOT)/api/...
 
 .PHONY: manifests
-manifests: ## Generate CRDs and RBAC into config/ (controller-gen).
+manifests: ## Generate CRDs and RBAC into config/ (controller-gen), and copy the MCS API CRDs into config/mcs.
 	$(CONTROLLER_GEN) crd paths=$(ROOT)/api/... output:crd:artifacts:config=$(ROOT)/config/crd/bases
+	go run ./hack/mcscrds -out $(ROOT)/config/mcs
 	$(CONTROLLER_GEN) rbac:roleName=archipelago-hub paths=$(ROOT)/controllers/... output:rbac:artifacts:config=$(ROOT)/config/rbac
 	$(CONTROLLER_GEN) rbac:roleName=archipelago-agent paths=$(ROOT)/agent/... output:rbac:artifacts:config=$(ROOT)/config/agent/rbac
 

@@ -51,7 +51,8 @@ func AssetsDir() (string, string) {
 	return dir, ""
 }
 
-// APIServer is a running kube-apiserver + etcd with the CRDs installed.
+// APIServer is a running kube-apiserver + etcd with the CRDs installed: the
+// archipelago CRDs (config/crd) and the MCS API's (config/mcs).
 type APIServer struct {
 	Env    *envtest.Environment
 	Config *rest.Config
@@ -68,7 +69,10 @@ func StartAPIServer() (*APIServer, string, error) {
 	ctrl.SetLogger(testLogger())
 	env := &envtest.Environment{
 		BinaryAssetsDirectory: dir,
-		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "config", "crd", "bases")},
+		CRDDirectoryPaths: []string{
+			filepath.Join(RepoRoot(), "config", "crd", "bases"),
+			filepath.Join(RepoRoot(), "config", "mcs"),
+		},
 		ErrorIfCRDPathMissing: true,
 		Scheme:                Scheme(),
 	}
