@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -15,15 +14,7 @@ import (
 	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
 )
 
-func hubNamespace(t *testing.T, c client.Client) string {
-	t.Helper()
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "member-"}}
-	if err := c.Create(context.Background(), ns); err != nil {
-		t.Fatal(err)
-	}
-	cleanup(t, c, ns)
-	return ns.Name
-}
+func hubNamespace(t *testing.T, c client.Client) string { return testNamespace(t, c, "member-") }
 
 func validExport(ns string) *meshv1.ExportedService {
 	return &meshv1.ExportedService{
