@@ -28,6 +28,7 @@ manifests: ## Generate CRDs and RBAC into config/ (controller-gen), and copy the
 	go run ./hack/mcscrds -out $(ROOT)/config/mcs
 	$(CONTROLLER_GEN) rbac:roleName=archipelago-hub paths=$(ROOT)/controllers/... output:rbac:artifacts:config=$(ROOT)/config/rbac
 	$(CONTROLLER_GEN) rbac:roleName=archipelago-agent paths=$(ROOT)/agent/... output:rbac:artifacts:config=$(ROOT)/config/agent/rbac
+	$(CONTROLLER_GEN) rbac:roleName=archipelago-mcs paths=$(ROOT)/internal/mcs/... output:rbac:artifacts:config=$(ROOT)/config/mcs/rbac
 
 .PHONY: verify-generated
 verify-generated: generate manifests ## Fail when generated files are not committed.
