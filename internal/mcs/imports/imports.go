@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -81,7 +82,7 @@ func (r *Reconciler) SetImports(res mcs.Result) {
 	r.mu.Lock()
 	changed := map[mcs.Key]bool{}
 	for k, im := range res.Imports {
-		if old, ok := r.imports[k]; !ok || !equality.Semantic.DeepEqual(old, im) {
+		if old, ok := r.imports[k]; !ok || !reflect.DeepEqual(old, im) {
 			changed[k] = true
 		}
 	}

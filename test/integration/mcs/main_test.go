@@ -116,3 +116,5 @@ func testNamespace(t testing.TB, c client.Client, prefix string) string {
 	cleanup(t, c, ns)
 	return ns.Name
 }
+
+func objectKey(ns, name string) client.ObjectKey { return client.ObjectKey{Namespace: ns, Name: name} }
