@@ -8,6 +8,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -130,25 +131,31 @@ func (r *Reconciler) SetConflicts(verdicts map[mcs.Key]Conflict) {
 	}
 }
 
-// sweep withdraws, once the cache is up, records of exports that no longer exist.
+// sweep withdraws, once the cache is up, records of exports that no longer
+// exist (deleted while no controller ran). It retries until the hub answers.
 func (r *Reconciler) sweep(ctx context.Context) error {
-	keys, err := r.Publisher.Published(ctx)
-	if err != nil {
-		// Not fatal: a record left behind is withdrawn when its export is
-		// reconciled, and the next start sweeps again.
-		log.FromContext(ctx).Error(err, "List published exports; stale ones stay until the next start")
-		return nil
-	}
-	for _, k := range keys {
-		se := &mcsv1beta1.ServiceExport{}
-		err := r.Client.Get(ctx, types.NamespacedName{Namespace: k.Namespace, Name: k.Name}, se)
-		if apierrors.IsNotFound(err) {
-			if err := r.withdraw(ctx, k); err != nil {
-				log.FromContext(ctx).Error(err, "Withdraw stale export", "service", k.String())
+	delay := time.Second
+	for {
+		keys, err := r.Publisher.Published(ctx)
+		if err == nil {
+			for _, k := range keys {
+				se := &mcsv1beta1.ServiceExport{}
+				if err := r.Client.Get(ctx, types.NamespacedName{Namespace: k.Namespace, Name: k.Name}, se); apierrors.IsNotFound(err) {
+					if err := r.withdraw(ctx, k); err != nil {
+						log.FromContext(ctx).Error(err, "Withdraw stale export", "service", k.String())
+					}
+				}
 			}
+			return nil
 		}
+		log.FromContext(ctx).Error(err, "List published exports; retrying", "after", delay)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, time.Minute)
 	}
-	return nil
 }
 
 // Reconcile exports one ServiceExport's Service.
@@ -157,7 +164,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	se := &mcsv1beta1.ServiceExport{}
 	if err := r.Client.Get(ctx, req.NamespacedName, se); err != nil {
 		if apierrors.IsNotFound(err) {
-			return ctrl.Result{}, r.withdraw(ctx, k)
+			// Every Service event lands here too: only a record this run
+			// published is withdrawn (older ones are the sweep's).
+			return ctrl.Result{}, r.withdrawIfPublished(ctx, k)
 		}
 		return ctrl.Result{}, err
 	}
@@ -208,6 +217,16 @@ func (r *Reconciler) publish(ctx context.Context, k mcs.Key, spec *meshv1.Export
 	r.mu.Unlock()
 	log.FromContext(ctx).V(1).Info("Published export", "service", k.String())
 	return nil
+}
+
+func (r *Reconciler) withdrawIfPublished(ctx context.Context, k mcs.Key) error {
+	r.mu.Lock()
+	_, had := r.published[k]
+	r.mu.Unlock()
+	if !had {
+		return nil
+	}
+	return r.withdraw(ctx, k)
 }
 
 func (r *Reconciler) withdraw(ctx context.Context, k mcs.Key) error {

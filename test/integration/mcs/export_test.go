@@ -30,6 +30,7 @@ type fakePublisher struct {
 	records   map[mcs.Key]*meshv1.ExportedServiceSpec
 	publishes int
 	withdraws int
+	touched   []mcs.Key // every key published or withdrawn
 	fail      error
 }
 
@@ -44,6 +45,7 @@ func (p *fakePublisher) Publish(_ context.Context, spec *meshv1.ExportedServiceS
 		return p.fail
 	}
 	p.publishes++
+	p.touched = append(p.touched, mcs.Key{Namespace: spec.Namespace, Name: spec.Name})
 	p.records[mcs.Key{Namespace: spec.Namespace, Name: spec.Name}] = spec.DeepCopy()
 	return nil
 }
@@ -55,6 +57,7 @@ func (p *fakePublisher) Withdraw(_ context.Context, k mcs.Key) error {
 		return p.fail
 	}
 	p.withdraws++
+	p.touched = append(p.touched, k)
 	delete(p.records, k)
 	return nil
 }
@@ -62,6 +65,9 @@ func (p *fakePublisher) Withdraw(_ context.Context, k mcs.Key) error {
 func (p *fakePublisher) Published(context.Context) ([]mcs.Key, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.fail != nil {
+		return nil, p.fail
+	}
 	var ks []mcs.Key
 	for k := range p.records {
 		ks = append(ks, k)
@@ -335,11 +341,46 @@ func TestExportSweepsStaleRecordsAtStart(t *testing.T) {
 	pub := newFakePublisher()
 	stale := mcs.Key{Namespace: ns, Name: "gone"}
 	pub.records[stale] = &meshv1.ExportedServiceSpec{Namespace: ns, Name: "gone"}
+	pub.setFail(errors.New("hub unreachable")) // the sweep retries until the hub answers
 	startExporter(t, pub)
+	time.Sleep(500 * time.Millisecond)
+	pub.setFail(nil)
 	eventually(t, 10*time.Second, "stale record withdrawn", func() error {
 		if pub.record(stale) != nil {
 			return errors.New("still published")
 		}
 		return nil
 	})
+}
+
+// Services nobody exports cost the hub nothing.
+func TestExportIgnoresServicesWithoutExport(t *testing.T) {
+	c := needAPI(t)
+	ns := testNamespace(t, c, "plain-")
+	pub := newFakePublisher()
+	startExporter(t, pub)
+	for i := range 5 {
+		if err := c.Create(context.Background(), clusterIPService(ns, fmt.Sprintf("svc-%d", i), corev1.ServicePort{Port: 80})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A barrier: an export created after those Services is Exported only
+	// once the controller has seen the Service events before its own.
+	if err := c.Create(context.Background(), clusterIPService(ns, "real", corev1.ServicePort{Port: 80})); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Create(context.Background(), serviceExport(ns, "real")); err != nil {
+		t.Fatal(err)
+	}
+	waitCondition(t, c, ns, "real", "Ready", metav1.ConditionTrue, "Exported")
+	time.Sleep(500 * time.Millisecond)
+	// The manager sees every namespace, other tests' exports included:
+	// count only this namespace's.
+	pub.mu.Lock()
+	defer pub.mu.Unlock()
+	for _, k := range pub.touched {
+		if k.Namespace == ns && k.Name != "real" {
+			t.Errorf("hub write for %s, a Service without a ServiceExport", k)
+		}
+	}
 }

@@ -338,8 +338,11 @@ func TestImportLeavesForeignServiceImports(t *testing.T) {
 	r, _ := startImporter(t)
 	var s set
 	s.export(ns, "api", "west", 0, []meshv1.ExportedServicePort{{Name: "http", Protocol: "TCP", Port: 80}}, meshv1.ExportedClusterSetIP, "10.2.0.5")
+	// A barrier: another import of the same merge, in the same namespace.
+	s.export(ns, "other", "west", 0, []meshv1.ExportedServicePort{{Name: "http", Protocol: "TCP", Port: 80}}, meshv1.ExportedClusterSetIP, "10.2.0.6")
 	r.SetImports(s.merge())
-	time.Sleep(time.Second)
+	eventually(t, 10*time.Second, "the other import", func() error { _, err := getImport(c, ns, "other"); return err })
+	time.Sleep(500 * time.Millisecond)
 	si, err := getImport(c, ns, "api")
 	if err != nil || si.UID != foreign.UID || si.Spec.Type != mcsv1beta1.Headless || len(si.Spec.Ports) != 1 || si.Spec.Ports[0].Port != 1 {
 		t.Errorf("the foreign ServiceImport changed: %+v %v", si, err)
