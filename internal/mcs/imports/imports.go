@@ -161,6 +161,8 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 
 func importSpec(im *mcs.Import) mcsv1beta1.ServiceImportSpec {
 	spec := mcsv1beta1.ServiceImportSpec{
+		// Required by the CRD even when empty (a headless Service may have no ports).
+		Ports:               []mcsv1beta1.ServicePort{},
 		Type:                mcsv1beta1.ServiceImportType(im.Type),
 		SessionAffinity:     corev1.ServiceAffinity(im.SessionAffinity),
 		TrafficDistribution: im.TrafficDistribution,

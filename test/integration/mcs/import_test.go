@@ -294,6 +294,7 @@ func TestImportHeadlessAndLaterNamespace(t *testing.T) {
 	ns := fmt.Sprintf("later-%d", time.Now().UnixNano()%1000000)
 	var s set
 	s.export(ns, "db", "west", 0, []meshv1.ExportedServicePort{{Name: "pg", Protocol: "TCP", Port: 5432}}, meshv1.ExportedHeadless, "10.2.0.8")
+	s.export(ns, "peers", "west", 0, nil, meshv1.ExportedHeadless, "10.2.0.9") // headless without ports
 	r.SetImports(s.merge())
 	time.Sleep(500 * time.Millisecond)
 	nsObj := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}
@@ -315,6 +316,16 @@ func TestImportHeadlessAndLaterNamespace(t *testing.T) {
 		}
 		if len(got["west"]) == 0 {
 			return errors.New("no slice of west")
+		}
+		return nil
+	})
+	eventually(t, 10*time.Second, "headless import without ports", func() error {
+		si, err := getImport(c, ns, "peers")
+		if err != nil {
+			return err
+		}
+		if len(si.Spec.Ports) != 0 || si.Spec.Type != mcsv1beta1.Headless {
+			return fmt.Errorf("spec %+v", si.Spec)
 		}
 		return nil
 	})
