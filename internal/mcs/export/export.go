@@ -185,9 +185,14 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		setReady(se, metav1.ConditionFalse, mcsv1beta1.ServiceExportReasonPending, "the export is not valid")
 	default:
 		setValid(se, metav1.ConditionTrue, mcsv1beta1.ServiceExportReasonValid, "")
-		if pubErr = r.publish(ctx, k, spec); pubErr != nil {
+		switch pubErr = r.publish(ctx, k, spec); {
+		case apierrors.IsInvalid(pubErr):
+			// The hub refuses the record itself: retrying the same one cannot help.
+			setReady(se, metav1.ConditionFalse, mcsv1beta1.ServiceExportReasonFailed, "the hub refused the export: "+pubErr.Error())
+			pubErr = nil
+		case pubErr != nil:
 			setReady(se, metav1.ConditionFalse, mcsv1beta1.ServiceExportReasonPending, "publishing to the hub: "+pubErr.Error())
-		} else {
+		default:
 			setReady(se, metav1.ConditionTrue, mcsv1beta1.ServiceExportReasonExported, readyMessage(spec))
 		}
 	}

@@ -5,14 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -382,5 +386,25 @@ func TestExportIgnoresServicesWithoutExport(t *testing.T) {
 		if k.Namespace == ns && k.Name != "real" {
 			t.Errorf("hub write for %s, a Service without a ServiceExport", k)
 		}
+	}
+}
+
+// A record the hub refuses is Failed, not Pending forever.
+func TestExportRefusedByTheHub(t *testing.T) {
+	c := needAPI(t)
+	ctx := context.Background()
+	ns := testNamespace(t, c, "refused-")
+	pub := newFakePublisher()
+	pub.setFail(apierrors.NewInvalid(schema.GroupKind{Group: "mesh.archipelago.dev", Kind: "ExportedService"}, "x", field.ErrorList{field.Invalid(field.NewPath("spec", "cluster"), "East", "must be a DNS label")}))
+	startExporter(t, pub)
+	if err := c.Create(ctx, clusterIPService(ns, "api", corev1.ServicePort{Port: 80})); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Create(ctx, serviceExport(ns, "api")); err != nil {
+		t.Fatal(err)
+	}
+	waitCondition(t, c, ns, "api", "Ready", metav1.ConditionFalse, "Failed")
+	if cond, _ := condition(t, c, ns, "api", "Ready"); !strings.Contains(cond.Message, "spec.cluster") {
+		t.Errorf("message %q does not name the field", cond.Message)
 	}
 }
