@@ -57,13 +57,14 @@ func Apply(nl Netlink, plan RoutePlan) (Changes, error) {
 			errs = append(errs, err)
 			continue
 		}
-		haveByDst := make(map[netip.Prefix]netlink.Route, len(have))
+		haveByKey := make(map[routeKey]netlink.Route, len(have))
 		for _, r := range have {
 			dst, ok := prefixOf(r.Dst)
 			if !ok {
 				continue
 			}
-			if _, dup := haveByDst[dst]; dup {
+			k := routeKey{dst: dst, unreachable: r.Type == unix.RTN_UNREACHABLE}
+			if _, dup := haveByKey[k]; dup {
 				// Two routes for one destination (different metric or TOS):
 				// keep the first, the second is stale.
 				if err := nl.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
@@ -73,39 +74,46 @@ func Apply(nl Netlink, plan RoutePlan) (Changes, error) {
 				}
 				continue
 			}
-			haveByDst[dst] = r
+			haveByKey[k] = r
 		}
 
-		for _, dst := range want.order {
-			if familyOf(dst) != fam {
+		for _, k := range want.order {
+			if familyOf(k.dst) != fam {
 				continue
 			}
-			w := want.routes[dst]
-			cur, exists := haveByDst[dst]
+			w := want.routes[k]
+			cur, exists := haveByKey[k]
 			if exists && sameRoute(cur, w) {
 				continue
 			}
 			if err := nl.RouteReplace(&w); err != nil {
-				errs = append(errs, fmt.Errorf("replace route %s via %s dev %q in table %d: %w",
-					dst, ipString(w.Gw), want.devs[dst], table, err))
+				errs = append(errs, fmt.Errorf("replace %s in table %d: %w", describe(k, w, want.devs[k.dst]), table, err))
 				continue
 			}
+			if exists && k.unreachable && cur.Priority != w.Priority {
+				// Another metric is another route: the replace added one
+				// next to the old, which goes now (after, so that the range
+				// is never without it).
+				if err := nl.RouteDel(&cur); err != nil && !errors.Is(err, unix.ESRCH) {
+					errs = append(errs, fmt.Errorf("delete %s with metric %d from table %d: %w", describe(k, cur, ""), cur.Priority, table, err))
+				}
+			}
 			if exists {
-				ch.Updated = append(ch.Updated, dst)
+				ch.Updated = append(ch.Updated, k.dst)
 			} else {
-				ch.Added = append(ch.Added, dst)
+				ch.Added = append(ch.Added, k.dst)
 			}
 		}
 
-		for dst, cur := range haveByDst {
-			if _, keep := want.routes[dst]; keep || want.failed[dst] {
+		for k, cur := range haveByKey {
+			if _, keep := want.routes[k]; keep || (!k.unreachable && want.failed[k.dst]) {
 				continue
 			}
 			if err := nl.RouteDel(&cur); err != nil && !errors.Is(err, unix.ESRCH) {
-				errs = append(errs, fmt.Errorf("delete route %s from table %d: %w", dst, table, err))
+				errs = append(errs, fmt.Errorf("delete %s from table %d: %w", describe(k, cur, ""), table, err))
 				continue
 			}
-			ch.Deleted = append(ch.Deleted, dst)
+			ch.Deleted = append(ch.Deleted, k.dst)
 		}
 
 		added, deleted, err := syncRule(nl, fam, table, prio, want.hasFamily(fam))
@@ -153,18 +161,25 @@ func Cleanup(nl Netlink, table, priority int) error {
 	return errors.Join(errs...)
 }
 
+// routeKey tells the agent's routes apart: per destination at most one
+// forwarding route and one unreachable route.
+type routeKey struct {
+	dst         netip.Prefix
+	unreachable bool
+}
+
 type desired struct {
-	routes map[netip.Prefix]netlink.Route
+	routes map[routeKey]netlink.Route
 	devs   map[netip.Prefix]string
-	order  []netip.Prefix
+	order  []routeKey
 	// failed holds destinations whose desired route could not be built (its
-	// device is missing); their current routes are left alone.
+	// device is missing); their current forwarding routes are left alone.
 	failed map[netip.Prefix]bool
 }
 
 func (d desired) hasFamily(fam int) bool {
-	for _, dst := range d.order {
-		if familyOf(dst) == fam {
+	for _, k := range d.order {
+		if familyOf(k.dst) == fam {
 			return true
 		}
 	}
@@ -176,9 +191,16 @@ func (d desired) hasFamily(fam int) bool {
 	return false
 }
 
+func describe(k routeKey, r netlink.Route, dev string) string {
+	if k.unreachable {
+		return "unreachable route " + k.dst.String()
+	}
+	return fmt.Sprintf("route %s via %s dev %q", k.dst, ipString(r.Gw), dev)
+}
+
 func desiredRoutes(nl Netlink, plan RoutePlan) (desired, error) {
 	d := desired{
-		routes: make(map[netip.Prefix]netlink.Route, len(plan.Routes)),
+		routes: make(map[routeKey]netlink.Route, len(plan.Routes)+len(plan.Unreachable)),
 		devs:   make(map[netip.Prefix]string, len(plan.Routes)),
 		failed: map[netip.Prefix]bool{},
 	}
@@ -217,11 +239,38 @@ func desiredRoutes(nl Netlink, plan RoutePlan) (desired, error) {
 			}
 			nr.LinkIndex = idx
 		}
-		d.routes[dst] = nr
+		k := routeKey{dst: dst}
+		d.routes[k] = nr
 		d.devs[dst] = r.Dev
-		d.order = append(d.order, dst)
+		d.order = append(d.order, k)
 	}
-	sortPrefixes(d.order)
+	for _, u := range plan.Unreachable {
+		dst := u.Masked()
+		k := routeKey{dst: dst, unreachable: true}
+		d.routes[k] = netlink.Route{
+			Dst:      prefixToIPNet(dst),
+			Table:    plan.table(),
+			Protocol: RouteProtocol,
+			Type:     unix.RTN_UNREACHABLE,
+			Family:   familyOf(dst),
+			Priority: UnreachableMetric,
+		}
+		d.order = append(d.order, k)
+	}
+	slices.SortFunc(d.order, func(a, b routeKey) int {
+		if c := comparePrefix(a.dst, b.dst); c != 0 {
+			return c
+		}
+		// The unreachable route first: it is there before the forwarding
+		// route of a new range appears.
+		switch {
+		case a.unreachable == b.unreachable:
+			return 0
+		case a.unreachable:
+			return -1
+		}
+		return 1
+	})
 	return d, errors.Join(errs...)
 }
 
@@ -246,6 +295,9 @@ func sameRoute(cur, want netlink.Route) bool {
 		return false
 	}
 	if cur.Type != 0 && cur.Type != want.Type {
+		return false
+	}
+	if want.Type == unix.RTN_UNREACHABLE && cur.Priority != want.Priority {
 		return false
 	}
 	return len(cur.MultiPath) == 0
@@ -354,10 +406,12 @@ func ipString(ip net.IP) string {
 }
 
 func sortPrefixes(ps []netip.Prefix) {
-	slices.SortFunc(ps, func(a, b netip.Prefix) int {
-		if c := a.Addr().Compare(b.Addr()); c != 0 {
-			return c
-		}
-		return a.Bits() - b.Bits()
-	})
+	slices.SortFunc(ps, comparePrefix)
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
 }

@@ -23,6 +23,13 @@ const (
 	// The protocol is how Apply and Cleanup tell the agent's routes from
 	// routes someone else put in the same table.
 	RouteProtocol = 167
+
+	// UnreachableMetric is the metric of the agent's unreachable routes. It
+	// sorts after the forwarding route of the same range (metric 0, which
+	// IPv6 stores as 1024), so the unreachable route decides only while the
+	// forwarding route is missing: not planned (gateway unusable), or
+	// flushed by the kernel when the tunnel device went away.
+	UnreachableMetric = 0xa7c0
 )
 
 // Route is one route the agent wants in its table.
@@ -44,6 +51,12 @@ type Route struct {
 // RoutePlan is the complete desired routing state of the agent on one node.
 type RoutePlan struct {
 	Routes []Route
+	// Unreachable are ranges that must never be routed outside the agent's
+	// table: each gets an unreachable route at UnreachableMetric, under the
+	// forwarding route in Routes if there is one. While a range is listed
+	// here the policy rule of its family stays, so a lookup for it never
+	// falls through to the main table (fail closed).
+	Unreachable []netip.Prefix
 	// Table is the agent's routing table; 0 means DefaultTable.
 	Table int
 	// RulePriority is the priority of the policy rule; 0 means
@@ -95,6 +108,17 @@ func (p RoutePlan) validate() error {
 		if r.MTU < 0 {
 			return fmt.Errorf("route %s: negative MTU %d", dst, r.MTU)
 		}
+	}
+	floors := make(map[netip.Prefix]bool, len(p.Unreachable))
+	for _, u := range p.Unreachable {
+		if !u.IsValid() {
+			return fmt.Errorf("unreachable route with invalid destination %v", u)
+		}
+		dst := u.Masked()
+		if floors[dst] {
+			return fmt.Errorf("unreachable route %s appears twice in the plan", dst)
+		}
+		floors[dst] = true
 	}
 	return nil
 }
