@@ -206,8 +206,9 @@ func (d *Dataplane) apply(ctx context.Context, p plan.NodePlan, full bool) (Resu
 	}
 	if p.Tunnel != nil && d.tunnel == nil {
 		// Without the device, rules and routes naming it cannot be made;
-		// keep the filter without the tunnel part and no routes, so that
-		// nothing half-works.
+		// keep the filter without the tunnel part and no forwarding routes.
+		// The remote ranges stay unreachable in the agent's table and in
+		// the no-SNAT sets (fail closed).
 		p.Filter.TunnelInterface, p.Filter.MSSClamp = "", false
 		p.Routes.Routes = nil
 	}
@@ -477,7 +478,8 @@ func sameFilter(a, b netfilter.FilterPlan) bool {
 }
 
 func sameRoutes(a, b routing.RoutePlan) bool {
-	return a.Table == b.Table && a.RulePriority == b.RulePriority && slices.Equal(a.Routes, b.Routes)
+	return a.Table == b.Table && a.RulePriority == b.RulePriority && slices.Equal(a.Routes, b.Routes) &&
+		slices.Equal(a.Unreachable, b.Unreachable)
 }
 
 // removeTunnel closes and deletes the device when this Dataplane opened it,
@@ -622,6 +624,12 @@ func (d *Dataplane) Report() meshv1.NodeReport {
 		r.Routes = len(p.Routes.Routes)
 		r.NoSNAT = len(p.Filter.LocalPodCIDRs) > 0 && len(p.Filter.RemotePodCIDRs) > 0
 	}
+	fwd := len(p.Routes.Routes)
+	if d.lastErr != nil || (p.Tunnel != nil && d.tunnel == nil) {
+		fwd = 0
+	}
+	// Compute routes a subset of the unreachable ranges.
+	r.Unreachable = max(len(p.Routes.Unreachable)-fwd, 0)
 	r.IPForwarding = d.forwarding(p.Host)
 	if p.Tunnel == nil {
 		return r

@@ -147,14 +147,42 @@ func Compute(in Inputs) NodePlan {
 		p.Host.TunnelInterface = in.Tunnel.Interface
 	}
 	p.PeerClusters = map[wgtypes.Key]string{}
-	if in.Hold != "" {
+	// d.sorted holds every range of the usable peers in prefix order, so
+	// routes and filter ranges need no sort of their own. Ranges are unique:
+	// equal ranges of two owners are an overlap, and one owner's are
+	// deduplicated.
+	n := 0
+	for _, o := range d.sorted {
+		if o.owner >= 0 && d.reasons[o.owner] == "" {
+			n++
+		}
+	}
+	if n > 0 {
+		// Fail closed: every remote range is unreachable in the agent's
+		// table, under its forwarding route when there is one, so that no
+		// state of this plan (hold, no gateway, no device) lets it fall
+		// through to the main table.
+		p.Routes.Unreachable = make([]netip.Prefix, 0, n)
+		for _, o := range d.sorted {
+			if o.owner >= 0 && d.reasons[o.owner] == "" {
+				p.Routes.Unreachable = append(p.Routes.Unreachable, o.p)
+			}
+		}
+	}
+	closed := func() NodePlan {
+		// Not routing: the ranges stay unreachable and in the no-SNAT sets
+		// (a flow opened now must not be masqueraded for its whole life).
+		p.Filter.RemotePodCIDRs = slices.Clone(p.Routes.Unreachable)
 		return p
+	}
+	if in.Hold != "" {
+		return closed()
 	}
 	if !gw && !in.ActiveGatewayIP.IsValid() {
 		if d.usable > 0 {
 			p.Hold = "no active gateway known yet"
 		}
-		return p
+		return closed()
 	}
 	if !gw {
 		p.NextHop = in.ActiveGatewayIP.Unmap()
@@ -175,16 +203,6 @@ func Compute(in Inputs) NodePlan {
 				AllowedIPs:          d.ranges[i],
 				PersistentKeepalive: in.Tunnel.Keepalive,
 			})
-		}
-	}
-	// d.sorted holds every range of the usable peers in prefix order, so
-	// routes and filter ranges need no sort of their own. Ranges are unique:
-	// equal ranges of two owners are an overlap, and one owner's are
-	// deduplicated.
-	n := 0
-	for _, o := range d.sorted {
-		if o.owner >= 0 && d.reasons[o.owner] == "" {
-			n++
 		}
 	}
 	if n > 0 {

@@ -104,13 +104,15 @@ func computeRef(in Inputs) NodePlan {
 		p.Filter.MSSClamp = true
 		p.Host.TunnelInterface = in.Tunnel.Interface
 	}
-	if in.Hold != "" {
-		return p
+	for _, peer := range peers {
+		p.Routes.Unreachable = append(p.Routes.Unreachable, canonicalRef(peer.PodCIDRs)...)
 	}
-	if in.Role != RoleGateway && !in.ActiveGatewayIP.IsValid() {
-		if len(peers) > 0 {
+	slices.SortFunc(p.Routes.Unreachable, comparePrefix)
+	if in.Hold != "" || (in.Role != RoleGateway && !in.ActiveGatewayIP.IsValid()) {
+		if in.Hold == "" && len(peers) > 0 {
 			p.Hold = "no active gateway known yet"
 		}
+		p.Filter.RemotePodCIDRs = slices.Clone(p.Routes.Unreachable)
 		return p
 	}
 	if in.Role != RoleGateway {

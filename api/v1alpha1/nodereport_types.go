@@ -44,8 +44,13 @@ type NodeReport struct {
 	Peers []NodePeerReport `json:"peers,omitempty"`
 	// NextHop is the active gateway's address (worker and standby only).
 	NextHop string `json:"nextHop,omitempty"`
-	// Routes is the number of routes the agent owns on the node.
+	// Routes is the number of forwarding routes the agent owns on the node.
 	Routes int `json:"routes"`
+	// Unreachable is the number of remote ranges the node drops instead of
+	// forwarding (fail closed: an unreachable route in the agent's table
+	// while the node cannot route them, e.g. no gateway known, a hold, or
+	// the tunnel device not open).
+	Unreachable int `json:"unreachable,omitempty"`
 	// NoSNAT is true when the rule that keeps pod source addresses is in place.
 	NoSNAT bool `json:"noSNAT"`
 	// MSSClamp is true when TCP MSS clamping on the tunnel is in place.
