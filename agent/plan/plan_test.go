@@ -40,11 +40,11 @@ func TestCompute(t *testing.T) {
 	gwIP := netip.MustParseAddr("172.18.0.2")
 
 	for _, tc := range []struct {
-		name        string
-		in          plan.Inputs
-		wantPeers   []string // cluster names in the tunnel, nil = no tunnel
-		wantRoutes  []routing.Route
-		wantRemote  []string
+		name       string
+		in         plan.Inputs
+		wantPeers  []string // cluster names in the tunnel, nil = no tunnel
+		wantRoutes []routing.Route
+		wantRemote []string
 		// wantClosed are the ranges with an unreachable route: every
 		// usable remote range, routed or not (fail closed).
 		wantClosed  []string
