@@ -56,6 +56,8 @@ type Datapath interface {
 	Apply(ctx context.Context, p plan.NodePlan) (dataplane.Result, error)
 	TunnelState() (*wgtypes.Device, error)
 	Report() meshv1.NodeReport
+	// Cleanup removes everything the data path made (the member left).
+	Cleanup(ctx context.Context) error
 }
 
 // Config configures an Agent.
@@ -174,6 +176,9 @@ type Agent struct {
 	directory *directory // last good hub read, kept through hub outages
 	key       wgtypes.Key
 	lastGW    time.Time
+	// left is true once the data path was removed after the membership
+	// went away (leave), until a membership appears again.
+	left      bool
 	firstPass bool
 	lastPass  time.Time
 	lastErr   error
@@ -372,12 +377,36 @@ func (a *Agent) readMembership(ctx context.Context, s *scope) error {
 	if err := a.member.Get(ctx, client.ObjectKey{Name: a.cfg.MembershipName}, m); err != nil {
 		if apierrors.IsNotFound(err) {
 			a.log.V(1).Info("No ClusterSetMembership yet; run 'kubectl archipelago join'", "name", a.cfg.MembershipName)
-			return errStop
+			return a.leave(ctx)
 		}
 		return fmt.Errorf("read ClusterSetMembership %s: %w", a.cfg.MembershipName, err)
 	}
 	s.membership = m
+	a.mu.Lock()
+	a.left = false
+	a.mu.Unlock()
 	return nil
+}
+
+// leave removes the data path once the membership is gone: while joined
+// the agent fails closed (remote ranges unreachable rather than routed
+// along the main table), and only leaving (or uninstalling) lifts that.
+// On a node that never joined it writes nothing.
+func (a *Agent) leave(ctx context.Context) error {
+	a.mu.Lock()
+	done := a.left
+	a.mu.Unlock()
+	if done {
+		return errStop
+	}
+	if err := a.cfg.Datapath.Cleanup(ctx); err != nil {
+		return fmt.Errorf("membership %s is gone: remove the data path: %w", a.cfg.MembershipName, err)
+	}
+	a.log.Info("No ClusterSetMembership: data path removed", "membership", a.cfg.MembershipName)
+	a.mu.Lock()
+	a.left = true
+	a.mu.Unlock()
+	return errStop
 }
 
 // publishCandidate writes the public key and endpoint annotations of a

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/go-logr/logr/testr"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -286,7 +288,7 @@ func TestAgentJoinsAndPeers(t *testing.T) {
 			return true, ""
 		})
 		eventually(t, "worker routes b's range via the gateway", func() (bool, string) {
-			rs := agents["n3"].kernel.Netlink.Routes(routing.DefaultTable)
+			rs := forwarding(agents["n3"])
 			if len(rs) != 1 || rs[0].Dst.String() != "10.65.0.0/16" || rs[0].Gw.String() != st.ActiveGatewayIP {
 				return false, fmt.Sprintf("%v", rs)
 			}
@@ -330,9 +332,11 @@ func TestAgentJoinsAndPeers(t *testing.T) {
 			c := meta.FindStatusCondition(getMS().Status.Conditions, meshv1.MembershipCIDRsMatch)
 			return c != nil && c.Status == metav1.ConditionFalse && strings.Contains(c.Message, "n4"), fmt.Sprintf("%+v", c)
 		})
-		eventually(t, "no routes on the worker", func() (bool, string) {
-			rs := agents["n3"].kernel.Netlink.Routes(routing.DefaultTable)
-			return len(rs) == 0, fmt.Sprintf("%v", rs)
+		// Fail closed: no forwarding route, but b's range stays in the
+		// agent's table as unreachable, so it cannot follow the main table.
+		eventually(t, "no forwarding routes on the worker, b's range unreachable", func() (bool, string) {
+			rs, un := forwarding(agents["n3"]), unreachable(agents["n3"])
+			return len(rs) == 0 && len(un) == 1 && un[0] == "10.65.0.0/16", fmt.Sprintf("forwarding %v, unreachable %v", rs, un)
 		})
 		if err := mc.Delete(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n4"}}); err != nil {
 			t.Fatal(err)
@@ -409,6 +413,54 @@ func TestAgentJoinsAndPeers(t *testing.T) {
 			t.Logf("%s: scanned %d objects", name, scanned)
 		}
 	})
+
+	// Last: leave. Only leaving lifts fail-closed: the membership goes,
+	// and every node removes its routes, rule, table and device.
+	t.Run("leave removes the data path", func(t *testing.T) {
+		if err := mc.Delete(ctx, getMS()); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "no agent state left on any node", func() (bool, string) {
+			for name, ra := range agents {
+				if rs := ra.kernel.Netlink.Routes(routing.DefaultTable); len(rs) != 0 {
+					return false, fmt.Sprintf("%s: routes %v", name, rs)
+				}
+				for _, r := range ra.kernel.Netlink.Rules() {
+					if r.Table == routing.DefaultTable {
+						return false, fmt.Sprintf("%s: rule %v", name, r)
+					}
+				}
+				if ra.kernel.WG.HasDevice("arch0") {
+					return false, name + ": WireGuard device"
+				}
+			}
+			return true, ""
+		})
+	})
+}
+
+// forwarding returns the forwarding routes in the agent's table of ra's
+// node (the unreachable routes under them left out).
+func forwarding(ra *runningAgent) []netlink.Route {
+	var out []netlink.Route
+	for _, r := range ra.kernel.Netlink.Routes(routing.DefaultTable) {
+		if r.Type != unix.RTN_UNREACHABLE {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// unreachable returns the destinations of the unreachable routes in the
+// agent's table of ra's node.
+func unreachable(ra *runningAgent) []string {
+	var out []string
+	for _, r := range ra.kernel.Netlink.Routes(routing.DefaultTable) {
+		if r.Type == unix.RTN_UNREACHABLE {
+			out = append(out, r.Dst.String())
+		}
+	}
+	return out
 }
 
 // tokenTTL is the lifetime of the test's hub token: the TokenRequest API's minimum.
