@@ -88,7 +88,8 @@ type Config struct {
 	// Resync is the period of full passes without events (default 30s).
 	Resync time.Duration
 	// ReportInterval bounds how often unchanged reports (NodeReport
-	// lastReconcile, Gateway lastSeen) are rewritten (default 30s).
+	// lastReconcile, Gateway lastSeen) are rewritten (default 1m): the
+	// heartbeat by which the CLI tells a stopped agent (stale after 5m).
 	ReportInterval time.Duration
 	// HubConfig builds the hub client config from the membership and its
 	// Secret; the default uses spec.hub.server, "token" and "ca.crt".
@@ -124,7 +125,7 @@ func (c *Config) defaults() {
 		c.Resync = 30 * time.Second
 	}
 	if c.ReportInterval == 0 {
-		c.ReportInterval = 30 * time.Second
+		c.ReportInterval = time.Minute
 	}
 	if c.HubConfig == nil {
 		c.HubConfig = DefaultHubConfig
@@ -176,6 +177,16 @@ type Agent struct {
 	directory *directory // last good hub read, kept through hub outages
 	key       wgtypes.Key
 	lastGW    time.Time
+	// wroteStatus is the membership status this agent last wrote, so that
+	// its own write does not wake its next pass.
+	wroteStatus *meshv1.ClusterSetMembershipStatus
+	// lastReport is when this agent last wrote its NodeReport;
+	// reportPending is true while a pass is scheduled to write a change
+	// held back by the debounce.
+	lastReport    time.Time
+	reportPending atomic.Bool
+	// peerClusters names the tunnel's peers (the last plan's), for metrics.
+	peerClusters map[wgtypes.Key]string
 	// left is true once the data path was removed after the membership
 	// went away (leave), until a membership appears again.
 	left      bool
@@ -248,6 +259,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	a.registerTunnelCollector()
 	go func() { _ = c.Start(ctx) }()
 	if !c.WaitForCacheSync(ctx) {
 		return errors.New("member cache did not sync")
@@ -307,8 +319,12 @@ func (c *cachedClient) List(ctx context.Context, list client.ObjectList, opts ..
 
 func (a *Agent) handler() toolscache.ResourceEventHandler {
 	return toolscache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { a.Trigger() },
-		UpdateFunc: func(any, any) { a.Trigger() },
+		AddFunc: func(any) { a.Trigger() },
+		UpdateFunc: func(o, n any) {
+			if a.wakes(o, n) {
+				a.Trigger()
+			}
+		},
 		DeleteFunc: func(any) { a.Trigger() },
 	}
 }

@@ -648,7 +648,7 @@ func (d *Dataplane) Report() meshv1.NodeReport {
 	r.InterfaceUp = true
 	r.ListenPort = st.ListenPort
 	for _, peer := range st.Peers {
-		pr := meshv1.NodePeerReport{Cluster: p.PeerClusters[peer.PublicKey], RxBytes: peer.ReceiveBytes, TxBytes: peer.TransmitBytes}
+		pr := meshv1.NodePeerReport{Cluster: p.PeerClusters[peer.PublicKey]}
 		if pr.Cluster == "" {
 			pr.Cluster = "unknown:" + peer.PublicKey.String()[:8]
 		}

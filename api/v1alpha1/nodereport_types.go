@@ -63,11 +63,13 @@ type NodeReport struct {
 	LastError string `json:"lastError,omitempty"`
 }
 
-// NodePeerReport is one tunnel peer as the gateway's kernel reports it.
+// NodePeerReport is one tunnel peer as the gateway's kernel reports it. It
+// holds no traffic counters: a report is rewritten when its meaning
+// changes, and counters would make every packet a change (the agent's
+// Prometheus metrics archipelago_agent_peer_{receive,transmit}_bytes_total
+// carry them).
 type NodePeerReport struct {
 	Cluster         string       `json:"cluster"`
 	Endpoint        string       `json:"endpoint,omitempty"`
 	LatestHandshake *metav1.Time `json:"latestHandshake,omitempty"`
-	RxBytes         int64        `json:"rxBytes,omitempty"`
-	TxBytes         int64        `json:"txBytes,omitempty"`
 }

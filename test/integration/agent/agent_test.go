@@ -20,6 +20,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
@@ -326,6 +327,20 @@ func TestAgentJoinsAndPeers(t *testing.T) {
 		})
 	})
 
+	// Issue 9: the member's API writes do not depend on tunnel traffic.
+	// With byte counters in the NodeReport every pass under traffic wrote
+	// the gateway's Node, and that write woke the next pass.
+	t.Run("API writes independent of tunnel traffic", func(t *testing.T) {
+		gw := agents[active]
+		const window = 6 * time.Second
+		idle := countWrites(t, window, nil)
+		busy := countWrites(t, window, func() { gw.kernel.WG.Transfer("arch0", bKey.PublicKey(), 1<<20, 1<<20) })
+		t.Logf("member writes of Nodes and memberships in %s: idle %d, under traffic %d", window, idle, busy)
+		if limit := 2*idle + 6; busy > limit {
+			t.Errorf("under traffic the agents wrote %d times in %s (idle %d): want at most %d", busy, window, idle, limit)
+		}
+	})
+
 	t.Run("CIDRsMatch false stops routing", func(t *testing.T) {
 		createNode(t, mc, node("n4", "172.18.0.5", "10.99.0.0/24", false))
 		eventually(t, "CIDRsMatch False", func() (bool, string) {
@@ -437,6 +452,54 @@ func TestAgentJoinsAndPeers(t *testing.T) {
 			return true, ""
 		})
 	})
+}
+
+// countWrites counts the updates of Nodes and ClusterSetMemberships the
+// member's apiserver stores over window, calling tick every 50 ms when not
+// nil (traffic through the tunnel).
+func countWrites(t *testing.T, window time.Duration, tick func()) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), window+10*time.Second)
+	defer cancel()
+	wc, err := client.NewWithWatch(member.Config, client.Options{Scheme: member.Client.Scheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var watches []watch.Interface
+	for _, l := range []client.ObjectList{&corev1.NodeList{}, &meshv1.ClusterSetMembershipList{}} {
+		// From the current state on: only the writes of the window.
+		if err := wc.List(ctx, l); err != nil {
+			t.Fatal(err)
+		}
+		w, err := wc.Watch(ctx, l, &client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: l.(metav1.ListInterface).GetResourceVersion()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Stop()
+		watches = append(watches, w)
+	}
+	n := 0
+	end := time.After(window)
+	ticker := time.NewTicker(50 * time.Millisecond)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-end:
+			return n
+		case <-ticker.C:
+			if tick != nil {
+				tick()
+			}
+		case ev := <-watches[0].ResultChan():
+			if ev.Type == watch.Modified {
+				n++
+			}
+		case ev := <-watches[1].ResultChan():
+			if ev.Type == watch.Modified {
+				n++
+			}
+		}
+	}
 }
 
 // forwarding returns the forwarding routes in the agent's table of ra's
