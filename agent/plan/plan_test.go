@@ -10,8 +10,8 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/archipelago-mesh/archipelago/agent/desired"
 	"github.com/archipelago-mesh/archipelago/agent/plan"
-	"github.com/archipelago-mesh/archipelago/agent/routing"
 	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
 )
 
@@ -43,7 +43,7 @@ func TestCompute(t *testing.T) {
 		name       string
 		in         plan.Inputs
 		wantPeers  []string // cluster names in the tunnel, nil = no tunnel
-		wantRoutes []routing.Route
+		wantRoutes []desired.Route
 		wantRemote []string
 		// wantClosed are the ranges with an unreachable route: every
 		// usable remote range, routed or not (fail closed).
@@ -55,14 +55,14 @@ func TestCompute(t *testing.T) {
 		name:       "gateway routes remote ranges into the tunnel",
 		in:         plan.Inputs{Role: plan.RoleGateway, LocalPodCIDRs: pfx("10.1.0.0/16"), Peers: []plan.Peer{c, b}, Tunnel: tun, PrivateKey: self},
 		wantPeers:  []string{"b", "c"},
-		wantRoutes: []routing.Route{{Dst: pfx("10.2.0.0/16")[0], Dev: "wg0"}, {Dst: pfx("10.3.0.0/16")[0], Dev: "wg0"}, {Dst: pfx("fd00:3::/64")[0], Dev: "wg0"}},
+		wantRoutes: []desired.Route{{Dst: pfx("10.2.0.0/16")[0], Dev: "wg0"}, {Dst: pfx("10.3.0.0/16")[0], Dev: "wg0"}, {Dst: pfx("fd00:3::/64")[0], Dev: "wg0"}},
 		wantRemote: []string{"10.2.0.0/16", "10.3.0.0/16", "fd00:3::/64"},
 		wantClosed: []string{"10.2.0.0/16", "10.3.0.0/16", "fd00:3::/64"},
 		wantMSS:    true,
 	}, {
 		name:       "worker routes remote ranges of its family via the gateway",
 		in:         plan.Inputs{Role: plan.RoleWorker, LocalPodCIDRs: pfx("10.1.0.0/16"), Peers: []plan.Peer{b, c}, ActiveGatewayIP: gwIP, Tunnel: tun},
-		wantRoutes: []routing.Route{{Dst: pfx("10.2.0.0/16")[0], Via: gwIP}, {Dst: pfx("10.3.0.0/16")[0], Via: gwIP}},
+		wantRoutes: []desired.Route{{Dst: pfx("10.2.0.0/16")[0], Via: gwIP}, {Dst: pfx("10.3.0.0/16")[0], Via: gwIP}},
 		wantRemote: []string{"10.2.0.0/16", "10.3.0.0/16"},
 		// The IPv6 range has no next hop here, but must not leave by the
 		// main table either.
@@ -70,7 +70,7 @@ func TestCompute(t *testing.T) {
 	}, {
 		name:       "standby is a worker",
 		in:         plan.Inputs{Role: plan.RoleStandby, LocalPodCIDRs: pfx("10.1.0.0/16"), Peers: []plan.Peer{b}, ActiveGatewayIP: gwIP, Tunnel: tun},
-		wantRoutes: []routing.Route{{Dst: pfx("10.2.0.0/16")[0], Via: gwIP}},
+		wantRoutes: []desired.Route{{Dst: pfx("10.2.0.0/16")[0], Via: gwIP}},
 		wantRemote: []string{"10.2.0.0/16"},
 		wantClosed: []string{"10.2.0.0/16"},
 	}, {
@@ -107,7 +107,7 @@ func TestCompute(t *testing.T) {
 			{Cluster: "samekey", PodCIDRs: pfx("10.7.0.0/16"), PublicKey: kb.PublicKey()},
 		}},
 		wantPeers:   []string{"b"},
-		wantRoutes:  []routing.Route{{Dst: pfx("10.2.0.0/16")[0], Dev: "wg0"}},
+		wantRoutes:  []desired.Route{{Dst: pfx("10.2.0.0/16")[0], Dev: "wg0"}},
 		wantRemote:  []string{"10.2.0.0/16"},
 		wantClosed:  []string{"10.2.0.0/16"},
 		wantSkipped: []string{"nokey", "norange", "overlapsb", "overlapslocal", "ownkey", "samekey"},

@@ -3,6 +3,7 @@ package routing
 import (
 	"errors"
 	"fmt"
+	"github.com/archipelago-mesh/archipelago/internal/prefix"
 	"net"
 	"net/netip"
 	"slices"
@@ -35,16 +36,16 @@ var families = []int{netlink.FAMILY_V4, netlink.FAMILY_V6}
 // Changes say what was written anyway.
 func Apply(nl Netlink, plan RoutePlan) (Changes, error) {
 	var ch Changes
-	if err := plan.validate(); err != nil {
+	if err := plan.Validate(); err != nil {
 		return ch, fmt.Errorf("invalid route plan: %w", err)
 	}
-	table, prio := plan.table(), plan.rulePriority()
+	table, prio := plan.TableID(), plan.RulePriorityOrDefault()
 
 	want, err := desiredRoutes(nl, plan)
 	var errs []error
 	if err != nil {
 		// A missing device fails only its own routes; keep going with the rest
-		// but do not delete routes whose desired form we could not compute.
+		// but do not delete routes whose wanted form we could not compute.
 		errs = append(errs, err)
 	}
 
@@ -168,16 +169,16 @@ type routeKey struct {
 	unreachable bool
 }
 
-type desired struct {
+type wanted struct {
 	routes map[routeKey]netlink.Route
 	devs   map[netip.Prefix]string
 	order  []routeKey
-	// failed holds destinations whose desired route could not be built (its
+	// failed holds destinations whose wanted route could not be built (its
 	// device is missing); their current forwarding routes are left alone.
 	failed map[netip.Prefix]bool
 }
 
-func (d desired) hasFamily(fam int) bool {
+func (d wanted) hasFamily(fam int) bool {
 	for _, k := range d.order {
 		if familyOf(k.dst) == fam {
 			return true
@@ -198,8 +199,8 @@ func describe(k routeKey, r netlink.Route, dev string) string {
 	return fmt.Sprintf("route %s via %s dev %q", k.dst, ipString(r.Gw), dev)
 }
 
-func desiredRoutes(nl Netlink, plan RoutePlan) (desired, error) {
-	d := desired{
+func desiredRoutes(nl Netlink, plan RoutePlan) (wanted, error) {
+	d := wanted{
 		routes: make(map[routeKey]netlink.Route, len(plan.Routes)+len(plan.Unreachable)),
 		devs:   make(map[netip.Prefix]string, len(plan.Routes)),
 		failed: map[netip.Prefix]bool{},
@@ -210,7 +211,7 @@ func desiredRoutes(nl Netlink, plan RoutePlan) (desired, error) {
 		dst := r.Dst.Masked()
 		nr := netlink.Route{
 			Dst:      prefixToIPNet(dst),
-			Table:    plan.table(),
+			Table:    plan.TableID(),
 			Protocol: RouteProtocol,
 			Type:     unix.RTN_UNICAST,
 			Family:   familyOf(dst),
@@ -249,7 +250,7 @@ func desiredRoutes(nl Netlink, plan RoutePlan) (desired, error) {
 		k := routeKey{dst: dst, unreachable: true}
 		d.routes[k] = netlink.Route{
 			Dst:      prefixToIPNet(dst),
-			Table:    plan.table(),
+			Table:    plan.TableID(),
 			Protocol: RouteProtocol,
 			Type:     unix.RTN_UNREACHABLE,
 			Family:   familyOf(dst),
@@ -258,7 +259,7 @@ func desiredRoutes(nl Netlink, plan RoutePlan) (desired, error) {
 		d.order = append(d.order, k)
 	}
 	slices.SortFunc(d.order, func(a, b routeKey) int {
-		if c := comparePrefix(a.dst, b.dst); c != 0 {
+		if c := prefix.Compare(a.dst, b.dst); c != 0 {
 			return c
 		}
 		// The unreachable route first: it is there before the forwarding
@@ -405,13 +406,4 @@ func ipString(ip net.IP) string {
 	return ip.String()
 }
 
-func sortPrefixes(ps []netip.Prefix) {
-	slices.SortFunc(ps, comparePrefix)
-}
-
-func comparePrefix(a, b netip.Prefix) int {
-	if c := a.Addr().Compare(b.Addr()); c != 0 {
-		return c
-	}
-	return a.Bits() - b.Bits()
-}
+func sortPrefixes(ps []netip.Prefix) { prefix.Sort(ps) }
