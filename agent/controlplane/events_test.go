@@ -46,7 +46,7 @@ func TestWakes(t *testing.T) {
 	m := &meshv1.ClusterSetMembership{ObjectMeta: metav1.ObjectMeta{Name: "membership", Generation: 1},
 		Status: meshv1.ClusterSetMembershipStatus{ActiveGateway: "n1", PodCIDRs: []string{"10.1.0.0/16"}}}
 	written := m.DeepCopy()
-	written.Status.ReadyPeers = "1/1"
+	written.Status.ReadyPeers = 1
 	if !a.wakes(m, written) {
 		t.Error("a status written by another agent must wake a pass")
 	}
