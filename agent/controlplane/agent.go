@@ -56,6 +56,8 @@ type Datapath interface {
 	Apply(ctx context.Context, p plan.NodePlan) (dataplane.Result, error)
 	TunnelState() (*wgtypes.Device, error)
 	Report() meshv1.NodeReport
+	// Cleanup removes everything the data path made (the member left).
+	Cleanup(ctx context.Context) error
 }
 
 // Config configures an Agent.
@@ -86,7 +88,8 @@ type Config struct {
 	// Resync is the period of full passes without events (default 30s).
 	Resync time.Duration
 	// ReportInterval bounds how often unchanged reports (NodeReport
-	// lastReconcile, Gateway lastSeen) are rewritten (default 30s).
+	// lastReconcile, Gateway lastSeen) are rewritten (default 1m): the
+	// heartbeat by which the CLI tells a stopped agent (stale after 5m).
 	ReportInterval time.Duration
 	// HubConfig builds the hub client config from the membership and its
 	// Secret; the default uses spec.hub.server, "token" and "ca.crt".
@@ -122,7 +125,7 @@ func (c *Config) defaults() {
 		c.Resync = 30 * time.Second
 	}
 	if c.ReportInterval == 0 {
-		c.ReportInterval = 30 * time.Second
+		c.ReportInterval = time.Minute
 	}
 	if c.HubConfig == nil {
 		c.HubConfig = DefaultHubConfig
@@ -174,6 +177,19 @@ type Agent struct {
 	directory *directory // last good hub read, kept through hub outages
 	key       wgtypes.Key
 	lastGW    time.Time
+	// wroteStatus is the membership status this agent last wrote, so that
+	// its own write does not wake its next pass.
+	wroteStatus *meshv1.ClusterSetMembershipStatus
+	// lastReport is when this agent last wrote its NodeReport;
+	// reportPending is true while a pass is scheduled to write a change
+	// held back by the debounce.
+	lastReport    time.Time
+	reportPending atomic.Bool
+	// peerClusters names the tunnel's peers (the last plan's), for metrics.
+	peerClusters map[wgtypes.Key]string
+	// left is true once the data path was removed after the membership
+	// went away (leave), until a membership appears again.
+	left      bool
 	firstPass bool
 	lastPass  time.Time
 	lastErr   error
@@ -243,6 +259,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	a.registerTunnelCollector()
 	go func() { _ = c.Start(ctx) }()
 	if !c.WaitForCacheSync(ctx) {
 		return errors.New("member cache did not sync")
@@ -302,8 +319,12 @@ func (c *cachedClient) List(ctx context.Context, list client.ObjectList, opts ..
 
 func (a *Agent) handler() toolscache.ResourceEventHandler {
 	return toolscache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { a.Trigger() },
-		UpdateFunc: func(any, any) { a.Trigger() },
+		AddFunc: func(any) { a.Trigger() },
+		UpdateFunc: func(o, n any) {
+			if a.wakes(o, n) {
+				a.Trigger()
+			}
+		},
 		DeleteFunc: func(any) { a.Trigger() },
 	}
 }
@@ -372,12 +393,36 @@ func (a *Agent) readMembership(ctx context.Context, s *scope) error {
 	if err := a.member.Get(ctx, client.ObjectKey{Name: a.cfg.MembershipName}, m); err != nil {
 		if apierrors.IsNotFound(err) {
 			a.log.V(1).Info("No ClusterSetMembership yet; run 'kubectl archipelago join'", "name", a.cfg.MembershipName)
-			return errStop
+			return a.leave(ctx)
 		}
 		return fmt.Errorf("read ClusterSetMembership %s: %w", a.cfg.MembershipName, err)
 	}
 	s.membership = m
+	a.mu.Lock()
+	a.left = false
+	a.mu.Unlock()
 	return nil
+}
+
+// leave removes the data path once the membership is gone: while joined
+// the agent fails closed (remote ranges unreachable rather than routed
+// along the main table), and only leaving (or uninstalling) lifts that.
+// On a node that never joined it writes nothing.
+func (a *Agent) leave(ctx context.Context) error {
+	a.mu.Lock()
+	done := a.left
+	a.mu.Unlock()
+	if done {
+		return errStop
+	}
+	if err := a.cfg.Datapath.Cleanup(ctx); err != nil {
+		return fmt.Errorf("membership %s is gone: remove the data path: %w", a.cfg.MembershipName, err)
+	}
+	a.log.Info("No ClusterSetMembership: data path removed", "membership", a.cfg.MembershipName)
+	a.mu.Lock()
+	a.left = true
+	a.mu.Unlock()
+	return errStop
 }
 
 // publishCandidate writes the public key and endpoint annotations of a

@@ -126,6 +126,9 @@ func (a *Agent) applyPlan(ctx context.Context, s *scope) error {
 		in.ActiveGatewayIP = ip
 	}
 	s.plan = plan.Compute(in)
+	a.mu.Lock()
+	a.peerClusters = s.plan.PeerClusters
+	a.mu.Unlock()
 	res, err := a.cfg.Datapath.Apply(ctx, s.plan)
 	s.applied, s.applyErr = true, err
 	reconcileSeconds.Set(res.Duration.Seconds())
@@ -214,6 +217,10 @@ func (a *Agent) publishStatus(ctx context.Context, s *scope) error {
 		m.Status = st
 		if err := a.direct.Status().Patch(ctx, m, patch); err != nil {
 			s.errs = append(s.errs, fmt.Errorf("write ClusterSetMembership status: %w", err))
+		} else {
+			a.mu.Lock()
+			a.wroteStatus = m.Status.DeepCopy()
+			a.mu.Unlock()
 		}
 	}
 	if gw := s.ownGateway; gw != nil {
@@ -290,12 +297,7 @@ func (a *Agent) peerStates(s *scope, d *directory, dev *wgtypes.Device) ([]meshv
 			if !wp.LastHandshakeTime.IsZero() {
 				hs := metav1.NewTime(wp.LastHandshakeTime.Truncate(time.Second))
 				mp.LatestHandshake, gp.LatestHandshake = &hs, &hs
-				peerHandshakeAge.WithLabelValues(p.Cluster).Set(s.now.Sub(wp.LastHandshakeTime).Seconds())
-			} else {
-				peerHandshakeAge.WithLabelValues(p.Cluster).Set(-1)
 			}
-			peerRxBytes.WithLabelValues(p.Cluster).Set(float64(wp.ReceiveBytes))
-			peerTxBytes.WithLabelValues(p.Cluster).Set(float64(wp.TransmitBytes))
 			if !wp.LastHandshakeTime.IsZero() && s.now.Sub(wp.LastHandshakeTime) < handshakeFresh {
 				mp.State, gp.Up = meshv1.PeerUp, true
 			} else {
@@ -316,6 +318,11 @@ func (a *Agent) peerStates(s *scope, d *directory, dev *wgtypes.Device) ([]meshv
 	slices.SortFunc(gws, func(x, y meshv1.TunnelGatewayPeerStatus) int { return strings.Compare(x.Cluster, y.Cluster) })
 	return out, gws
 }
+
+// reportDebounce is the shortest time between two NodeReport writes: a
+// report that flaps is written at most once a second, the last state a
+// moment later.
+const reportDebounce = time.Second
 
 // publishReport writes the NodeReport annotation when it changed, and
 // refreshes lastReconcile at most every ReportInterval.
@@ -343,6 +350,20 @@ func (a *Agent) publishReport(ctx context.Context, s *scope) error {
 			return nil
 		}
 	}
+	a.mu.Lock()
+	wait := a.lastReport.Add(reportDebounce).Sub(s.now)
+	a.mu.Unlock()
+	if wait > 0 {
+		// Written a moment ago: write this one in a while, unless
+		// another pass does first.
+		if a.reportPending.CompareAndSwap(false, true) {
+			time.AfterFunc(wait, func() {
+				a.reportPending.Store(false)
+				a.Trigger()
+			})
+		}
+		return nil
+	}
 	if r.LastReconcile.IsZero() {
 		r.LastReconcile = metav1.NewTime(s.now.Truncate(time.Second))
 	}
@@ -350,7 +371,13 @@ func (a *Agent) publishReport(ctx context.Context, s *scope) error {
 	if err != nil {
 		return err
 	}
-	return a.mergePatchNode(ctx, s.node, map[string]any{meshv1.AnnotationDatapath: string(raw)})
+	if err := a.mergePatchNode(ctx, s.node, map[string]any{meshv1.AnnotationDatapath: string(raw)}); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.lastReport = s.now
+	a.mu.Unlock()
+	return nil
 }
 
 func (a *Agent) mergePatchNode(ctx context.Context, node *corev1.Node, annotations map[string]any) error {

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/netip"
 	"slices"
 	"sync"
 	"time"
@@ -206,8 +204,9 @@ func (d *Dataplane) apply(ctx context.Context, p plan.NodePlan, full bool) (Resu
 	}
 	if p.Tunnel != nil && d.tunnel == nil {
 		// Without the device, rules and routes naming it cannot be made;
-		// keep the filter without the tunnel part and no routes, so that
-		// nothing half-works.
+		// keep the filter without the tunnel part and no forwarding routes.
+		// The remote ranges stay unreachable in the agent's table and in
+		// the no-SNAT sets (fail closed).
 		p.Filter.TunnelInterface, p.Filter.MSSClamp = "", false
 		p.Routes.Routes = nil
 	}
@@ -295,9 +294,18 @@ func (d *Dataplane) applyTunnelOnce(ctx context.Context, p plan.NodePlan, res *R
 	want := *p.Tunnel
 	last := d.mem.tunnel
 	d.mem.tunnel = nil
-	if pc, ok := d.tunnel.(PeerConfigurer); ok && last != nil && sameDevice(*last, want) {
-		ch, err := configurePeers(pc, *last, want)
-		res.Tunnel, res.Full = ch, false
+	if pc, ok := d.tunnel.(PeerConfigurer); ok && last != nil && wireguard.SameDevice(*last, want) {
+		// Only the peers that differ from the last applied plan, without
+		// reading the device.
+		res.Full = false
+		cfg, ch, err := wireguard.Delta(*last, want)
+		if err == nil && !ch.Empty() {
+			if err = pc.Configure(cfg); err != nil {
+				err = fmt.Errorf("configure (%s): %w", ch, err)
+				ch = wireguard.Changes{}
+			}
+		}
+		res.Tunnel = ch
 		if err != nil {
 			return fmt.Errorf("WireGuard device %s: %w", d.tunnelName, err)
 		}
@@ -312,172 +320,14 @@ func (d *Dataplane) applyTunnelOnce(ctx context.Context, p plan.NodePlan, res *R
 	return nil
 }
 
-// sameDevice reports whether two tunnel plans agree on the device itself,
-// so that only their peers can differ.
-func sameDevice(a, b wireguard.TunnelPlan) bool {
-	return a.PrivateKey == b.PrivateKey && a.ListenPort == b.ListenPort && a.MTU == b.MTU
-}
-
-// configurePeers makes a device that holds last hold want, where both have
-// the same device settings, without reading the device: it sends one
-// ConfigureDevice naming only the peers that differ between the two plans
-// (added in full, changed with UpdateOnly and the changed fields, removed
-// with Remove), exactly as wireguard.Apply would for a device at last.
-func configurePeers(pc PeerConfigurer, last, want wireguard.TunnelPlan) (wireguard.Changes, error) {
-	was, now, aligned := changedPeers(last.Peers, want.Peers)
-	if len(was) == 0 && len(now) == 0 {
-		return wireguard.Changes{}, nil // the plan is the validated last one
-	}
-	if err := validateDelta(want, was, now, aligned); err != nil {
-		return wireguard.Changes{}, fmt.Errorf("apply WireGuard plan: %w", err)
-	}
-	// The device as last configured, reduced to the peers that differ;
-	// wireguard.Diff then builds the same per-peer configuration a full
-	// pass would.
-	dev := &wgtypes.Device{PrivateKey: want.PrivateKey, ListenPort: want.ListenPort, Peers: make([]wgtypes.Peer, 0, len(was))}
-	for _, peer := range was {
-		dev.Peers = append(dev.Peers, devicePeer(peer))
-	}
-	sub := want
-	sub.Peers = now
-	cfg, ch := wireguard.Diff(dev, sub)
-	if ch.Empty() {
-		return ch, nil
-	}
-	if err := pc.Configure(cfg); err != nil {
-		return wireguard.Changes{}, fmt.Errorf("configure (%s): %w", ch, err)
-	}
-	return ch, nil
-}
-
-// validateDelta is want.Validate for a plan that differs from the valid,
-// last applied plan only in the peers now (new versions) and was (old
-// versions). When the peers are the same keys in the same order (aligned), only the
-// changed peers can break a rule: they are checked on their own, and their
-// allowed IPs, where changed, against the other peers'. Otherwise, or when
-// many peers changed, the whole plan is validated.
-func validateDelta(want wireguard.TunnelPlan, was, now []wireguard.PeerPlan, aligned bool) error {
-	const few = 16
-	if !aligned || len(now) > few {
-		return want.Validate()
-	}
-	// The per-peer rules of TunnelPlan.Validate, on the changed peers.
-	// (Validate itself would derive the device's public key, a scalar
-	// multiplication that costs as much as the rest of a pass.)
-	self := wireguard.PublicKey(want.PrivateKey)
-	for _, peer := range now {
-		switch {
-		case peer.PublicKey == (wgtypes.Key{}):
-			return errors.New("tunnel plan has a peer without public key")
-		case peer.PublicKey == self:
-			return fmt.Errorf("tunnel plan lists the device's own public key %s as a peer", peer.PublicKey)
-		case peer.PersistentKeepalive < 0 || peer.PersistentKeepalive > 65535*time.Second:
-			return fmt.Errorf("peer %s: persistent keepalive %s out of range", peer.PublicKey, peer.PersistentKeepalive)
-		case peer.Endpoint.IsValid() && peer.Endpoint.Port() == 0:
-			return fmt.Errorf("peer %s: endpoint %s has no port", peer.PublicKey, peer.Endpoint)
-		}
-		for _, ip := range peer.AllowedIPs {
-			if !ip.IsValid() {
-				return fmt.Errorf("peer %s: invalid allowed IP prefix", peer.PublicKey)
-			}
-		}
-	}
-	for i, peer := range now {
-		if slices.Equal(peer.AllowedIPs, was[i].AllowedIPs) {
-			continue
-		}
-		for _, ip := range peer.AllowedIPs {
-			c := canonicalPrefix(ip)
-			for j := range want.Peers {
-				other := &want.Peers[j]
-				if other.PublicKey == peer.PublicKey {
-					continue
-				}
-				for _, o := range other.AllowedIPs {
-					if canonicalPrefix(o) == c {
-						return fmt.Errorf("allowed IP %s is planned for both peer %s and peer %s", c, other.PublicKey, peer.PublicKey)
-					}
-				}
-			}
-		}
-	}
-	return nil
-}
-
-// canonicalPrefix is how WireGuard stores an allowed IP: masked, and an
-// IPv4-mapped prefix as IPv4.
-func canonicalPrefix(p netip.Prefix) netip.Prefix {
-	a, bits := p.Addr(), p.Bits()
-	if a.Is4In6() && bits >= 96 {
-		a, bits = a.Unmap(), bits-96
-	}
-	return netip.PrefixFrom(a, bits).Masked()
-}
-
-// changedPeers returns the peers of last and of want that are not equal in
-// both: was holds the old versions (changed or removed), now the new ones
-// (changed or added). aligned reports that both list the same keys in the
-// same order; then was[i] is the old version of now[i].
-func changedPeers(last, want []wireguard.PeerPlan) (was, now []wireguard.PeerPlan, aligned bool) {
-	aligned = len(last) == len(want)
-	for i := 0; aligned && i < len(want); i++ {
-		aligned = last[i].PublicKey == want[i].PublicKey
-	}
-	if aligned {
-		// The usual case (same peers, same order): no index needed.
-		for i := range want {
-			if !samePeer(last[i], want[i]) {
-				was, now = append(was, last[i]), append(now, want[i])
-			}
-		}
-		return was, now, true
-	}
-	old := make(map[wgtypes.Key]int, len(last))
-	for i := range last {
-		old[last[i].PublicKey] = i
-	}
-	for _, w := range want {
-		i, ok := old[w.PublicKey]
-		if !ok {
-			now = append(now, w)
-			continue
-		}
-		delete(old, w.PublicKey)
-		if !samePeer(last[i], w) {
-			was, now = append(was, last[i]), append(now, w)
-		}
-	}
-	for _, i := range old {
-		was = append(was, last[i])
-	}
-	return was, now, false
-}
-
-func samePeer(a, b wireguard.PeerPlan) bool {
-	return a.PublicKey == b.PublicKey && a.Endpoint == b.Endpoint &&
-		a.PersistentKeepalive == b.PersistentKeepalive && slices.Equal(a.AllowedIPs, b.AllowedIPs)
-}
-
-// devicePeer is what a device configured with p reports for it (the
-// endpoint as set; a peer without one has none as far as the plan knows).
-func devicePeer(p wireguard.PeerPlan) wgtypes.Peer {
-	out := wgtypes.Peer{PublicKey: p.PublicKey, PersistentKeepaliveInterval: p.PersistentKeepalive.Truncate(time.Second)}
-	if p.Endpoint.IsValid() {
-		out.Endpoint = net.UDPAddrFromAddrPort(p.Endpoint)
-	}
-	for _, ip := range p.AllowedIPs {
-		out.AllowedIPs = append(out.AllowedIPs, net.IPNet{IP: ip.Addr().AsSlice(), Mask: net.CIDRMask(ip.Bits(), ip.Addr().BitLen())})
-	}
-	return out
-}
-
 func sameFilter(a, b netfilter.FilterPlan) bool {
 	return a.TunnelInterface == b.TunnelInterface && a.MSSClamp == b.MSSClamp &&
 		slices.Equal(a.LocalPodCIDRs, b.LocalPodCIDRs) && slices.Equal(a.RemotePodCIDRs, b.RemotePodCIDRs)
 }
 
 func sameRoutes(a, b routing.RoutePlan) bool {
-	return a.Table == b.Table && a.RulePriority == b.RulePriority && slices.Equal(a.Routes, b.Routes)
+	return a.Table == b.Table && a.RulePriority == b.RulePriority && slices.Equal(a.Routes, b.Routes) &&
+		slices.Equal(a.Unreachable, b.Unreachable)
 }
 
 // removeTunnel closes and deletes the device when this Dataplane opened it,
@@ -622,6 +472,12 @@ func (d *Dataplane) Report() meshv1.NodeReport {
 		r.Routes = len(p.Routes.Routes)
 		r.NoSNAT = len(p.Filter.LocalPodCIDRs) > 0 && len(p.Filter.RemotePodCIDRs) > 0
 	}
+	fwd := len(p.Routes.Routes)
+	if d.lastErr != nil || (p.Tunnel != nil && d.tunnel == nil) {
+		fwd = 0
+	}
+	// Compute routes a subset of the unreachable ranges.
+	r.Unreachable = max(len(p.Routes.Unreachable)-fwd, 0)
 	r.IPForwarding = d.forwarding(p.Host)
 	if p.Tunnel == nil {
 		return r
@@ -640,7 +496,7 @@ func (d *Dataplane) Report() meshv1.NodeReport {
 	r.InterfaceUp = true
 	r.ListenPort = st.ListenPort
 	for _, peer := range st.Peers {
-		pr := meshv1.NodePeerReport{Cluster: p.PeerClusters[peer.PublicKey], RxBytes: peer.ReceiveBytes, TxBytes: peer.TransmitBytes}
+		pr := meshv1.NodePeerReport{Cluster: p.PeerClusters[peer.PublicKey]}
 		if pr.Cluster == "" {
 			pr.Cluster = "unknown:" + peer.PublicKey.String()[:8]
 		}

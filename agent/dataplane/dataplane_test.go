@@ -2,6 +2,7 @@ package dataplane_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -10,6 +11,9 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/archipelago-mesh/archipelago/agent/dataplane/fake"
@@ -53,12 +57,45 @@ func inputs(role string, ps []plan.Peer) plan.Inputs {
 	}
 }
 
+// forwarding returns the routes of the agent's table that forward (the
+// unreachable routes under them left out).
+func forwarding(k *fake.Kernel) []netlink.Route {
+	var out []netlink.Route
+	for _, r := range k.Netlink.Routes(routing.DefaultTable) {
+		if r.Type != unix.RTN_UNREACHABLE {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// unreachable returns the destinations of the agent's unreachable routes.
+func unreachable(k *fake.Kernel) []string {
+	var out []string
+	for _, r := range k.Netlink.Routes(routing.DefaultTable) {
+		if r.Type == unix.RTN_UNREACHABLE {
+			out = append(out, r.Dst.String())
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// hasRule reports whether the agent's policy rule of IPv4 is there.
+func hasRule(k *fake.Kernel) bool {
+	for _, r := range k.Netlink.Rules() {
+		if r.Table == routing.DefaultTable && r.Family == netlink.FAMILY_V4 {
+			return true
+		}
+	}
+	return false
+}
+
 // check compares the fake kernel with p.
 func check(t *testing.T, k *fake.Kernel, p plan.NodePlan) {
 	t.Helper()
-	routes := k.Netlink.Routes(routing.DefaultTable)
 	var got []string
-	for _, r := range routes {
+	for _, r := range forwarding(k) {
 		got = append(got, r.Dst.String())
 	}
 	var want []string
@@ -69,6 +106,14 @@ func check(t *testing.T, k *fake.Kernel, p plan.NodePlan) {
 	slices.Sort(want)
 	if !slices.Equal(got, want) {
 		t.Fatalf("routes %v, want %v", got, want)
+	}
+	want = want[:0]
+	for _, r := range p.Routes.Unreachable {
+		want = append(want, r.String())
+	}
+	slices.Sort(want)
+	if got := unreachable(k); !slices.Equal(got, want) {
+		t.Fatalf("unreachable routes %v, want %v", got, want)
 	}
 	if p.Tunnel == nil {
 		if k.WG.HasDevice(iface) {
@@ -145,6 +190,13 @@ func TestApplyStates(t *testing.T) {
 			if r.IntN(4) == 0 && len(in.Peers) > 1 {
 				in.Peers[1].PodCIDRs = append(in.Peers[1].PodCIDRs, netip.MustParsePrefix("10.200.0.0/24"))
 			}
+			// Not routable (fail closed): a hold, or no known gateway.
+			switch r.IntN(8) {
+			case 0:
+				in.Hold = "hold"
+			case 1:
+				in.ActiveGatewayIP = netip.Addr{}
+			}
 			last = plan.Compute(in)
 			if _, err := dp.Apply(ctx, last); err != nil {
 				t.Fatalf("seed %d step %d (%s): %v", seed, step, in.Role, err)
@@ -197,7 +249,7 @@ func TestRoleChangeTearsDownDevice(t *testing.T) {
 	if err != nil || !res.TunnelRemoved || k.WG.HasDevice(iface) {
 		t.Fatalf("gateway -> worker: removed=%v device=%v err=%v", res.TunnelRemoved, k.WG.HasDevice(iface), err)
 	}
-	for _, r := range k.Netlink.Routes(routing.DefaultTable) {
+	for _, r := range forwarding(k) {
 		if r.Gw == nil {
 			t.Errorf("route %s still points into the tunnel", r.Dst)
 		}
@@ -268,4 +320,103 @@ func TestReport(t *testing.T) {
 		r.Peers[0].LatestHandshake == nil || r.Routes != 2 || !r.NoSNAT || !r.MSSClamp || !r.IPForwarding || r.LastError != "" {
 		t.Errorf("report %+v", r)
 	}
+}
+
+// remoteSet returns the elements of the no-SNAT set of remote IPv4 ranges.
+func remoteSet(k *fake.Kernel) int {
+	return len(k.NFT.Elements(nftables.TableFamilyINet, netfilter.TableName, netfilter.SetRemote4))
+}
+
+// TestFailClosed: while the node cannot route a remote range (the gateway's
+// device cannot be opened, the plan holds, a worker knows no gateway), the
+// range stays in the agent's table as an unreachable route, the policy rule
+// stays, and the no-SNAT sets keep the range: nothing falls through to the
+// main table. Traffic returns to the tunnel when the cause goes, and only
+// Cleanup (leave, uninstall) removes the routes and the rule.
+func TestFailClosed(t *testing.T) {
+	ctx := context.Background()
+	ps := peers(3, 0)
+	closed := []string{"10.0.0.0/24", "10.0.1.0/24", "10.0.2.0/24"}
+	wantClosed := func(t *testing.T, k *fake.Kernel, when string) {
+		t.Helper()
+		if f := forwarding(k); len(f) != 0 {
+			t.Errorf("%s: %d forwarding routes, want none", when, len(f))
+		}
+		if got := unreachable(k); !slices.Equal(got, closed) {
+			t.Errorf("%s: unreachable routes %v, want %v", when, got, closed)
+		}
+		if !hasRule(k) {
+			t.Errorf("%s: the policy rule is gone: remote ranges would follow the main table", when)
+		}
+		if n := remoteSet(k); n == 0 {
+			t.Errorf("%s: the no-SNAT set of remote ranges is empty", when)
+		}
+	}
+
+	t.Run("device cannot be opened", func(t *testing.T) {
+		k := fake.NewKernel()
+		dp := k.Dataplane(iface, logr.Discard())
+		p := plan.Compute(inputs(plan.RoleGateway, ps))
+		if _, err := dp.Apply(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		// The device process dies (the kernel drops the device's routes)
+		// and cannot be started again.
+		_ = dp.Close()
+		if err := k.Driver.Teardown(ctx, iface); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range forwarding(k) {
+			_ = k.Netlink.RouteDel(&r)
+		}
+		k.Driver.FailOpen = errors.New("device not open")
+		dp = k.Dataplane(iface, logr.Discard())
+		if _, err := dp.Apply(ctx, p); err == nil {
+			t.Fatal("no error without the device")
+		}
+		wantClosed(t, k, "device not open")
+		k.Driver.FailOpen = nil
+		if _, err := dp.Resync(ctx); err != nil {
+			t.Fatal(err)
+		}
+		check(t, k, p)
+		if len(forwarding(k)) != 3 {
+			t.Errorf("tunnel back: %d forwarding routes, want 3", len(forwarding(k)))
+		}
+	})
+	t.Run("gateway on hold", func(t *testing.T) {
+		k := fake.NewKernel()
+		dp := k.Dataplane(iface, logr.Discard())
+		if _, err := dp.Apply(ctx, plan.Compute(inputs(plan.RoleGateway, ps))); err != nil {
+			t.Fatal(err)
+		}
+		in := inputs(plan.RoleGateway, ps)
+		in.Hold = "node n2 podCIDR outside the assigned ranges"
+		if _, err := dp.Apply(ctx, plan.Compute(in)); err != nil {
+			t.Fatal(err)
+		}
+		wantClosed(t, k, "hold")
+	})
+	t.Run("worker without gateway", func(t *testing.T) {
+		k := fake.NewKernel()
+		dp := k.Dataplane(iface, logr.Discard())
+		if _, err := dp.Apply(ctx, plan.Compute(inputs(plan.RoleWorker, ps))); err != nil {
+			t.Fatal(err)
+		}
+		in := inputs(plan.RoleWorker, ps)
+		in.ActiveGatewayIP = netip.Addr{}
+		if _, err := dp.Apply(ctx, plan.Compute(in)); err != nil {
+			t.Fatal(err)
+		}
+		wantClosed(t, k, "no gateway")
+		if r := dp.Report(); r.Unreachable != 3 || r.Routes != 0 {
+			t.Errorf("report: routes %d, unreachable %d; want 0 and 3", r.Routes, r.Unreachable)
+		}
+		if err := dp.Cleanup(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if len(k.Netlink.Routes(routing.DefaultTable)) != 0 || hasRule(k) || hasTable(k) {
+			t.Error("cleanup left routes, the rule or the table")
+		}
+	})
 }

@@ -11,7 +11,6 @@ import (
 
 	"github.com/archipelago-mesh/archipelago/agent/dataplane/fake"
 	"github.com/archipelago-mesh/archipelago/agent/plan"
-	"github.com/archipelago-mesh/archipelago/agent/routing"
 	"github.com/archipelago-mesh/archipelago/agent/wireguard"
 )
 
@@ -58,12 +57,13 @@ func TestEventPassTouchesOnlyWhatChanged(t *testing.T) {
 
 	// A peer removed and one added: only those two are named; the routes
 	// and the filter (whose part of the plan changed) are diffed again.
+	// Each range has two routes: forwarding, and unreachable under it.
 	k.ResetWrites()
 	in.Peers = append(in.Peers[1:], peers(1, 60)...)
 	want := plan.Compute(in)
 	res, err = dp.Apply(ctx, want)
 	if err != nil || len(res.Tunnel.Added) != 1 || len(res.Tunnel.Removed) != 1 || len(res.Tunnel.Updated) != 0 ||
-		len(res.Routes.Added) != 1 || len(res.Routes.Deleted) != 1 || !res.FilterChanged {
+		len(res.Routes.Added) != 2 || len(res.Routes.Deleted) != 2 || !res.FilterChanged {
 		t.Fatalf("peer replaced: %+v, %v", res, err)
 	}
 	if got := len(k.WG.PeersTouched()); got != 2 {
@@ -87,7 +87,7 @@ func TestDriftRepairedByResync(t *testing.T) {
 		t.Fatal(err)
 	}
 	// By hand: ip route del, wg set peer remove, sysctl.
-	rs := k.Netlink.Routes(routing.DefaultTable)
+	rs := forwarding(k)
 	if err := k.Netlink.RouteDel(&rs[2]); err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +103,7 @@ func TestDriftRepairedByResync(t *testing.T) {
 	if err != nil || !res.Empty() || k.Writes() != 0 {
 		t.Fatalf("event pass wrote: %+v, %v", res, err)
 	}
-	if got := len(k.Netlink.Routes(routing.DefaultTable)); got != 4 {
+	if got := len(forwarding(k)); got != 4 {
 		t.Fatalf("event pass repaired the route (%d routes): it should not have read the table", got)
 	}
 
@@ -210,7 +210,7 @@ func TestRestartIsFull(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = dp.Close()
-	rs := k.Netlink.Routes(routing.DefaultTable)
+	rs := forwarding(k)
 	_ = k.Netlink.RouteDel(&rs[0]) // drift while the agent was down
 	dp = k.Dataplane(iface, logr.Discard())
 	res, err := dp.Apply(ctx, p)

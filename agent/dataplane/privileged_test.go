@@ -333,6 +333,22 @@ func exchange(t *testing.T, a, b net.Conn, msg string) {
 	}
 }
 
+// wantUnreachable checks that the node's lookup of each address ends in
+// the agent's unreachable routes (and that the agent's rule is there): a
+// route via the default gateway would be a leak outside the tunnel.
+func wantUnreachable(t *testing.T, n *node, addrs ...string) {
+	t.Helper()
+	for _, a := range addrs {
+		out, err := netnstest.RunErr("ip", "-n", n.name, "route", "get", a)
+		if err == nil || strings.Contains(out, "via") {
+			t.Errorf("%s: route get %s = %q (%v), want unreachable", n.name, a, strings.TrimSpace(out), err)
+		}
+	}
+	if out := netnstest.Run(t, "ip", "-n", n.name, "rule", "show"); !strings.Contains(out, "lookup "+strconv.Itoa(routing.DefaultTable)) {
+		t.Errorf("%s: the agent's rule is gone:\n%s", n.name, out)
+	}
+}
+
 func ownRoutes(t *testing.T, n *node) string {
 	return netnstest.Run(t, "ip", "-n", n.name, "route", "show", "table", strconv.Itoa(routing.DefaultTable))
 }
@@ -418,7 +434,9 @@ func TestPrivilegedDataPath(t *testing.T) {
 		go gwA.dp.RunResync(ctx, 200*time.Millisecond)
 		go wA.dp.RunResync(ctx, 200*time.Millisecond)
 		deadline := time.Now().Add(5 * time.Second)
-		for !strings.Contains(ownRoutes(t, gwA), "10.20.0.0/16") || !strings.Contains(ownRoutes(t, wA), "10.30.0.0/16") {
+		// A forwarding route's line starts with its destination; the
+		// unreachable route under it stays all along.
+		for !strings.Contains("\n"+ownRoutes(t, gwA), "\n10.20.0.0/16 ") || !strings.Contains("\n"+ownRoutes(t, wA), "\n10.30.0.0/16 ") {
 			if time.Now().After(deadline) {
 				t.Fatalf("routes not repaired:\n%s\n%s", ownRoutes(t, gwA), ownRoutes(t, wA))
 			}
@@ -448,8 +466,29 @@ func TestPrivilegedDataPath(t *testing.T) {
 		exchange(t, ac, ca, "c after c changed")
 	})
 
+	t.Run("fail closed: a worker without gateway drops remote traffic", func(t *testing.T) {
+		// A default route to a sink: what the node must never use for a
+		// remote pod range.
+		netnstest.Run(t, "ip", "-n", wA.name, "route", "replace", "default", "via", "192.0.2.254")
+		defer netnstest.Run(t, "ip", "-n", wA.name, "route", "del", "default")
+		in := plan.Inputs{Node: wA.name, Role: plan.RoleWorker, LocalPodCIDRs: a.cidrs, Tunnel: plan.Tunnel{Interface: wA.iface},
+			Peers: []plan.Peer{b.asPeer(), c.asPeer()}}
+		wA.apply(plan.Compute(in))
+		wantUnreachable(t, wA, "10.20.1.2", "10.30.1.2")
+		if out := netnstest.Run(t, "ip", "netns", "exec", wA.name, "nft", "list", "set", "inet", netfilter.TableName, netfilter.SetRemote4); !strings.Contains(out, "10.20.0.0/16") {
+			t.Errorf("no-SNAT set lost the remote ranges:\n%s", out)
+		}
+		wA.apply(pW)
+		exchange(t, wb, bw, "through the tunnel again once the gateway is known")
+	})
+
 	t.Run("resync recreates a device deleted by hand", func(t *testing.T) {
+		netnstest.Run(t, "ip", "-n", gwB.name, "route", "replace", "default", "via", "192.0.2.254")
+		defer netnstest.Run(t, "ip", "-n", gwB.name, "route", "del", "default")
 		netnstest.Run(t, "ip", "-n", gwB.name, "link", "del", gwB.iface)
+		// The kernel dropped the device's routes; until the device is back
+		// the remote ranges are unreachable, not sent to the default route.
+		wantUnreachable(t, gwB, "10.10.1.2", "10.30.1.2")
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		go gwB.dp.RunResync(ctx, 200*time.Millisecond)

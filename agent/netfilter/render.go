@@ -1,6 +1,9 @@
 package netfilter
 
 import (
+	"github.com/archipelago-mesh/archipelago/agent/desired"
+	"github.com/archipelago-mesh/archipelago/internal/prefix"
+
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -40,19 +43,8 @@ const (
 	PriorityMSS = -150
 )
 
-// FilterPlan is the desired packet filter of one node.
-type FilterPlan struct {
-	// LocalPodCIDRs are the pod ranges of this cluster (all of them, not
-	// only this node's: a gateway forwards traffic of every node's pods).
-	LocalPodCIDRs []netip.Prefix
-	// RemotePodCIDRs are the pod ranges of all other member clusters.
-	RemotePodCIDRs []netip.Prefix
-	// TunnelInterface is the WireGuard interface; empty on non-gateway nodes.
-	TunnelInterface string
-	// MSSClamp clamps the MSS of TCP SYNs through TunnelInterface to the
-	// route MTU. Ignored when TunnelInterface is empty.
-	MSSClamp bool
-}
+// FilterPlan is the desired packet filter of one node (package desired).
+type FilterPlan = desired.FilterPlan
 
 // Ruleset is the rendered form of a FilterPlan: what the agent's table must
 // contain. Two Rulesets with equal Shape differ at most in set elements.
@@ -265,10 +257,7 @@ func ranges(ps []netip.Prefix) (v4, v6 []Range, _ error) {
 		if !p.IsValid() {
 			return nil, nil, fmt.Errorf("invalid prefix %v", p)
 		}
-		if p.Addr().Is4In6() && p.Bits() >= 96 {
-			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
-		}
-		p = p.Masked()
+		p = prefix.Canonical(p)
 		r := Range{First: p.Addr(), Last: lastOf(p)}
 		if p.Addr().Is4() {
 			v4 = append(v4, r)

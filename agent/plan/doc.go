@@ -13,6 +13,7 @@
 // is returned as Invalid with a message, and the others are unaffected.
 //
 // This package must not do any I/O: no Kubernetes client, no netlink, no
-// clock. It never logs or publishes the private key it is given; the key
+// clock. It imports no kernel package: the plan is made of the pure types of
+// package desired, and prefixes are canonicalised by internal/prefix. It never logs or publishes the private key it is given; the key
 // only travels into the TunnelPlan for the local device.
 package plan

@@ -10,10 +10,9 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
-	"github.com/archipelago-mesh/archipelago/agent/netfilter"
-	"github.com/archipelago-mesh/archipelago/agent/routing"
-	"github.com/archipelago-mesh/archipelago/agent/wireguard"
+	"github.com/archipelago-mesh/archipelago/agent/desired"
 	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
+	"github.com/archipelago-mesh/archipelago/internal/prefix"
 )
 
 // Roles of a node, as in NodeReport.
@@ -38,7 +37,7 @@ type Tunnel struct {
 	Interface string
 	// Port is the UDP listen port.
 	Port int
-	// MTU of the tunnel interface; wireguard.DefaultMTU when 0.
+	// MTU of the tunnel interface; desired.DefaultMTU when 0.
 	MTU int
 	// Keepalive is the persistent keepalive sent to every peer.
 	Keepalive time.Duration
@@ -98,12 +97,12 @@ type NodePlan struct {
 	TunnelInterface string
 	// Tunnel is the WireGuard device's desired state; nil unless Role is
 	// gateway.
-	Tunnel *wireguard.TunnelPlan
+	Tunnel *desired.TunnelPlan
 	// PeerClusters maps peer public keys to cluster names, for reports.
 	PeerClusters map[wgtypes.Key]string
-	Routes       routing.RoutePlan
-	Filter       netfilter.FilterPlan
-	Host         routing.HostSettings
+	Routes       desired.RoutePlan
+	Filter       desired.FilterPlan
+	Host         desired.HostSettings
 	// NextHop is the active gateway's address on other nodes.
 	NextHop netip.Addr
 	// Skipped are peers left out, with the reason.
@@ -129,7 +128,7 @@ func Compute(in Inputs) NodePlan {
 		Hold:            in.Hold,
 	}
 	gw := in.Role == RoleGateway
-	local := canonical(in.LocalPodCIDRs)
+	local := prefix.Set(in.LocalPodCIDRs)
 	p.Filter.LocalPodCIDRs = local
 	p.Host.IPv4 = hasFamily(local, true)
 	p.Host.IPv6 = hasFamily(local, false)
@@ -139,44 +138,14 @@ func Compute(in Inputs) NodePlan {
 	if gw {
 		mtu := in.Tunnel.MTU
 		if mtu == 0 {
-			mtu = wireguard.DefaultMTU
+			mtu = desired.DefaultMTU
 		}
-		p.Tunnel = &wireguard.TunnelPlan{PrivateKey: in.PrivateKey, ListenPort: in.Tunnel.Port, MTU: mtu}
+		p.Tunnel = &desired.TunnelPlan{PrivateKey: in.PrivateKey, ListenPort: in.Tunnel.Port, MTU: mtu}
 		p.Filter.TunnelInterface = in.Tunnel.Interface
 		p.Filter.MSSClamp = true
 		p.Host.TunnelInterface = in.Tunnel.Interface
 	}
 	p.PeerClusters = map[wgtypes.Key]string{}
-	if in.Hold != "" {
-		return p
-	}
-	if !gw && !in.ActiveGatewayIP.IsValid() {
-		if d.usable > 0 {
-			p.Hold = "no active gateway known yet"
-		}
-		return p
-	}
-	if !gw {
-		p.NextHop = in.ActiveGatewayIP.Unmap()
-	}
-
-	if gw && d.usable > 0 {
-		// The map of keys that passed the key checks, less the peers that
-		// lost an overlap, is exactly the usable peers' keys.
-		p.PeerClusters = d.keys
-		p.Tunnel.Peers = make([]wireguard.PeerPlan, 0, d.usable)
-		for i, peer := range d.peers {
-			if d.reasons[i] != "" {
-				continue
-			}
-			p.Tunnel.Peers = append(p.Tunnel.Peers, wireguard.PeerPlan{
-				PublicKey:           peer.PublicKey,
-				Endpoint:            peer.Endpoint,
-				AllowedIPs:          d.ranges[i],
-				PersistentKeepalive: in.Tunnel.Keepalive,
-			})
-		}
-	}
 	// d.sorted holds every range of the usable peers in prefix order, so
 	// routes and filter ranges need no sort of their own. Ranges are unique:
 	// equal ranges of two owners are an overlap, and one owner's are
@@ -188,7 +157,55 @@ func Compute(in Inputs) NodePlan {
 		}
 	}
 	if n > 0 {
-		p.Routes.Routes = make([]routing.Route, 0, n)
+		// Fail closed: every remote range is unreachable in the agent's
+		// table, under its forwarding route when there is one, so that no
+		// state of this plan (hold, no gateway, no device) lets it fall
+		// through to the main table.
+		p.Routes.Unreachable = make([]netip.Prefix, 0, n)
+		for _, o := range d.sorted {
+			if o.owner >= 0 && d.reasons[o.owner] == "" {
+				p.Routes.Unreachable = append(p.Routes.Unreachable, o.p)
+			}
+		}
+	}
+	closed := func() NodePlan {
+		// Not routing: the ranges stay unreachable and in the no-SNAT sets
+		// (a flow opened now must not be masqueraded for its whole life).
+		p.Filter.RemotePodCIDRs = slices.Clone(p.Routes.Unreachable)
+		return p
+	}
+	if in.Hold != "" {
+		return closed()
+	}
+	if !gw && !in.ActiveGatewayIP.IsValid() {
+		if d.usable > 0 {
+			p.Hold = "no active gateway known yet"
+		}
+		return closed()
+	}
+	if !gw {
+		p.NextHop = in.ActiveGatewayIP.Unmap()
+	}
+
+	if gw && d.usable > 0 {
+		// The map of keys that passed the key checks, less the peers that
+		// lost an overlap, is exactly the usable peers' keys.
+		p.PeerClusters = d.keys
+		p.Tunnel.Peers = make([]desired.PeerPlan, 0, d.usable)
+		for i, peer := range d.peers {
+			if d.reasons[i] != "" {
+				continue
+			}
+			p.Tunnel.Peers = append(p.Tunnel.Peers, desired.PeerPlan{
+				PublicKey:           peer.PublicKey,
+				Endpoint:            peer.Endpoint,
+				AllowedIPs:          d.ranges[i],
+				PersistentKeepalive: in.Tunnel.Keepalive,
+			})
+		}
+	}
+	if n > 0 {
+		p.Routes.Routes = make([]desired.Route, 0, n)
 		p.Filter.RemotePodCIDRs = make([]netip.Prefix, 0, n)
 	}
 	for _, o := range d.sorted {
@@ -196,7 +213,7 @@ func Compute(in Inputs) NodePlan {
 			continue
 		}
 		r := o.p
-		route := routing.Route{Dst: r}
+		route := desired.Route{Dst: r}
 		if gw {
 			route.Dev = in.Tunnel.Interface
 		} else {
@@ -260,7 +277,7 @@ func usablePeers(in Inputs, local []netip.Prefix) directory {
 	gw := in.Role == RoleGateway
 	var self wgtypes.Key
 	if gw && in.PrivateKey != (wgtypes.Key{}) {
-		self = wireguard.PublicKey(in.PrivateKey)
+		self = desired.PublicKey(in.PrivateKey)
 	}
 	d := directory{
 		peers:   peers,
@@ -286,7 +303,7 @@ func usablePeers(in Inputs, local []netip.Prefix) directory {
 	for i := range peers {
 		peer := &peers[i]
 		start := len(buf)
-		buf = appendCanonical(buf, peer.PodCIDRs)
+		buf = prefix.AppendCanonical(buf, peer.PodCIDRs)
 		ranges := buf[start:len(buf):len(buf)]
 		d.ranges[i] = ranges
 		switch {
@@ -312,7 +329,7 @@ func usablePeers(in Inputs, local []netip.Prefix) directory {
 	// ranges holds: O(n log n) where pairwise checks would be quadratic at
 	// 10,000 peers. Conflicts are then settled in priority order: this
 	// cluster first, then peers by name; a peer loses only to a winner.
-	slices.SortFunc(d.sorted, func(a, b owned) int { return comparePrefix(a.p, b.p) })
+	slices.SortFunc(d.sorted, func(a, b owned) int { return prefix.Compare(a.p, b.p) })
 	var conflicts map[int][]owned // rare: made on the first one
 	var stack []owned
 	for _, o := range d.sorted {
@@ -464,42 +481,6 @@ func endpoint(eps []string, resolve func(string) (netip.Addr, error)) (netip.Add
 		return netip.AddrPortFrom(a.Unmap(), pn.Port()), nil
 	}
 	return netip.AddrPort{}, fmt.Errorf("no usable endpoint (%s)", strings.Join(errs, "; "))
-}
-
-func canonical(in []netip.Prefix) []netip.Prefix {
-	return appendCanonical(make([]netip.Prefix, 0, len(in)), in)
-}
-
-// appendCanonical appends the valid prefixes of in to out, unmapped and
-// masked, sorted and without duplicates among themselves.
-func appendCanonical(out, in []netip.Prefix) []netip.Prefix {
-	start := len(out)
-	for _, p := range in {
-		if !p.IsValid() {
-			continue
-		}
-		a, bits := p.Addr(), p.Bits()
-		if a.Is4In6() && bits >= 96 {
-			// ::ffff:10.1.0.0/112 is 10.1.0.0/16, as the kernel and
-			// WireGuard store it. (Unmapping the address alone would give
-			// an invalid /112 IPv4 prefix.)
-			a, bits = a.Unmap(), bits-96
-		}
-		out = append(out, netip.PrefixFrom(a, bits).Masked())
-	}
-	if len(out)-start > 1 {
-		mine := out[start:]
-		slices.SortFunc(mine, comparePrefix)
-		out = out[:start+len(slices.Compact(mine))]
-	}
-	return out
-}
-
-func comparePrefix(a, b netip.Prefix) int {
-	if c := a.Addr().Compare(b.Addr()); c != 0 {
-		return c
-	}
-	return cmp.Compare(a.Bits(), b.Bits())
 }
 
 func hasFamily(ps []netip.Prefix, v4 bool) bool {

@@ -10,8 +10,8 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/archipelago-mesh/archipelago/agent/desired"
 	"github.com/archipelago-mesh/archipelago/agent/plan"
-	"github.com/archipelago-mesh/archipelago/agent/routing"
 	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
 )
 
@@ -40,11 +40,14 @@ func TestCompute(t *testing.T) {
 	gwIP := netip.MustParseAddr("172.18.0.2")
 
 	for _, tc := range []struct {
-		name        string
-		in          plan.Inputs
-		wantPeers   []string // cluster names in the tunnel, nil = no tunnel
-		wantRoutes  []routing.Route
-		wantRemote  []string
+		name       string
+		in         plan.Inputs
+		wantPeers  []string // cluster names in the tunnel, nil = no tunnel
+		wantRoutes []desired.Route
+		wantRemote []string
+		// wantClosed are the ranges with an unreachable route: every
+		// usable remote range, routed or not (fail closed).
+		wantClosed  []string
 		wantSkipped []string
 		wantHold    bool
 		wantMSS     bool
@@ -52,29 +55,46 @@ func TestCompute(t *testing.T) {
 		name:       "gateway routes remote ranges into the tunnel",
 		in:         plan.Inputs{Role: plan.RoleGateway, LocalPodCIDRs: pfx("10.1.0.0/16"), Peers: []plan.Peer{c, b}, Tunnel: tun, PrivateKey: self},
 		wantPeers:  []string{"b", "c"},
-		wantRoutes: []routing.Route{{Dst: pfx("10.2.0.0/16")[0], Dev: "wg0"}, {Dst: pfx("10.3.0.0/16")[0], Dev: "wg0"}, {Dst: pfx("fd00:3::/64")[0], Dev: "wg0"}},
+		wantRoutes: []desired.Route{{Dst: pfx("10.2.0.0/16")[0], Dev: "wg0"}, {Dst: pfx("10.3.0.0/16")[0], Dev: "wg0"}, {Dst: pfx("fd00:3::/64")[0], Dev: "wg0"}},
 		wantRemote: []string{"10.2.0.0/16", "10.3.0.0/16", "fd00:3::/64"},
+		wantClosed: []string{"10.2.0.0/16", "10.3.0.0/16", "fd00:3::/64"},
 		wantMSS:    true,
 	}, {
 		name:       "worker routes remote ranges of its family via the gateway",
 		in:         plan.Inputs{Role: plan.RoleWorker, LocalPodCIDRs: pfx("10.1.0.0/16"), Peers: []plan.Peer{b, c}, ActiveGatewayIP: gwIP, Tunnel: tun},
-		wantRoutes: []routing.Route{{Dst: pfx("10.2.0.0/16")[0], Via: gwIP}, {Dst: pfx("10.3.0.0/16")[0], Via: gwIP}},
+		wantRoutes: []desired.Route{{Dst: pfx("10.2.0.0/16")[0], Via: gwIP}, {Dst: pfx("10.3.0.0/16")[0], Via: gwIP}},
 		wantRemote: []string{"10.2.0.0/16", "10.3.0.0/16"},
+		// The IPv6 range has no next hop here, but must not leave by the
+		// main table either.
+		wantClosed: []string{"10.2.0.0/16", "10.3.0.0/16", "fd00:3::/64"},
 	}, {
 		name:       "standby is a worker",
 		in:         plan.Inputs{Role: plan.RoleStandby, LocalPodCIDRs: pfx("10.1.0.0/16"), Peers: []plan.Peer{b}, ActiveGatewayIP: gwIP, Tunnel: tun},
-		wantRoutes: []routing.Route{{Dst: pfx("10.2.0.0/16")[0], Via: gwIP}},
+		wantRoutes: []desired.Route{{Dst: pfx("10.2.0.0/16")[0], Via: gwIP}},
 		wantRemote: []string{"10.2.0.0/16"},
+		wantClosed: []string{"10.2.0.0/16"},
 	}, {
-		name:     "worker without active gateway holds",
-		in:       plan.Inputs{Role: plan.RoleWorker, LocalPodCIDRs: pfx("10.1.0.0/16"), Peers: []plan.Peer{b}, Tunnel: tun},
-		wantHold: true,
+		// Fail closed: no route via a gateway, but the ranges stay in the
+		// agent's table (unreachable) and in the no-SNAT sets.
+		name:       "worker without active gateway holds, closed",
+		in:         plan.Inputs{Role: plan.RoleWorker, LocalPodCIDRs: pfx("10.1.0.0/16"), Peers: []plan.Peer{b, c}, Tunnel: tun},
+		wantHold:   true,
+		wantRemote: []string{"10.2.0.0/16", "10.3.0.0/16", "fd00:3::/64"},
+		wantClosed: []string{"10.2.0.0/16", "10.3.0.0/16", "fd00:3::/64"},
 	}, {
-		name:      "gateway on hold keeps the device without peers",
-		in:        plan.Inputs{Role: plan.RoleGateway, LocalPodCIDRs: pfx("10.1.0.0/16"), Peers: []plan.Peer{b}, Tunnel: tun, PrivateKey: self, Hold: "node n1 podCIDR outside"},
-		wantPeers: []string{},
-		wantHold:  true,
-		wantMSS:   true,
+		name:       "gateway on hold keeps the device without peers, closed",
+		in:         plan.Inputs{Role: plan.RoleGateway, LocalPodCIDRs: pfx("10.1.0.0/16"), Peers: []plan.Peer{b}, Tunnel: tun, PrivateKey: self, Hold: "node n1 podCIDR outside"},
+		wantPeers:  []string{},
+		wantHold:   true,
+		wantMSS:    true,
+		wantRemote: []string{"10.2.0.0/16"},
+		wantClosed: []string{"10.2.0.0/16"},
+	}, {
+		name:       "worker on hold, closed",
+		in:         plan.Inputs{Role: plan.RoleWorker, LocalPodCIDRs: pfx("10.1.0.0/16"), Peers: []plan.Peer{b}, ActiveGatewayIP: gwIP, Tunnel: tun, Hold: "cidrs"},
+		wantHold:   true,
+		wantRemote: []string{"10.2.0.0/16"},
+		wantClosed: []string{"10.2.0.0/16"},
 	}, {
 		name: "bad peers are skipped, the others stay",
 		in: plan.Inputs{Role: plan.RoleGateway, LocalPodCIDRs: pfx("10.1.0.0/16"), Tunnel: tun, PrivateKey: self, Peers: []plan.Peer{
@@ -87,8 +107,9 @@ func TestCompute(t *testing.T) {
 			{Cluster: "samekey", PodCIDRs: pfx("10.7.0.0/16"), PublicKey: kb.PublicKey()},
 		}},
 		wantPeers:   []string{"b"},
-		wantRoutes:  []routing.Route{{Dst: pfx("10.2.0.0/16")[0], Dev: "wg0"}},
+		wantRoutes:  []desired.Route{{Dst: pfx("10.2.0.0/16")[0], Dev: "wg0"}},
 		wantRemote:  []string{"10.2.0.0/16"},
+		wantClosed:  []string{"10.2.0.0/16"},
 		wantSkipped: []string{"nokey", "norange", "overlapsb", "overlapslocal", "ownkey", "samekey"},
 		wantMSS:     true,
 	}} {
@@ -131,6 +152,13 @@ func TestCompute(t *testing.T) {
 			}
 			if !reflect.DeepEqual(remote, tc.wantRemote) {
 				t.Errorf("filter remote %v, want %v", remote, tc.wantRemote)
+			}
+			var closed []string
+			for _, r := range p.Routes.Unreachable {
+				closed = append(closed, r.String())
+			}
+			if !reflect.DeepEqual(closed, tc.wantClosed) {
+				t.Errorf("unreachable routes %v, want %v", closed, tc.wantClosed)
 			}
 			if p.Filter.MSSClamp != tc.wantMSS {
 				t.Errorf("MSS clamp %v", p.Filter.MSSClamp)

@@ -12,8 +12,8 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
-	"github.com/archipelago-mesh/archipelago/agent/routing"
-	"github.com/archipelago-mesh/archipelago/agent/wireguard"
+	"github.com/archipelago-mesh/archipelago/agent/desired"
+	"github.com/archipelago-mesh/archipelago/internal/prefix"
 )
 
 // TestComputeMatchesReference checks that Compute returns exactly what the
@@ -97,20 +97,22 @@ func computeRef(in Inputs) NodePlan {
 	if in.Role == RoleGateway {
 		mtu := in.Tunnel.MTU
 		if mtu == 0 {
-			mtu = wireguard.DefaultMTU
+			mtu = desired.DefaultMTU
 		}
-		p.Tunnel = &wireguard.TunnelPlan{PrivateKey: in.PrivateKey, ListenPort: in.Tunnel.Port, MTU: mtu}
+		p.Tunnel = &desired.TunnelPlan{PrivateKey: in.PrivateKey, ListenPort: in.Tunnel.Port, MTU: mtu}
 		p.Filter.TunnelInterface = in.Tunnel.Interface
 		p.Filter.MSSClamp = true
 		p.Host.TunnelInterface = in.Tunnel.Interface
 	}
-	if in.Hold != "" {
-		return p
+	for _, peer := range peers {
+		p.Routes.Unreachable = append(p.Routes.Unreachable, canonicalRef(peer.PodCIDRs)...)
 	}
-	if in.Role != RoleGateway && !in.ActiveGatewayIP.IsValid() {
-		if len(peers) > 0 {
+	slices.SortFunc(p.Routes.Unreachable, prefix.Compare)
+	if in.Hold != "" || (in.Role != RoleGateway && !in.ActiveGatewayIP.IsValid()) {
+		if in.Hold == "" && len(peers) > 0 {
 			p.Hold = "no active gateway known yet"
 		}
+		p.Filter.RemotePodCIDRs = slices.Clone(p.Routes.Unreachable)
 		return p
 	}
 	if in.Role != RoleGateway {
@@ -120,7 +122,7 @@ func computeRef(in Inputs) NodePlan {
 	for _, peer := range peers {
 		ranges := canonicalRef(peer.PodCIDRs)
 		if in.Role == RoleGateway {
-			p.Tunnel.Peers = append(p.Tunnel.Peers, wireguard.PeerPlan{
+			p.Tunnel.Peers = append(p.Tunnel.Peers, desired.PeerPlan{
 				PublicKey:           peer.PublicKey,
 				Endpoint:            peer.Endpoint,
 				AllowedIPs:          ranges,
@@ -129,7 +131,7 @@ func computeRef(in Inputs) NodePlan {
 			p.PeerClusters[peer.PublicKey] = peer.Cluster
 		}
 		for _, r := range ranges {
-			route := routing.Route{Dst: r}
+			route := desired.Route{Dst: r}
 			if in.Role == RoleGateway {
 				route.Dev = in.Tunnel.Interface
 			} else {
@@ -144,8 +146,8 @@ func computeRef(in Inputs) NodePlan {
 			p.Filter.RemotePodCIDRs = append(p.Filter.RemotePodCIDRs, r)
 		}
 	}
-	slices.SortFunc(p.Filter.RemotePodCIDRs, comparePrefix)
-	slices.SortFunc(p.Routes.Routes, func(a, b routing.Route) int { return comparePrefix(a.Dst, b.Dst) })
+	slices.SortFunc(p.Filter.RemotePodCIDRs, prefix.Compare)
+	slices.SortFunc(p.Routes.Routes, func(a, b desired.Route) int { return prefix.Compare(a.Dst, b.Dst) })
 	if in.Role == RoleGateway {
 		p.Host.IPv4 = p.Host.IPv4 || hasFamily(p.Filter.RemotePodCIDRs, true)
 		p.Host.IPv6 = p.Host.IPv6 || hasFamily(p.Filter.RemotePodCIDRs, false)
@@ -199,7 +201,7 @@ func usablePeersRef(in Inputs, local []netip.Prefix) ([]Peer, []InvalidPeer) {
 	// ranges holds: O(n log n) where pairwise checks would be quadratic at
 	// 10,000 peers. Conflicts are then settled in priority order: this
 	// cluster first, then peers by name; a peer loses only to a winner.
-	slices.SortFunc(all, func(a, b owned) int { return comparePrefix(a.p, b.p) })
+	slices.SortFunc(all, func(a, b owned) int { return prefix.Compare(a.p, b.p) })
 	conflicts := map[int][]owned{}
 	var stack []owned
 	for _, o := range all {
@@ -267,7 +269,7 @@ func canonicalRef(in []netip.Prefix) []netip.Prefix {
 			out = append(out, netip.PrefixFrom(p.Addr().Unmap(), p.Bits()).Masked())
 		}
 	}
-	slices.SortFunc(out, comparePrefix)
+	slices.SortFunc(out, prefix.Compare)
 	return slices.Compact(out)
 }
 
@@ -286,7 +288,7 @@ func TestMappedRanges(t *testing.T) {
 	p = Compute(Inputs{Role: RoleGateway, LocalPodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")},
 		Tunnel: Tunnel{Interface: "wg0"}, PrivateKey: k,
 		Peers: []Peer{{Cluster: "b", PublicKey: key2().PublicKey(), PodCIDRs: []netip.Prefix{netip.MustParsePrefix("::ffff:10.2.0.0/112")}}}})
-	if len(p.Routes.Routes) != 1 || p.Routes.Routes[0] != (routing.Route{Dst: netip.MustParsePrefix("10.2.0.0/16"), Dev: "wg0"}) ||
+	if len(p.Routes.Routes) != 1 || p.Routes.Routes[0] != (desired.Route{Dst: netip.MustParsePrefix("10.2.0.0/16"), Dev: "wg0"}) ||
 		p.Tunnel.Peers[0].AllowedIPs[0] != netip.MustParsePrefix("10.2.0.0/16") {
 		t.Errorf("mapped peer range: routes %+v", p.Routes.Routes)
 	}

@@ -3,6 +3,7 @@ package routing
 import (
 	"errors"
 	"fmt"
+	"github.com/archipelago-mesh/archipelago/internal/prefix"
 	"net"
 	"net/netip"
 	"slices"
@@ -35,16 +36,16 @@ var families = []int{netlink.FAMILY_V4, netlink.FAMILY_V6}
 // Changes say what was written anyway.
 func Apply(nl Netlink, plan RoutePlan) (Changes, error) {
 	var ch Changes
-	if err := plan.validate(); err != nil {
+	if err := plan.Validate(); err != nil {
 		return ch, fmt.Errorf("invalid route plan: %w", err)
 	}
-	table, prio := plan.table(), plan.rulePriority()
+	table, prio := plan.TableID(), plan.RulePriorityOrDefault()
 
 	want, err := desiredRoutes(nl, plan)
 	var errs []error
 	if err != nil {
 		// A missing device fails only its own routes; keep going with the rest
-		// but do not delete routes whose desired form we could not compute.
+		// but do not delete routes whose wanted form we could not compute.
 		errs = append(errs, err)
 	}
 
@@ -57,13 +58,14 @@ func Apply(nl Netlink, plan RoutePlan) (Changes, error) {
 			errs = append(errs, err)
 			continue
 		}
-		haveByDst := make(map[netip.Prefix]netlink.Route, len(have))
+		haveByKey := make(map[routeKey]netlink.Route, len(have))
 		for _, r := range have {
 			dst, ok := prefixOf(r.Dst)
 			if !ok {
 				continue
 			}
-			if _, dup := haveByDst[dst]; dup {
+			k := routeKey{dst: dst, unreachable: r.Type == unix.RTN_UNREACHABLE}
+			if _, dup := haveByKey[k]; dup {
 				// Two routes for one destination (different metric or TOS):
 				// keep the first, the second is stale.
 				if err := nl.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
@@ -73,39 +75,46 @@ func Apply(nl Netlink, plan RoutePlan) (Changes, error) {
 				}
 				continue
 			}
-			haveByDst[dst] = r
+			haveByKey[k] = r
 		}
 
-		for _, dst := range want.order {
-			if familyOf(dst) != fam {
+		for _, k := range want.order {
+			if familyOf(k.dst) != fam {
 				continue
 			}
-			w := want.routes[dst]
-			cur, exists := haveByDst[dst]
+			w := want.routes[k]
+			cur, exists := haveByKey[k]
 			if exists && sameRoute(cur, w) {
 				continue
 			}
 			if err := nl.RouteReplace(&w); err != nil {
-				errs = append(errs, fmt.Errorf("replace route %s via %s dev %q in table %d: %w",
-					dst, ipString(w.Gw), want.devs[dst], table, err))
+				errs = append(errs, fmt.Errorf("replace %s in table %d: %w", describe(k, w, want.devs[k.dst]), table, err))
 				continue
 			}
+			if exists && k.unreachable && cur.Priority != w.Priority {
+				// Another metric is another route: the replace added one
+				// next to the old, which goes now (after, so that the range
+				// is never without it).
+				if err := nl.RouteDel(&cur); err != nil && !errors.Is(err, unix.ESRCH) {
+					errs = append(errs, fmt.Errorf("delete %s with metric %d from table %d: %w", describe(k, cur, ""), cur.Priority, table, err))
+				}
+			}
 			if exists {
-				ch.Updated = append(ch.Updated, dst)
+				ch.Updated = append(ch.Updated, k.dst)
 			} else {
-				ch.Added = append(ch.Added, dst)
+				ch.Added = append(ch.Added, k.dst)
 			}
 		}
 
-		for dst, cur := range haveByDst {
-			if _, keep := want.routes[dst]; keep || want.failed[dst] {
+		for k, cur := range haveByKey {
+			if _, keep := want.routes[k]; keep || (!k.unreachable && want.failed[k.dst]) {
 				continue
 			}
 			if err := nl.RouteDel(&cur); err != nil && !errors.Is(err, unix.ESRCH) {
-				errs = append(errs, fmt.Errorf("delete route %s from table %d: %w", dst, table, err))
+				errs = append(errs, fmt.Errorf("delete %s from table %d: %w", describe(k, cur, ""), table, err))
 				continue
 			}
-			ch.Deleted = append(ch.Deleted, dst)
+			ch.Deleted = append(ch.Deleted, k.dst)
 		}
 
 		added, deleted, err := syncRule(nl, fam, table, prio, want.hasFamily(fam))
@@ -153,18 +162,25 @@ func Cleanup(nl Netlink, table, priority int) error {
 	return errors.Join(errs...)
 }
 
-type desired struct {
-	routes map[netip.Prefix]netlink.Route
+// routeKey tells the agent's routes apart: per destination at most one
+// forwarding route and one unreachable route.
+type routeKey struct {
+	dst         netip.Prefix
+	unreachable bool
+}
+
+type wanted struct {
+	routes map[routeKey]netlink.Route
 	devs   map[netip.Prefix]string
-	order  []netip.Prefix
-	// failed holds destinations whose desired route could not be built (its
-	// device is missing); their current routes are left alone.
+	order  []routeKey
+	// failed holds destinations whose wanted route could not be built (its
+	// device is missing); their current forwarding routes are left alone.
 	failed map[netip.Prefix]bool
 }
 
-func (d desired) hasFamily(fam int) bool {
-	for _, dst := range d.order {
-		if familyOf(dst) == fam {
+func (d wanted) hasFamily(fam int) bool {
+	for _, k := range d.order {
+		if familyOf(k.dst) == fam {
 			return true
 		}
 	}
@@ -176,9 +192,16 @@ func (d desired) hasFamily(fam int) bool {
 	return false
 }
 
-func desiredRoutes(nl Netlink, plan RoutePlan) (desired, error) {
-	d := desired{
-		routes: make(map[netip.Prefix]netlink.Route, len(plan.Routes)),
+func describe(k routeKey, r netlink.Route, dev string) string {
+	if k.unreachable {
+		return "unreachable route " + k.dst.String()
+	}
+	return fmt.Sprintf("route %s via %s dev %q", k.dst, ipString(r.Gw), dev)
+}
+
+func desiredRoutes(nl Netlink, plan RoutePlan) (wanted, error) {
+	d := wanted{
+		routes: make(map[routeKey]netlink.Route, len(plan.Routes)+len(plan.Unreachable)),
 		devs:   make(map[netip.Prefix]string, len(plan.Routes)),
 		failed: map[netip.Prefix]bool{},
 	}
@@ -188,7 +211,7 @@ func desiredRoutes(nl Netlink, plan RoutePlan) (desired, error) {
 		dst := r.Dst.Masked()
 		nr := netlink.Route{
 			Dst:      prefixToIPNet(dst),
-			Table:    plan.table(),
+			Table:    plan.TableID(),
 			Protocol: RouteProtocol,
 			Type:     unix.RTN_UNICAST,
 			Family:   familyOf(dst),
@@ -217,11 +240,38 @@ func desiredRoutes(nl Netlink, plan RoutePlan) (desired, error) {
 			}
 			nr.LinkIndex = idx
 		}
-		d.routes[dst] = nr
+		k := routeKey{dst: dst}
+		d.routes[k] = nr
 		d.devs[dst] = r.Dev
-		d.order = append(d.order, dst)
+		d.order = append(d.order, k)
 	}
-	sortPrefixes(d.order)
+	for _, u := range plan.Unreachable {
+		dst := u.Masked()
+		k := routeKey{dst: dst, unreachable: true}
+		d.routes[k] = netlink.Route{
+			Dst:      prefixToIPNet(dst),
+			Table:    plan.TableID(),
+			Protocol: RouteProtocol,
+			Type:     unix.RTN_UNREACHABLE,
+			Family:   familyOf(dst),
+			Priority: UnreachableMetric,
+		}
+		d.order = append(d.order, k)
+	}
+	slices.SortFunc(d.order, func(a, b routeKey) int {
+		if c := prefix.Compare(a.dst, b.dst); c != 0 {
+			return c
+		}
+		// The unreachable route first: it is there before the forwarding
+		// route of a new range appears.
+		switch {
+		case a.unreachable == b.unreachable:
+			return 0
+		case a.unreachable:
+			return -1
+		}
+		return 1
+	})
 	return d, errors.Join(errs...)
 }
 
@@ -246,6 +296,9 @@ func sameRoute(cur, want netlink.Route) bool {
 		return false
 	}
 	if cur.Type != 0 && cur.Type != want.Type {
+		return false
+	}
+	if want.Type == unix.RTN_UNREACHABLE && cur.Priority != want.Priority {
 		return false
 	}
 	return len(cur.MultiPath) == 0
@@ -353,11 +406,4 @@ func ipString(ip net.IP) string {
 	return ip.String()
 }
 
-func sortPrefixes(ps []netip.Prefix) {
-	slices.SortFunc(ps, func(a, b netip.Prefix) int {
-		if c := a.Addr().Compare(b.Addr()); c != 0 {
-			return c
-		}
-		return a.Bits() - b.Bits()
-	})
-}
+func sortPrefixes(ps []netip.Prefix) { prefix.Sort(ps) }

@@ -166,3 +166,90 @@ func TestEnsureHostSettingsInNamespace(t *testing.T) {
 		t.Fatalf("sysctls in the namespace: %q", out)
 	}
 }
+
+// TestFailClosedInNamespace: with a default route in main (to a sink), a
+// remote range whose tunnel device disappears, or whose forwarding route
+// the plan withdraws, is unreachable: the lookup never falls through to the
+// default route. The unreachable routes and the rule stay until Cleanup.
+func TestFailClosedInNamespace(t *testing.T) {
+	ns, h := newNS(t, "closed")
+	ipn := func(args ...string) string { return netnstest.Run(t, append([]string{"ip", "-n", ns}, args...)...) }
+	netnstest.Run(t, "ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
+	ipn("link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
+	ipn("link", "add", "wg0", "type", "veth", "peer", "name", "wg0p")
+	for _, l := range []string{"lo", "eth0", "eth1", "wg0", "wg0p"} {
+		ipn("link", "set", l, "up")
+	}
+	ipn("addr", "add", "192.168.78.1/24", "dev", "eth0")
+	ipn("addr", "add", "fd00:78::1/64", "dev", "eth0", "nodad")
+	ipn("route", "add", "default", "via", "192.168.78.254")
+	ipn("-6", "route", "add", "default", "via", "fd00:78::fe")
+
+	nl, err := routing.NewAt(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nl.Close()
+	remote := []netip.Prefix{netip.MustParsePrefix("10.245.0.0/16"), netip.MustParsePrefix("fd00:245::/48")}
+	up := routing.RoutePlan{Unreachable: remote, Routes: []routing.Route{{Dst: remote[0], Dev: "wg0"}, {Dst: remote[1], Dev: "wg0"}}}
+	if _, err := routing.Apply(nl, up); err != nil {
+		t.Fatal(err)
+	}
+	table := strconv.Itoa(routing.DefaultTable)
+	t.Logf("Table %s:\n%s%s", table, ipn("route", "show", "table", table), ipn("-6", "route", "show", "table", table))
+	for _, dst := range []string{"10.245.1.1", "fd00:245::1"} {
+		if r := ipn("route", "get", dst); !strings.Contains(r, "dev wg0") {
+			t.Fatalf("%s with the tunnel up: %s, want dev wg0", dst, r)
+		}
+	}
+	if ch, err := routing.Apply(nl, up); err != nil || !ch.Empty() {
+		t.Fatalf("no-change Apply: %+v, %v", ch, err)
+	}
+	unreachable := func(when string) {
+		t.Helper()
+		for _, dst := range []string{"10.245.1.1", "fd00:245::1"} {
+			out, err := netnstest.RunErr("ip", "-n", ns, "route", "get", dst)
+			if err == nil || strings.Contains(out, "via") {
+				t.Errorf("%s: route get %s = %q (err %v), want unreachable, not the default route", when, dst, out, err)
+			}
+		}
+		for _, fam := range []string{"-4", "-6"} {
+			if r := ipn(fam, "rule"); !strings.Contains(r, "lookup "+table) {
+				t.Errorf("%s: ip %s rule lost the agent's rule:\n%s", when, fam, r)
+			}
+		}
+	}
+	// The device goes away (its process died): the kernel flushes its routes.
+	ipn("link", "del", "wg0")
+	unreachable("device deleted")
+	// The next pass plans the gateway unusable: no forwarding routes.
+	down := routing.RoutePlan{Unreachable: remote}
+	if _, err := routing.Apply(nl, down); err != nil {
+		t.Fatalf("Apply without forwarding routes: %v", err)
+	}
+	unreachable("gateway unusable")
+	if ch, err := routing.Apply(nl, down); err != nil || !ch.Empty() {
+		t.Fatalf("no-change Apply while closed: %+v, %v", ch, err)
+	}
+	// The device comes back: traffic returns to it.
+	ipn("link", "add", "wg0", "type", "veth", "peer", "name", "wg0p")
+	ipn("link", "set", "wg0", "up")
+	ipn("link", "set", "wg0p", "up")
+	if ch, err := routing.Apply(nl, up); err != nil || len(ch.Added) != 2 {
+		t.Fatalf("tunnel back: %+v, %v", ch, err)
+	}
+	for _, dst := range []string{"10.245.1.1", "fd00:245::1"} {
+		if r := ipn("route", "get", dst); !strings.Contains(r, "dev wg0") {
+			t.Errorf("%s with the tunnel back: %s, want dev wg0", dst, r)
+		}
+	}
+	if err := routing.Cleanup(nl, routing.DefaultTable, routing.DefaultRulePriority); err != nil {
+		t.Fatal(err)
+	}
+	if r := ipn("route", "get", "10.245.1.1"); !strings.Contains(r, "via 192.168.78.254") {
+		t.Errorf("after Cleanup the range should follow main again: %s", r)
+	}
+	if r := ipn("route", "show", "table", table) + ipn("-6", "route", "show", "table", table); strings.TrimSpace(r) != "" {
+		t.Errorf("Cleanup left routes:\n%s", r)
+	}
+}

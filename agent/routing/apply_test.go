@@ -68,6 +68,10 @@ func state(f *fake.Netlink, table, prio int) []string {
 		if r.Protocol != routing.RouteProtocol {
 			continue
 		}
+		if r.Type == unix.RTN_UNREACHABLE {
+			out = append(out, fmt.Sprintf("unreachable %s metric=%d", r.Dst, r.Priority))
+			continue
+		}
 		out = append(out, fmt.Sprintf("%s gw=%s src=%s mtu=%d", r.Dst, ipOrDash(r.Gw), ipOrDash(r.Src), r.MTU))
 	}
 	for _, r := range f.Rules() {
@@ -92,6 +96,14 @@ func expected(p routing.RoutePlan) []string {
 		}
 		out = append(out, fmt.Sprintf("%s gw=%s src=%s mtu=%d", r.Dst.Masked(), gw, src, r.MTU))
 		if r.Dst.Addr().Is4() {
+			fams[netlink.FAMILY_V4] = true
+		} else {
+			fams[netlink.FAMILY_V6] = true
+		}
+	}
+	for _, u := range p.Unreachable {
+		out = append(out, fmt.Sprintf("unreachable %s metric=%d", u.Masked(), routing.UnreachableMetric))
+		if u.Addr().Is4() {
 			fams[netlink.FAMILY_V4] = true
 		} else {
 			fams[netlink.FAMILY_V6] = true
@@ -216,11 +228,13 @@ func TestApplyReportsWriteErrors(t *testing.T) {
 
 func TestApplyRejectsBadPlans(t *testing.T) {
 	for name, p := range map[string]routing.RoutePlan{
-		"main table":    {Table: 254},
-		"late priority": {RulePriority: 32766},
-		"no next hop":   {Routes: []routing.Route{{Dst: pfx("10.0.0.0/8")}}},
-		"family mix":    {Routes: []routing.Route{{Dst: pfx("10.0.0.0/8"), Via: addr("fd00::1")}}},
-		"duplicate":     {Routes: []routing.Route{{Dst: pfx("10.0.0.0/8"), Dev: "x"}, {Dst: pfx("10.0.0.1/8"), Dev: "x"}}},
+		"main table":          {Table: 254},
+		"late priority":       {RulePriority: 32766},
+		"no next hop":         {Routes: []routing.Route{{Dst: pfx("10.0.0.0/8")}}},
+		"family mix":          {Routes: []routing.Route{{Dst: pfx("10.0.0.0/8"), Via: addr("fd00::1")}}},
+		"duplicate":           {Routes: []routing.Route{{Dst: pfx("10.0.0.0/8"), Dev: "x"}, {Dst: pfx("10.0.0.1/8"), Dev: "x"}}},
+		"unreachable twice":   {Unreachable: []netip.Prefix{pfx("10.0.0.0/8"), pfx("10.0.0.1/8")}},
+		"unreachable invalid": {Unreachable: []netip.Prefix{{}}},
 	} {
 		f := fake.NewNetlink()
 		if _, err := routing.Apply(f, p); err == nil || f.Writes() != 0 {
@@ -297,6 +311,13 @@ func TestRouterStates(t *testing.T) {
 			}
 			plan.Routes = append(plan.Routes, r)
 		}
+		for _, d := range dsts {
+			// Fail closed: a range is unreachable with or without its
+			// forwarding route.
+			if rng.IntN(3) > 0 {
+				plan.Unreachable = append(plan.Unreachable, d)
+			}
+		}
 		rng.Shuffle(len(plan.Routes), func(i, j int) { plan.Routes[i], plan.Routes[j] = plan.Routes[j], plan.Routes[i] })
 		if _, err := routing.Apply(f, plan); err != nil {
 			t.Fatalf("step %d: Apply: %v", step, err)
@@ -311,6 +332,71 @@ func TestRouterStates(t *testing.T) {
 		if after := foreign(f); after != before {
 			t.Fatalf("step %d: foreign state changed", step)
 		}
+	}
+}
+
+// TestUnreachableKeepsRangesInTable: a range that loses its forwarding
+// route keeps its unreachable route and the policy rule, so its traffic is
+// dropped in the agent's table instead of following the main table's
+// default route; only a plan without the range removes both.
+func TestUnreachableKeepsRangesInTable(t *testing.T) {
+	f := fake.NewNetlink()
+	f.AddLink("wg0")
+	seedForeign(f)
+	before := foreign(f)
+	remote := []netip.Prefix{pfx("10.245.0.0/16"), pfx("fd00:245::/48")}
+	up := routing.RoutePlan{Unreachable: remote, Routes: []routing.Route{
+		{Dst: remote[0], Dev: "wg0"}, {Dst: remote[1], Dev: "wg0"},
+	}}
+	if _, err := routing.Apply(f, up); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := state(f, routing.DefaultTable, routing.DefaultRulePriority), expected(up); !slices.Equal(got, want) {
+		t.Fatalf("state\n%q\nwant\n%q", got, want)
+	}
+	down := routing.RoutePlan{Unreachable: remote}
+	f.ResetWrites()
+	ch, err := routing.Apply(f, down)
+	if err != nil || !slices.Equal(ch.Deleted, remote) || ch.RulesDeleted != 0 || f.Writes() != 2 {
+		t.Fatalf("gateway unusable: changes %+v, err %v, writes %d; want the two forwarding routes deleted, nothing else", ch, err, f.Writes())
+	}
+	if got, want := state(f, routing.DefaultTable, routing.DefaultRulePriority), expected(down); !slices.Equal(got, want) {
+		t.Fatalf("state\n%q\nwant\n%q", got, want)
+	}
+	// Back: the forwarding routes are added over the unreachable ones.
+	f.ResetWrites()
+	if ch, err := routing.Apply(f, up); err != nil || !slices.Equal(ch.Added, remote) || f.Writes() != 2 {
+		t.Fatalf("gateway usable again: changes %+v, err %v, writes %d", ch, err, f.Writes())
+	}
+	// The kernel flushes the device's routes when the device goes away:
+	// the unreachable routes and the rule are still there.
+	for _, r := range f.Routes(routing.DefaultTable) {
+		if r.Type == unix.RTN_UNICAST && r.Protocol == routing.RouteProtocol {
+			if err := f.RouteDel(&r); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if got, want := state(f, routing.DefaultTable, routing.DefaultRulePriority), expected(down); !slices.Equal(got, want) {
+		t.Fatalf("after the device's routes were flushed: state\n%q\nwant\n%q", got, want)
+	}
+	// An unreachable route with another metric is moved, not duplicated.
+	f.Seed(netlink.Route{Dst: ipnet("10.246.0.0/16"), Table: routing.DefaultTable, Protocol: routing.RouteProtocol, Type: unix.RTN_UNREACHABLE, Priority: 7})
+	moved := routing.RoutePlan{Unreachable: append(slices.Clone(remote), pfx("10.246.0.0/16"))}
+	if _, err := routing.Apply(f, moved); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := state(f, routing.DefaultTable, routing.DefaultRulePriority), expected(moved); !slices.Equal(got, want) {
+		t.Fatalf("metric repaired: state\n%q\nwant\n%q", got, want)
+	}
+	if _, err := routing.Apply(f, routing.RoutePlan{}); err != nil {
+		t.Fatal(err)
+	}
+	if s := state(f, routing.DefaultTable, routing.DefaultRulePriority); len(s) != 0 {
+		t.Fatalf("empty plan left %q", s)
+	}
+	if after := foreign(f); after != before {
+		t.Fatalf("foreign state changed:\n%s\nvs\n%s", before, after)
 	}
 }
 

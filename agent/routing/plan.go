@@ -1,21 +1,14 @@
 package routing
 
-import (
-	"fmt"
-	"net/netip"
-)
+import "github.com/archipelago-mesh/archipelago/agent/desired"
 
 const (
-	// DefaultTable is the routing table that holds the agent's routes
-	// (0xa7c). Linux table ids are 32-bit; ids above 255 need RTA_TABLE,
-	// which every kernel the agent supports has.
-	DefaultTable = 0xa7c
+	// DefaultTable is the agent's routing table (desired.DefaultTable).
+	DefaultTable = desired.DefaultTable
 
-	// DefaultRulePriority is the priority of the agent's "from all lookup
-	// <table>" rule. It must sort before the main table's rule (32766) so
-	// that a remote pod range in the agent's table wins over a less specific
-	// route (the default route) in main.
-	DefaultRulePriority = 0xa7c
+	// DefaultRulePriority is the priority of the agent's rule
+	// (desired.DefaultRulePriority).
+	DefaultRulePriority = desired.DefaultRulePriority
 
 	// RouteProtocol is the route protocol number (rtm_protocol) the agent
 	// stamps on its routes. Numbers up to 4 are the kernel's own, and iproute2's
@@ -23,78 +16,17 @@ const (
 	// The protocol is how Apply and Cleanup tell the agent's routes from
 	// routes someone else put in the same table.
 	RouteProtocol = 167
+
+	// UnreachableMetric is the metric of the agent's unreachable routes. It
+	// sorts after the forwarding route of the same range (metric 0, which
+	// IPv6 stores as 1024), so the unreachable route decides only while the
+	// forwarding route is missing: not planned (gateway unusable), or
+	// flushed by the kernel when the tunnel device went away.
+	UnreachableMetric = 0xa7c0
 )
 
-// Route is one route the agent wants in its table.
-type Route struct {
-	// Dst is the remote pod range. It is masked before use.
-	Dst netip.Prefix
-	// Via is the next hop: the active gateway's node IP on other nodes.
-	// Optional when Dev is set.
-	Via netip.Addr
-	// Dev is the outgoing interface, e.g. the WireGuard interface on the
-	// gateway. Optional when Via is set.
-	Dev string
-	// Src is the preferred source address. Optional.
-	Src netip.Addr
-	// MTU is the route MTU (RTAX_MTU). Zero means unset.
-	MTU int
-}
-
-// RoutePlan is the complete desired routing state of the agent on one node.
-type RoutePlan struct {
-	Routes []Route
-	// Table is the agent's routing table; 0 means DefaultTable.
-	Table int
-	// RulePriority is the priority of the policy rule; 0 means
-	// DefaultRulePriority (priority 0 belongs to the local table's rule).
-	RulePriority int
-}
-
-func (p RoutePlan) table() int {
-	if p.Table == 0 {
-		return DefaultTable
-	}
-	return p.Table
-}
-
-func (p RoutePlan) rulePriority() int {
-	if p.RulePriority == 0 {
-		return DefaultRulePriority
-	}
-	return p.RulePriority
-}
-
-// validate checks what the kernel would reject less helpfully.
-func (p RoutePlan) validate() error {
-	if t := p.table(); t < 0 || t == 253 || t == 254 || t == 255 {
-		return fmt.Errorf("route table %d is reserved (default 253, main 254, local 255); pick another table", t)
-	}
-	if pr := p.rulePriority(); pr < 0 || pr >= 32766 {
-		return fmt.Errorf("rule priority %d must be between 1 and 32765 so the rule sorts before the main table's rule", pr)
-	}
-	seen := make(map[netip.Prefix]bool, len(p.Routes))
-	for _, r := range p.Routes {
-		if !r.Dst.IsValid() {
-			return fmt.Errorf("route with invalid destination %v", r.Dst)
-		}
-		dst := r.Dst.Masked()
-		if seen[dst] {
-			return fmt.Errorf("route %s appears twice in the plan", dst)
-		}
-		seen[dst] = true
-		if !r.Via.IsValid() && r.Dev == "" {
-			return fmt.Errorf("route %s needs a next hop (Via) or a device (Dev)", dst)
-		}
-		if r.Via.IsValid() && r.Via.Unmap().Is4() != dst.Addr().Is4() {
-			return fmt.Errorf("route %s via %s: next hop is of another address family", dst, r.Via)
-		}
-		if r.Src.IsValid() && r.Src.Unmap().Is4() != dst.Addr().Is4() {
-			return fmt.Errorf("route %s src %s: source is of another address family", dst, r.Src)
-		}
-		if r.MTU < 0 {
-			return fmt.Errorf("route %s: negative MTU %d", dst, r.MTU)
-		}
-	}
-	return nil
-}
+// Route and RoutePlan are the desired routing state (package desired).
+type (
+	Route     = desired.Route
+	RoutePlan = desired.RoutePlan
+)

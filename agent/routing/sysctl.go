@@ -1,6 +1,8 @@
 package routing
 
 import (
+	"github.com/archipelago-mesh/archipelago/agent/desired"
+
 	"errors"
 	"fmt"
 	"io/fs"
@@ -57,15 +59,8 @@ func (p ProcSys) Set(name, value string) error {
 	return nil
 }
 
-// HostSettings says which kernel parameters a node needs.
-type HostSettings struct {
-	// IPv4 and IPv6 turn on forwarding for that family. IPv6 forwarding on a
-	// host with IPv6 disabled is an error only when IPv6 is requested.
-	IPv4, IPv6 bool
-	// TunnelInterface, when set, gets a loose rp_filter. The interface must
-	// exist (its conf directory appears with it).
-	TunnelInterface string
-}
+// HostSettings says which kernel parameters a node needs (package desired).
+type HostSettings = desired.HostSettings
 
 // rpFilterStrict is rp_filter mode 1; 0 is off and 2 is loose.
 const (

@@ -1,13 +1,14 @@
 package wireguard
 
 import (
+	"github.com/archipelago-mesh/archipelago/agent/desired"
+
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
@@ -107,18 +108,6 @@ func readKey(path string) (wgtypes.Key, error) {
 	return key, nil
 }
 
-// lastKey remembers the last public key derived: the private key is the same
-// on every pass, and deriving its public key is a scalar multiplication that
-// would otherwise be a sizeable part of a pass at 1,000 peers.
-var lastKey atomic.Pointer[[2]wgtypes.Key]
-
-// PublicKey returns private.PublicKey(), remembering the last result. The
-// cache is not observable: PublicKey is a function of its argument.
-func PublicKey(private wgtypes.Key) wgtypes.Key {
-	if k := lastKey.Load(); k != nil && k[0] == private {
-		return k[1]
-	}
-	pub := private.PublicKey()
-	lastKey.Store(&[2]wgtypes.Key{private, pub})
-	return pub
-}
+// PublicKey returns private.PublicKey(), remembering the last result (see
+// desired.PublicKey).
+func PublicKey(private wgtypes.Key) wgtypes.Key { return desired.PublicKey(private) }

@@ -3,6 +3,7 @@ package wireguard
 import (
 	"errors"
 	"fmt"
+	"github.com/archipelago-mesh/archipelago/internal/prefix"
 	"net"
 	"net/netip"
 	"slices"
@@ -224,6 +225,6 @@ func sortedPrefixes(set map[netip.Prefix]bool) []netip.Prefix {
 	for p := range set {
 		out = append(out, p)
 	}
-	slices.SortFunc(out, comparePrefix)
+	slices.SortFunc(out, prefix.Compare)
 	return out
 }

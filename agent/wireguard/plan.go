@@ -1,9 +1,10 @@
 package wireguard
 
 import (
+	"github.com/archipelago-mesh/archipelago/agent/desired"
+	"github.com/archipelago-mesh/archipelago/internal/prefix"
+
 	"bytes"
-	"cmp"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -16,37 +17,13 @@ import (
 
 // DefaultMTU leaves room for the WireGuard, UDP and outer IPv6 headers on a
 // 1500-byte underlay.
-const DefaultMTU = 1420
+const DefaultMTU = desired.DefaultMTU
 
-// TunnelPlan is the desired state of the gateway's WireGuard device. It is a
-// plain value computed from the hub's peer directory; Apply makes the device
-// match it.
-type TunnelPlan struct {
-	PrivateKey wgtypes.Key
-	// ListenPort is the UDP port; 0 leaves the device's current port alone.
-	ListenPort int
-	// MTU of the interface; 0 leaves it alone. Only Device.Apply sets it:
-	// wgctrl has no MTU.
-	MTU   int
-	Peers []PeerPlan
-}
-
-// PeerPlan is one remote cluster's gateway.
-type PeerPlan struct {
-	PublicKey wgtypes.Key
-	// Endpoint is where to send to. The zero value means "unknown": the
-	// device keeps whatever endpoint it learned from the peer's own packets
-	// (a gateway behind NAT roams and WireGuard follows it; we must not
-	// fight that). A valid Endpoint is enforced, so that a gateway failover
-	// to another node takes effect on the next pass.
-	Endpoint netip.AddrPort
-	// AllowedIPs are the peer's hub-assigned ranges. Order and host bits do
-	// not matter; they are compared as a set of masked prefixes.
-	AllowedIPs []netip.Prefix
-	// PersistentKeepalive is sent so that NAT mappings on the way stay open;
-	// 0 disables it. The kernel keeps whole seconds, so it is truncated.
-	PersistentKeepalive time.Duration
-}
+// TunnelPlan and PeerPlan are the device's desired state (package desired).
+type (
+	TunnelPlan = desired.TunnelPlan
+	PeerPlan   = desired.PeerPlan
+)
 
 // Changes reports what one Apply pass did, for logs and metrics.
 type Changes struct {
@@ -86,53 +63,6 @@ func (c Changes) String() string {
 }
 
 func shortKey(k wgtypes.Key) string { return k.String()[:8] }
-
-// Validate rejects plans the device could never converge to: WireGuard gives
-// an allowed prefix to the last peer configured with it, so the same prefix
-// on two peers would make every pass move it back and forth.
-func (p TunnelPlan) Validate() error {
-	if p.PrivateKey == (wgtypes.Key{}) {
-		return errors.New("tunnel plan has no private key")
-	}
-	if p.ListenPort < 0 || p.ListenPort > 65535 {
-		return fmt.Errorf("tunnel plan listen port %d out of range", p.ListenPort)
-	}
-	if p.MTU != 0 && (p.MTU < 1280 || p.MTU > 65535) {
-		return fmt.Errorf("tunnel plan MTU %d out of range 1280-65535", p.MTU)
-	}
-	self := p.PrivateKey.PublicKey()
-	keys := make(map[wgtypes.Key]bool, len(p.Peers))
-	owner := make(map[netip.Prefix]wgtypes.Key)
-	for _, peer := range p.Peers {
-		if peer.PublicKey == (wgtypes.Key{}) {
-			return errors.New("tunnel plan has a peer without public key")
-		}
-		if peer.PublicKey == self {
-			return fmt.Errorf("tunnel plan lists the device's own public key %s as a peer", peer.PublicKey)
-		}
-		if keys[peer.PublicKey] {
-			return fmt.Errorf("tunnel plan lists peer %s twice", peer.PublicKey)
-		}
-		keys[peer.PublicKey] = true
-		if peer.PersistentKeepalive < 0 || peer.PersistentKeepalive > 65535*time.Second {
-			return fmt.Errorf("peer %s: persistent keepalive %s out of range", peer.PublicKey, peer.PersistentKeepalive)
-		}
-		if peer.Endpoint.IsValid() && peer.Endpoint.Port() == 0 {
-			return fmt.Errorf("peer %s: endpoint %s has no port", peer.PublicKey, peer.Endpoint)
-		}
-		for _, ip := range peer.AllowedIPs {
-			if !ip.IsValid() {
-				return fmt.Errorf("peer %s: invalid allowed IP prefix", peer.PublicKey)
-			}
-			c := canonicalPrefix(ip)
-			if other, dup := owner[c]; dup && other != peer.PublicKey {
-				return fmt.Errorf("allowed IP %s is planned for both peer %s and peer %s", c, other, peer.PublicKey)
-			}
-			owner[c] = peer.PublicKey
-		}
-	}
-	return nil
-}
 
 // Apply makes the WireGuard configuration of device name match plan (all but
 // MTU). It reads the device, computes the difference and sends one
@@ -187,7 +117,7 @@ func Diff(dev *wgtypes.Device, plan TunnelPlan) (wgtypes.Config, Changes) {
 	slices.SortFunc(peers, func(a, b PeerPlan) int { return bytes.Compare(a.PublicKey[:], b.PublicKey[:]) })
 	for _, want := range peers {
 		planned[want.PublicKey] = true
-		wantIPs := canonicalPrefixes(want.AllowedIPs)
+		wantIPs := prefix.Set(want.AllowedIPs)
 		keepalive := want.PersistentKeepalive.Truncate(time.Second)
 		have, ok := current[want.PublicKey]
 		if !ok {
@@ -239,33 +169,6 @@ func Diff(dev *wgtypes.Device, plan TunnelPlan) (wgtypes.Config, Changes) {
 	return cfg, changes
 }
 
-// canonicalPrefix masks host bits and unmaps IPv4-in-IPv6, which is how both
-// the kernel and wireguard-go store allowed IPs.
-func canonicalPrefix(p netip.Prefix) netip.Prefix {
-	a := p.Addr()
-	bits := p.Bits()
-	if a.Is4In6() && bits >= 96 {
-		a, bits = a.Unmap(), bits-96
-	}
-	return netip.PrefixFrom(a, bits).Masked()
-}
-
-func canonicalPrefixes(in []netip.Prefix) []netip.Prefix {
-	out := make([]netip.Prefix, 0, len(in))
-	for _, p := range in {
-		out = append(out, canonicalPrefix(p))
-	}
-	slices.SortFunc(out, comparePrefix)
-	return slices.Compact(out)
-}
-
-func comparePrefix(a, b netip.Prefix) int {
-	if c := a.Addr().Compare(b.Addr()); c != 0 {
-		return c
-	}
-	return cmp.Compare(a.Bits(), b.Bits())
-}
-
 func prefixFromIPNet(n *net.IPNet, mask bool) (netip.Prefix, bool) {
 	if n == nil {
 		return netip.Prefix{}, false
@@ -298,7 +201,7 @@ func ipNetsToPrefixes(in []net.IPNet) []netip.Prefix {
 			out = append(out, p)
 		}
 	}
-	slices.SortFunc(out, comparePrefix)
+	slices.SortFunc(out, prefix.Compare)
 	return slices.Compact(out)
 }
 

@@ -44,8 +44,13 @@ type NodeReport struct {
 	Peers []NodePeerReport `json:"peers,omitempty"`
 	// NextHop is the active gateway's address (worker and standby only).
 	NextHop string `json:"nextHop,omitempty"`
-	// Routes is the number of routes the agent owns on the node.
+	// Routes is the number of forwarding routes the agent owns on the node.
 	Routes int `json:"routes"`
+	// Unreachable is the number of remote ranges the node drops instead of
+	// forwarding (fail closed: an unreachable route in the agent's table
+	// while the node cannot route them, e.g. no gateway known, a hold, or
+	// the tunnel device not open).
+	Unreachable int `json:"unreachable,omitempty"`
 	// NoSNAT is true when the rule that keeps pod source addresses is in place.
 	NoSNAT bool `json:"noSNAT"`
 	// MSSClamp is true when TCP MSS clamping on the tunnel is in place.
@@ -58,11 +63,13 @@ type NodeReport struct {
 	LastError string `json:"lastError,omitempty"`
 }
 
-// NodePeerReport is one tunnel peer as the gateway's kernel reports it.
+// NodePeerReport is one tunnel peer as the gateway's kernel reports it. It
+// holds no traffic counters: a report is rewritten when its meaning
+// changes, and counters would make every packet a change (the agent's
+// Prometheus metrics archipelago_agent_peer_{receive,transmit}_bytes_total
+// carry them).
 type NodePeerReport struct {
 	Cluster         string       `json:"cluster"`
 	Endpoint        string       `json:"endpoint,omitempty"`
 	LatestHandshake *metav1.Time `json:"latestHandshake,omitempty"`
-	RxBytes         int64        `json:"rxBytes,omitempty"`
-	TxBytes         int64        `json:"txBytes,omitempty"`
 }

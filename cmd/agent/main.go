@@ -103,7 +103,7 @@ func runAgent(args []string) error {
 		wgKind         = fs.String("wireguard", "auto", "WireGuard implementation: auto (kernel if the module exists, else userspace), kernel or userspace.")
 		deviceMode     = fs.String("userspace-device", "detached", "How the userspace device runs: detached (the agent starts 'wireguard-device' in its own session) or sidecar (a 'wireguard-device --supervise' container starts it on request).")
 		resync         = fs.Duration("resync", 30*time.Second, "Period of full passes and of the data path resync that repairs drift.")
-		reportInterval = fs.Duration("report-interval", 30*time.Second, "Minimum period between rewrites of unchanged reports (Node annotation, Gateway lastSeen).")
+		reportInterval = fs.Duration("report-interval", time.Minute, "Minimum period between rewrites of unchanged reports (Node annotation, Gateway lastSeen): the heartbeat the CLI reads (stale after 5m).")
 		metricsAddr    = fs.String("metrics-bind-address", ":9473", "Address of the Prometheus /metrics endpoint; \"0\" turns it off.")
 		probeAddr      = fs.String("health-probe-bind-address", ":9474", "Address of /healthz and /readyz; \"0\" turns them off.")
 	)

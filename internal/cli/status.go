@@ -27,7 +27,7 @@ type statusOptions struct {
 
 // DefaultGatewayStaleAfter is how old the active Gateway's lastSeen may be
 // before status calls the member's agent stale (agents refresh it every
-// --report-interval, 30 s by default). The hub has no notion of agent
+// --report-interval, 1 min by default). The hub has no notion of agent
 // liveness of its own: without this, a member whose agent died looks
 // healthy until its peers' handshakes expire (3 minutes).
 const DefaultGatewayStaleAfter = 5 * time.Minute

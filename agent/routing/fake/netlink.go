@@ -127,7 +127,12 @@ func (f *Netlink) Routes(table int) []netlink.Route {
 			out = append(out, r)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Dst.String() < out[j].Dst.String() })
+	sort.Slice(out, func(i, j int) bool {
+		if a, b := out[i].Dst.String(), out[j].Dst.String(); a != b {
+			return a < b
+		}
+		return out[i].Priority < out[j].Priority
+	})
 	return out
 }
 
@@ -263,8 +268,9 @@ func (f *Netlink) RouteReplace(r *netlink.Route) error {
 	return nil
 }
 
-// RouteDel implements routing.Netlink: it deletes the route with the same
-// table and destination, like the kernel with an unspecified metric.
+// RouteDel implements routing.Netlink: like the kernel it deletes the first
+// route (lowest metric) with the same table and destination, of the given
+// metric and type when those are set.
 func (f *Netlink) RouteDel(r *netlink.Route) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -272,9 +278,12 @@ func (f *Netlink) RouteDel(r *netlink.Route) error {
 	if err := f.fail("RouteDel"); err != nil {
 		return err
 	}
+	typ, prio := r.Type, r.Priority
 	nr := normalize(*r)
+	f.sort()
 	for i, cur := range f.routes {
-		if cur.Table == nr.Table && cur.Dst.String() == nr.Dst.String() {
+		if cur.Table == nr.Table && cur.Dst.String() == nr.Dst.String() &&
+			(typ == 0 || cur.Type == typ) && (prio == 0 || cur.Priority == nr.Priority) {
 			f.routes = slices.Delete(f.routes, i, i+1)
 			return nil
 		}
@@ -355,14 +364,21 @@ func (f *Netlink) hasIndex(idx int) bool {
 	return false
 }
 
+// put adds r or replaces the route with its table, destination and metric,
+// as NLM_F_REPLACE does.
 func (f *Netlink) put(r netlink.Route) {
 	for i, cur := range f.routes {
-		if cur.Table == r.Table && cur.Dst.String() == r.Dst.String() {
+		if cur.Table == r.Table && cur.Dst.String() == r.Dst.String() && cur.Priority == r.Priority {
 			f.routes[i] = r
 			return
 		}
 	}
 	f.routes = append(f.routes, r)
+}
+
+// sort orders routes by metric, the order in which the kernel finds them.
+func (f *Netlink) sort() {
+	slices.SortStableFunc(f.routes, func(a, b netlink.Route) int { return a.Priority - b.Priority })
 }
 
 func sameRule(a, b netlink.Rule) bool {

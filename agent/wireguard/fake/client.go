@@ -195,6 +195,16 @@ func (c *Client) Handshake(name string, peer wgtypes.Key, t time.Time) {
 	c.peer(name, peer).LastHandshakeTime = t
 }
 
+// Transfer simulates traffic with a peer: rx and tx bytes more, as the
+// device counts them.
+func (c *Client) Transfer(name string, peer wgtypes.Key, rx, tx int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.peer(name, peer)
+	p.ReceiveBytes += rx
+	p.TransmitBytes += tx
+}
+
 func (c *Client) peer(name string, key wgtypes.Key) *wgtypes.Peer {
 	d, ok := c.devices[name]
 	if !ok {

@@ -223,3 +223,19 @@ func BenchmarkGatewayTakeover(b *testing.B) {
 	b.ReportMetric(p50(took).Seconds(), "s-p50")
 	b.Logf("takeover (lease %s): %v (p50 %.2fs)", l.LeaseDuration, took, p50(took).Seconds())
 }
+
+// BenchmarkAPIWrites: member alpha's apiserver writes per minute, idle and
+// under a 50 Mbit/s stream through the tunnel. Target: equal within noise,
+// and at most one write per node per minute beyond Lease renewals (the lab
+// runs its agents with --report-interval=5s, which alone is 12 per node).
+func BenchmarkAPIWrites(b *testing.B) {
+	l := needBench(b)
+	const window = 30 * time.Second
+	idle, busy := measureWrites(b, l, window)
+	nodes := float64(len(l.Member("alpha").Nodes))
+	b.ReportMetric(perMin(idle.total, idle.window), "writes/min-idle")
+	b.ReportMetric(perMin(busy.total, busy.window), "writes/min-traffic")
+	b.ReportMetric(perMin(busy.other(), busy.window)/nodes, "other-writes/min/node-traffic")
+	b.Logf("member alpha apiserver writes: idle %s; under 50 Mbit/s %s; besides Lease renewals %.1f/min per node idle, %.1f under traffic",
+		idle, busy, perMin(idle.other(), idle.window)/nodes, perMin(busy.other(), busy.window)/nodes)
+}

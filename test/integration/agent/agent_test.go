@@ -12,12 +12,15 @@ import (
 	"time"
 
 	"github.com/go-logr/logr/testr"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
@@ -286,7 +289,7 @@ func TestAgentJoinsAndPeers(t *testing.T) {
 			return true, ""
 		})
 		eventually(t, "worker routes b's range via the gateway", func() (bool, string) {
-			rs := agents["n3"].kernel.Netlink.Routes(routing.DefaultTable)
+			rs := forwarding(agents["n3"])
 			if len(rs) != 1 || rs[0].Dst.String() != "10.65.0.0/16" || rs[0].Gw.String() != st.ActiveGatewayIP {
 				return false, fmt.Sprintf("%v", rs)
 			}
@@ -324,15 +327,31 @@ func TestAgentJoinsAndPeers(t *testing.T) {
 		})
 	})
 
+	// Issue 9: the member's API writes do not depend on tunnel traffic.
+	// With byte counters in the NodeReport every pass under traffic wrote
+	// the gateway's Node, and that write woke the next pass.
+	t.Run("API writes independent of tunnel traffic", func(t *testing.T) {
+		gw := agents[active]
+		const window = 6 * time.Second
+		idle := countWrites(t, window, nil)
+		busy := countWrites(t, window, func() { gw.kernel.WG.Transfer("arch0", bKey.PublicKey(), 1<<20, 1<<20) })
+		t.Logf("member writes of Nodes and memberships in %s: idle %d, under traffic %d", window, idle, busy)
+		if limit := 2*idle + 6; busy > limit {
+			t.Errorf("under traffic the agents wrote %d times in %s (idle %d): want at most %d", busy, window, idle, limit)
+		}
+	})
+
 	t.Run("CIDRsMatch false stops routing", func(t *testing.T) {
 		createNode(t, mc, node("n4", "172.18.0.5", "10.99.0.0/24", false))
 		eventually(t, "CIDRsMatch False", func() (bool, string) {
 			c := meta.FindStatusCondition(getMS().Status.Conditions, meshv1.MembershipCIDRsMatch)
 			return c != nil && c.Status == metav1.ConditionFalse && strings.Contains(c.Message, "n4"), fmt.Sprintf("%+v", c)
 		})
-		eventually(t, "no routes on the worker", func() (bool, string) {
-			rs := agents["n3"].kernel.Netlink.Routes(routing.DefaultTable)
-			return len(rs) == 0, fmt.Sprintf("%v", rs)
+		// Fail closed: no forwarding route, but b's range stays in the
+		// agent's table as unreachable, so it cannot follow the main table.
+		eventually(t, "no forwarding routes on the worker, b's range unreachable", func() (bool, string) {
+			rs, un := forwarding(agents["n3"]), unreachable(agents["n3"])
+			return len(rs) == 0 && len(un) == 1 && un[0] == "10.65.0.0/16", fmt.Sprintf("forwarding %v, unreachable %v", rs, un)
 		})
 		if err := mc.Delete(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n4"}}); err != nil {
 			t.Fatal(err)
@@ -409,6 +428,102 @@ func TestAgentJoinsAndPeers(t *testing.T) {
 			t.Logf("%s: scanned %d objects", name, scanned)
 		}
 	})
+
+	// Last: leave. Only leaving lifts fail-closed: the membership goes,
+	// and every node removes its routes, rule, table and device.
+	t.Run("leave removes the data path", func(t *testing.T) {
+		if err := mc.Delete(ctx, getMS()); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "no agent state left on any node", func() (bool, string) {
+			for name, ra := range agents {
+				if rs := ra.kernel.Netlink.Routes(routing.DefaultTable); len(rs) != 0 {
+					return false, fmt.Sprintf("%s: routes %v", name, rs)
+				}
+				for _, r := range ra.kernel.Netlink.Rules() {
+					if r.Table == routing.DefaultTable {
+						return false, fmt.Sprintf("%s: rule %v", name, r)
+					}
+				}
+				if ra.kernel.WG.HasDevice("arch0") {
+					return false, name + ": WireGuard device"
+				}
+			}
+			return true, ""
+		})
+	})
+}
+
+// countWrites counts the updates of Nodes and ClusterSetMemberships the
+// member's apiserver stores over window, calling tick every 50 ms when not
+// nil (traffic through the tunnel).
+func countWrites(t *testing.T, window time.Duration, tick func()) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), window+10*time.Second)
+	defer cancel()
+	wc, err := client.NewWithWatch(member.Config, client.Options{Scheme: member.Client.Scheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var watches []watch.Interface
+	for _, l := range []client.ObjectList{&corev1.NodeList{}, &meshv1.ClusterSetMembershipList{}} {
+		// From the current state on: only the writes of the window.
+		if err := wc.List(ctx, l); err != nil {
+			t.Fatal(err)
+		}
+		w, err := wc.Watch(ctx, l, &client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: l.(metav1.ListInterface).GetResourceVersion()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Stop()
+		watches = append(watches, w)
+	}
+	n := 0
+	end := time.After(window)
+	ticker := time.NewTicker(50 * time.Millisecond)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-end:
+			return n
+		case <-ticker.C:
+			if tick != nil {
+				tick()
+			}
+		case ev := <-watches[0].ResultChan():
+			if ev.Type == watch.Modified {
+				n++
+			}
+		case ev := <-watches[1].ResultChan():
+			if ev.Type == watch.Modified {
+				n++
+			}
+		}
+	}
+}
+
+// forwarding returns the forwarding routes in the agent's table of ra's
+// node (the unreachable routes under them left out).
+func forwarding(ra *runningAgent) []netlink.Route {
+	var out []netlink.Route
+	for _, r := range ra.kernel.Netlink.Routes(routing.DefaultTable) {
+		if r.Type != unix.RTN_UNREACHABLE {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// unreachable returns the destinations of the unreachable routes in the
+// agent's table of ra's node.
+func unreachable(ra *runningAgent) []string {
+	var out []string
+	for _, r := range ra.kernel.Netlink.Routes(routing.DefaultTable) {
+		if r.Type == unix.RTN_UNREACHABLE {
+			out = append(out, r.Dst.String())
+		}
+	}
+	return out
 }
 
 // tokenTTL is the lifetime of the test's hub token: the TokenRequest API's minimum.

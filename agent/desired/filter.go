@@ -1,0 +1,17 @@
+package desired
+
+import "net/netip"
+
+// FilterPlan is the desired packet filter of one node.
+type FilterPlan struct {
+	// LocalPodCIDRs are the pod ranges of this cluster (all of them, not
+	// only this node's: a gateway forwards traffic of every node's pods).
+	LocalPodCIDRs []netip.Prefix
+	// RemotePodCIDRs are the pod ranges of all other member clusters.
+	RemotePodCIDRs []netip.Prefix
+	// TunnelInterface is the WireGuard interface; empty on non-gateway nodes.
+	TunnelInterface string
+	// MSSClamp clamps the MSS of TCP SYNs through TunnelInterface to the
+	// route MTU. Ignored when TunnelInterface is empty.
+	MSSClamp bool
+}
