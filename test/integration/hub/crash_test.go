@@ -36,41 +36,74 @@ func buildHub(t *testing.T) string {
 	return bin
 }
 
-// hubProcess runs the real hub binary against the test apiserver.
+// hubProcess runs the real hub binary against the test apiserver, and
+// starts it again when it ends on its own, as its Deployment would: on a
+// loaded machine the short lease of the test is easy to lose, and a hub
+// that loses it exits.
 type hubProcess struct {
 	t         *testing.T
 	bin, kcfg string
 	log       *os.File
 	mu        sync.Mutex
 	cmd       *exec.Cmd
-	starts    int
+	done      chan struct{}
+	killed    bool
+	// starts counts every start; exits the times the hub ended on its own.
+	starts, exits int
 }
 
 func (h *hubProcess) start() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.cmd = exec.Command(h.bin,
+	h.killed = false
+	h.spawnLocked()
+}
+
+func (h *hubProcess) spawnLocked() {
+	cmd := exec.Command(h.bin,
 		"--kubeconfig", h.kcfg,
 		"--leader-elect=true", "--leader-election-namespace=default",
 		// Short lease: a killed hub cannot release it, the next one waits it out.
 		"--leader-election-lease-duration=1s", "--leader-election-renew-deadline=700ms", "--leader-election-retry-period=200ms",
 		"--metrics-bind-address=0", "--health-probe-bind-address=0")
-	h.cmd.Stdout, h.cmd.Stderr = h.log, h.log
-	if err := h.cmd.Start(); err != nil {
-		h.t.Fatalf("start hub: %v", err)
-	}
-	h.starts++
-}
-
-func (h *hubProcess) kill() {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.cmd == nil {
+	cmd.Stdout, cmd.Stderr = h.log, h.log
+	if err := cmd.Start(); err != nil {
+		h.t.Errorf("start hub: %v", err)
 		return
 	}
-	_ = h.cmd.Process.Signal(syscall.SIGKILL)
-	_ = h.cmd.Wait()
-	h.cmd = nil
+	done := make(chan struct{})
+	h.cmd, h.done = cmd, done
+	h.starts++
+	go func() {
+		_ = cmd.Wait()
+		close(done)
+		time.Sleep(200 * time.Millisecond)
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if h.cmd == cmd && !h.killed {
+			h.exits++
+			h.spawnLocked()
+		}
+	}()
+}
+
+// kill ends the hub with SIGKILL and waits until it is gone.
+func (h *hubProcess) kill() {
+	h.mu.Lock()
+	cmd, done := h.cmd, h.done
+	h.killed, h.cmd = true, nil
+	h.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	<-done
+}
+
+func (h *hubProcess) selfExits() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.exits
 }
 
 // countAssigned counts the members of set that hold a range.
@@ -165,11 +198,20 @@ func TestHubKilledWhileMembersJoinAdoptAndLeave(t *testing.T) {
 	if err := os.WriteFile(kcfgPath, kcfg, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	logFile, err := os.Create(filepath.Join(dir, "hub.log"))
+	// The hub's log outlives a failed test (it is named then) and is
+	// removed after a passing one.
+	logFile, err := os.CreateTemp("", "archipelago-crash-hub-*.log")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer logFile.Close()
+	t.Cleanup(func() {
+		logFile.Close()
+		if t.Failed() {
+			t.Logf("hub log: %s", logFile.Name())
+			return
+		}
+		os.Remove(logFile.Name())
+	})
 	hub := &hubProcess{t: t, bin: buildHub(t), kcfg: kcfgPath, log: logFile}
 	t.Cleanup(hub.kill)
 
@@ -275,8 +317,8 @@ func TestHubKilledWhileMembersJoinAdoptAndLeave(t *testing.T) {
 		t.Fatalf("load: %v", load.err)
 	}
 	joins, adopts, leaves := load.counts()
-	t.Logf("hub killed %d times (%d mid-join) during %d joins, %d adoptions and %d leaves; members with ranges at each kill: %v",
-		kills, midJoin, joins, adopts, leaves, progress)
+	t.Logf("hub killed %d times (%d mid-join) during %d joins, %d adoptions and %d leaves; it also lost its lease and exited %d times; members with ranges at each kill: %v",
+		kills, midJoin, joins, adopts, leaves, hub.selfExits(), progress)
 	if midJoin == 0 {
 		t.Fatalf("no kill landed while members were joining: the test did not test a crash mid-allocation")
 	}
@@ -346,9 +388,6 @@ func TestHubKilledWhileMembersJoinAdoptAndLeave(t *testing.T) {
 		return checkClaims(t, c, claims, owners, 20)
 	})
 	t.Logf("%d claims, each held by a live member whose status holds its range; %d members hold ranges", len(claims), len(owners))
-	if t.Failed() {
-		t.Logf("hub log: %s", logFile.Name())
-	}
 }
 
 // checkClaims says what is wrong with the claims of a set: a claim whose
