@@ -48,6 +48,8 @@ type hubProcess struct {
 	cmd       *exec.Cmd
 	done      chan struct{}
 	killed    bool
+	// calm makes the next start use the hub's default lease.
+	calm bool
 	// starts counts every start; exits the times the hub ended on its own.
 	starts, exits int
 }
@@ -60,12 +62,15 @@ func (h *hubProcess) start() {
 }
 
 func (h *hubProcess) spawnLocked() {
-	cmd := exec.Command(h.bin,
-		"--kubeconfig", h.kcfg,
-		"--leader-elect=true", "--leader-election-namespace=default",
-		// Short lease: a killed hub cannot release it, the next one waits it out.
-		"--leader-election-lease-duration=1s", "--leader-election-renew-deadline=700ms", "--leader-election-retry-period=200ms",
-		"--metrics-bind-address=0", "--health-probe-bind-address=0")
+	// Short lease: a killed hub cannot release it, the next one waits it
+	// out. A calm hub has the default lease.
+	lease := []string{"--leader-election-lease-duration=1s", "--leader-election-renew-deadline=700ms", "--leader-election-retry-period=200ms"}
+	if h.calm {
+		lease = nil
+	}
+	args := append([]string{"--kubeconfig", h.kcfg, "--leader-elect=true", "--leader-election-namespace=default",
+		"--metrics-bind-address=0", "--health-probe-bind-address=0"}, lease...)
+	cmd := exec.Command(h.bin, args...)
 	cmd.Stdout, cmd.Stderr = h.log, h.log
 	if err := cmd.Start(); err != nil {
 		h.t.Errorf("start hub: %v", err)
@@ -313,6 +318,14 @@ func TestHubKilledWhileMembersJoinAdoptAndLeave(t *testing.T) {
 		}
 	}
 	<-loadDone
+	// The state is checked with one hub that runs on: on a loaded machine
+	// a hub with the short lease loses it every few seconds, and one that
+	// lost it can take long to exit.
+	hub.kill()
+	hub.mu.Lock()
+	hub.calm = true
+	hub.mu.Unlock()
+	hub.start()
 	if load.err != nil {
 		t.Fatalf("load: %v", load.err)
 	}
@@ -323,9 +336,13 @@ func TestHubKilledWhileMembersJoinAdoptAndLeave(t *testing.T) {
 		t.Fatalf("no kill landed while members were joining: the test did not test a crash mid-allocation")
 	}
 
-	// The members that left are gone (their finalizer ran).
+	// The members that left are gone (their finalizer ran). The hub may
+	// take minutes to get there: after every start it goes through every
+	// member of the apiserver, those of earlier tests too, on a machine that
+	// may be loaded; the test is about where it ends, not how fast.
+	const settle = 5 * time.Minute
 	for _, name := range load.left {
-		eventually(t, 120*time.Second, "member "+name+" gone", func() error {
+		eventually(t, settle, "member "+name+" gone", func() error {
 			err := c.Get(context.Background(), client.ObjectKey{Name: name}, &meshv1.MemberCluster{})
 			if apierrors.IsNotFound(err) {
 				return nil
@@ -340,14 +357,14 @@ func TestHubKilledWhileMembersJoinAdoptAndLeave(t *testing.T) {
 	owners := map[string][]netip.Prefix{}
 	for i := range n {
 		if name := fmt.Sprintf("crash-%03d", i); !gone[name] {
-			owners[name] = waitAssigned(t, c, name, 120*time.Second)
+			owners[name] = waitAssigned(t, c, name, settle)
 		}
 	}
 	for name, want := range adopters {
 		if gone[name] || slices.ContainsFunc(rivals, func(r [2]string) bool { return r[0] == name || r[1] == name }) {
 			continue
 		}
-		got := waitAssigned(t, c, name, 120*time.Second)
+		got := waitAssigned(t, c, name, settle)
 		if len(got) != 1 || got[0].String() != want {
 			t.Errorf("adopter %s got %v, want %s", name, got, want)
 		}
@@ -357,7 +374,7 @@ func TestHubKilledWhileMembersJoinAdoptAndLeave(t *testing.T) {
 		var winners []string
 		for _, name := range pair {
 			var m *meshv1.MemberCluster
-			eventually(t, 120*time.Second, "rival "+name+" decided", func() error {
+			eventually(t, settle, "rival "+name+" decided", func() error {
 				m = getMember(t, c, name)
 				cond := meta.FindStatusCondition(m.Status.Conditions, meshv1.MemberCIDRAllocated)
 				if len(m.Status.PodCIDRs) > 0 || cond != nil && cond.Reason == meshv1.ReasonConflict {
@@ -383,7 +400,7 @@ func TestHubKilledWhileMembersJoinAdoptAndLeave(t *testing.T) {
 	// and every block of every assigned range has its claim. Leaving members'
 	// claims may take a moment to go.
 	var claims []meshv1.CIDRClaim
-	eventually(t, 60*time.Second, "every claim has a live owner", func() error {
+	eventually(t, settle, "every claim has a live owner", func() error {
 		claims = claimsOf(t, c, "crash")
 		return checkClaims(t, c, claims, owners, 20)
 	})
