@@ -138,7 +138,7 @@ func setUsageStatus(cs *meshv1.ClusterSet, u Usage) {
 	cs.Status.BlocksOutsidePools = nil
 	for _, o := range u.Orphans {
 		if o.QuarantinedUntil.IsZero() {
-			cs.Status.BlocksOutsidePools = append(cs.Status.BlocksOutsidePools, fmt.Sprintf("%s (%s)", o.Prefix, o.Owner))
+			cs.Status.BlocksOutsidePools = append(cs.Status.BlocksOutsidePools, fmt.Sprintf("%s (%s)", o.Prefix, ownerName(o.Owner)))
 		}
 	}
 	if len(exhausted) > 0 {

@@ -498,7 +498,7 @@ func (r *MemberClusterReconciler) reconcileDelete(ctx context.Context, s *member
 	} else if !apierrors.IsNotFound(err) {
 		return ctrl.Result{}, fmt.Errorf("get clusterset %s: %w", m.Spec.ClusterSet, err)
 	}
-	if err := r.Ledger.Release(ctx, m.Spec.ClusterSet, cs, m.Name); err != nil {
+	if err := r.Ledger.Release(ctx, m.Spec.ClusterSet, cs, m); err != nil {
 		return ctrl.Result{}, err
 	}
 	patch := client.MergeFrom(m.DeepCopy())

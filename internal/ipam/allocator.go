@@ -310,6 +310,41 @@ func (a *Allocator) Release(owner string, p netip.Prefix) error {
 	return nil
 }
 
+// Drop forgets prefix p held by owner at once, without quarantine: for an allocation that
+// was never used, because its owner could not be told about it. p must be exactly a prefix
+// that Allocate or Reserve recorded for owner. On error nothing changes.
+func (a *Allocator) Drop(owner string, p netip.Prefix) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err := checkCanonical(p); err != nil {
+		return fmt.Errorf("drop %s for %q: %w", p, owner, err)
+	}
+	a.expire(a.now())
+	o := a.occ[FamilyOf(p.Addr()).index()]
+	var r *record
+	if o != nil {
+		r = o.at(o.blockOf(p.Addr()))
+	}
+	if r == nil || r.prefix != p || !r.live() || r.owner != owner {
+		return fmt.Errorf("drop %s for %q: %w", p, owner, ErrNotHeld)
+	}
+	a.dropOwner(r)
+	a.free(r)
+	return nil
+}
+
+// Held returns the prefixes owner holds (not those it released), sorted.
+func (a *Allocator) Held(owner string) []netip.Prefix {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]netip.Prefix, 0, len(a.byOwner[owner]))
+	for _, r := range a.byOwner[owner] {
+		out = append(out, r.prefix)
+	}
+	slices.SortFunc(out, comparePrefix)
+	return out
+}
+
 // Owner returns the owner of the held allocation that contains p. Quarantined blocks have
 // no owner.
 func (a *Allocator) Owner(p netip.Prefix) (string, bool) {

@@ -678,3 +678,37 @@ func TestFamilyString(t *testing.T) {
 		t.Error("FamilyOf is wrong")
 	}
 }
+
+// Drop frees a block at once even with a quarantine configured (the block
+// was never used), only for its owner, and Held follows it.
+func TestDropAndHeld(t *testing.T) {
+	clk := newFakeClock()
+	a := mustNew(t, Config{Pools: pfxs("10.0.0.0/14"), IPv4BlockLen: 16, Quarantine: time.Hour, Now: clk.Now})
+	mustAllocate(t, a, "a", IPv4, "10.0.0.0/16")
+	mustReserve(t, a, "a", "10.2.0.0/15")
+	mustAllocate(t, a, "b", IPv4, "10.1.0.0/16")
+	if got := a.Held("a"); len(got) != 2 || got[0] != pfx("10.0.0.0/16") || got[1] != pfx("10.2.0.0/15") {
+		t.Fatalf("Held(a) = %v", got)
+	}
+	for _, bad := range []struct{ owner, p string }{{"b", "10.0.0.0/16"}, {"a", "10.2.0.0/16"}, {"a", "10.9.0.0/16"}} {
+		if err := a.Drop(bad.owner, pfx(bad.p)); !errors.Is(err, ErrNotHeld) {
+			t.Errorf("Drop(%s, %s) = %v, want ErrNotHeld", bad.owner, bad.p, err)
+		}
+	}
+	if err := a.Drop("a", pfx("10.2.0.0/15")); err != nil {
+		t.Fatal(err)
+	}
+	if got := a.Held("a"); len(got) != 1 || got[0] != pfx("10.0.0.0/16") {
+		t.Errorf("Held(a) after Drop = %v", got)
+	}
+	// No quarantine: both blocks of the dropped /15 are free now.
+	mustAllocate(t, a, "c", IPv4, "10.2.0.0/16")
+	mustAllocate(t, a, "d", IPv4, "10.3.0.0/16")
+	mustRelease(t, a, "a", "10.0.0.0/16")
+	if got := a.Held("a"); len(got) != 0 {
+		t.Errorf("Held(a) after Release = %v", got)
+	}
+	if err := a.Drop("a", pfx("10.0.0.0/16")); !errors.Is(err, ErrNotHeld) {
+		t.Errorf("Drop of a quarantined block = %v, want ErrNotHeld", err)
+	}
+}

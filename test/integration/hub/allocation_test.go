@@ -259,3 +259,99 @@ func TestMemberWaitsForClusterSet(t *testing.T) {
 	waitAssigned(t, c, "early-a", 20*time.Second)
 	waitCondition(t, c, "early-a", meshv1.MemberAccepted, metav1.ConditionTrue, meshv1.ReasonAccepted)
 }
+
+// Removing the last pool of a family keeps the members' ranges of that
+// family assigned (their claims stay) and reports them, like any removed
+// pool: a later pass of the member must not drop the range from its status.
+func TestRemovedLastPoolOfFamilyStaysAssigned(t *testing.T) {
+	c := needAPI(t)
+	framework.StartHub(t, api.Config, controllers.Options{})
+	cs := framework.NewClusterSet("onefam", []string{"10.36.0.0/16", "fd36::/48"}, framework.WithBlockSize(20, 64))
+	create(t, c, cs)
+	create(t, c, framework.NewMember("onefam-a", "onefam"))
+	got := waitAssigned(t, c, "onefam-a", 20*time.Second)
+	if len(got) != 2 || got[1].String() != "fd36::/64" {
+		t.Fatalf("onefam-a got %v, want an IPv4 block and fd36::/64", got)
+	}
+	if err := c.Get(context.Background(), client.ObjectKeyFromObject(cs), cs); err != nil {
+		t.Fatal(err)
+	}
+	patch := client.MergeFrom(cs.DeepCopy())
+	cs.Spec.PodCIDRPools = []meshv1.CIDR{"10.36.0.0/16"}
+	if err := c.Patch(context.Background(), cs, patch); err != nil {
+		t.Fatalf("remove the IPv6 pool: %v", err)
+	}
+	eventually(t, 20*time.Second, "RemovedPoolsInUse names the IPv6 block", func() error {
+		if err := c.Get(context.Background(), client.ObjectKeyFromObject(cs), cs); err != nil {
+			return err
+		}
+		cond := meta.FindStatusCondition(cs.Status.Conditions, meshv1.ClusterSetRemovedPoolsInUse)
+		if cond == nil || cond.Status != metav1.ConditionTrue || !containsAll(cond.Message, "fd36::/64", "onefam-a") {
+			return fmt.Errorf("condition %+v", cond)
+		}
+		return nil
+	})
+	// A gateway makes the member go through a full pass after the change.
+	eventually(t, 20*time.Second, "namespace of onefam-a", func() error {
+		if getMember(t, c, "onefam-a").Status.Namespace == "" {
+			return fmt.Errorf("no namespace in status")
+		}
+		return nil
+	})
+	create(t, c, gateway("onefam-a", "gw", "node-1", "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=", "192.0.2.36:51820"))
+	eventually(t, 20*time.Second, "the member's pass after the pool change", func() error {
+		if len(getMember(t, c, "onefam-a").Status.Gateways) != 1 {
+			return fmt.Errorf("gateway not in status yet")
+		}
+		return nil
+	})
+	m := getMember(t, c, "onefam-a")
+	if len(m.Status.PodCIDRs) != 2 || m.Status.PodCIDRs[1] != "fd36::/64" {
+		t.Errorf("onefam-a holds %v after its IPv6 pool was removed, want %v kept", m.Status.PodCIDRs, got)
+	}
+	if cond := meta.FindStatusCondition(m.Status.Conditions, meshv1.MemberCIDRAllocated); cond == nil || cond.Status != metav1.ConditionTrue {
+		t.Errorf("CIDRAllocated %+v", cond)
+	}
+	var v6 int
+	for _, cl := range claimsOf(t, c, "onefam") {
+		if netip.MustParsePrefix(string(cl.Spec.CIDR)).Addr().Is6() && cl.Spec.ReleasedAt == nil {
+			v6++
+		}
+	}
+	if v6 != 1 {
+		t.Errorf("%d live IPv6 claims, want the member's one", v6)
+	}
+}
+
+// A member deleted without its finalizer (someone removed it by hand)
+// never releases its claim: the hub collects the claim of a member that is
+// gone, through the quarantine, and the block goes to the next member.
+func TestClaimOfForcedDeletionIsCollected(t *testing.T) {
+	c := needAPI(t)
+	framework.StartHub(t, api.Config, controllers.Options{})
+	create(t, c, framework.NewClusterSet("forced", []string{"10.201.0.0/24"}, framework.WithBlockSize(24, 0), framework.WithQuarantine(1)))
+	create(t, c, framework.NewMember("forced-a", "forced"))
+	got := waitAssigned(t, c, "forced-a", 20*time.Second)
+	eventually(t, 20*time.Second, "forced-a has its finalizer", func() error {
+		if len(getMember(t, c, "forced-a").Finalizers) == 0 {
+			return fmt.Errorf("no finalizer yet")
+		}
+		return nil
+	})
+	m := getMember(t, c, "forced-a")
+	patch := client.MergeFrom(m.DeepCopy())
+	m.Finalizers = nil
+	if err := c.Patch(context.Background(), m, patch); err != nil {
+		t.Fatal(err)
+	}
+	deleteMember(t, c, "forced-a")
+
+	create(t, c, framework.NewMember("forced-b", "forced"))
+	if b := waitAssigned(t, c, "forced-b", 30*time.Second); b[0] != got[0] {
+		t.Errorf("forced-b got %v, want the collected block %v", b, got)
+	}
+	claims := claimsOf(t, c, "forced")
+	if len(claims) != 1 || claims[0].Spec.Member != "forced-b" {
+		t.Errorf("claims %+v, want forced-b's only", claims)
+	}
+}
