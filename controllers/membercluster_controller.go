@@ -60,7 +60,11 @@ type memberScope struct {
 // +kubebuilder:rbac:groups=mesh.archipelago.dev,resources=cidrclaims,verbs=get;list;watch;create;update;patch;delete;deletecollection
 // +kubebuilder:rbac:groups=mesh.archipelago.dev,resources=tunnelgateways,verbs=get;list;watch;create;update;patch;delete;deletecollection
 // +kubebuilder:rbac:groups=mesh.archipelago.dev,resources=tunnelgateways/status,verbs=get;update;patch
-// +kubebuilder:rbac:groups="",resources=namespaces;serviceaccounts,verbs=get;list;watch;create;update;patch;delete
+// The hub may write namespaces, ServiceAccounts, ResourceQuotas and RBAC
+// objects anywhere as far as RBAC goes (it cannot name them in advance); the
+// ValidatingAdmissionPolicy in config/rbac confines every change to objects
+// it labelled itself, and RBAC objects to the names it uses.
+// +kubebuilder:rbac:groups="",resources=namespaces;serviceaccounts;resourcequotas,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=roles;rolebindings;clusterroles;clusterrolebindings,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch

@@ -19,7 +19,8 @@ type Options struct {
 	Now func() time.Time
 }
 
-// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch;delete
+// Leader election: Leases in the hub's own namespace only (a Role).
+// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch;delete,namespace=archipelago-system
 
 // SetupHub registers the hub's controllers with mgr.
 func SetupHub(ctx context.Context, mgr ctrl.Manager, opts Options) error {

@@ -86,6 +86,10 @@ func StartAPIServer() (*APIServer, string, error) {
 		_ = env.Stop()
 		return nil, "", err
 	}
+	if err := installHubIdentity(context.Background(), cfg, c); err != nil {
+		_ = env.Stop()
+		return nil, "", fmt.Errorf("install the hub's RBAC from config/: %w", err)
+	}
 	return &APIServer{Env: env, Config: cfg, Client: c}, "", nil
 }
 
@@ -98,9 +102,15 @@ type Hub struct {
 	done   chan error
 }
 
-// StartHub runs the hub's controllers against cfg until t ends (or Stop).
-func StartHub(t testing.TB, cfg *rest.Config, opts controllers.Options) *Hub {
+// StartHub runs the hub's controllers until t ends (or Stop). admin is an
+// administrator's config of an API server from StartAPIServer; the hub itself
+// runs as its ServiceAccount, with the RBAC and admission policy of config/.
+func StartHub(t testing.TB, admin *rest.Config, opts controllers.Options) *Hub {
 	t.Helper()
+	cfg, err := HubConfig(context.Background(), admin)
+	if err != nil {
+		t.Fatalf("hub identity: %v", err)
+	}
 	managed := cache.ByObject{Label: labels.SelectorFromSet(labels.Set{"app.kubernetes.io/managed-by": "archipelago-hub"})}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                 Scheme(),

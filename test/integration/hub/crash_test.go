@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
 
@@ -48,7 +48,7 @@ func (h *hubProcess) start() {
 	defer h.mu.Unlock()
 	h.cmd = exec.Command(h.bin,
 		"--kubeconfig", h.kcfg,
-		"--leader-elect=true", "--leader-election-namespace=default",
+		"--leader-elect=true", "--leader-election-namespace="+framework.HubNamespace,
 		// Short lease: a killed hub cannot release it, the next one waits it out.
 		"--leader-election-lease-duration=1s", "--leader-election-renew-deadline=700ms", "--leader-election-retry-period=200ms",
 		"--metrics-bind-address=0", "--health-probe-bind-address=0")
@@ -90,17 +90,14 @@ func TestHubKilledWhileMembersJoin(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: the crash test builds and kills the hub binary for about a minute")
 	}
-	user, err := api.Env.AddUser(envtest.User{Name: "crash-hub", Groups: []string{"system:masters"}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kcfg, err := user.KubeConfig()
+	// The hub binary runs as its ServiceAccount, under config/'s RBAC.
+	hubCfg, err := framework.HubConfig(context.Background(), api.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
 	kcfgPath := filepath.Join(dir, "kubeconfig")
-	if err := os.WriteFile(kcfgPath, kcfg, 0o600); err != nil {
+	if err := framework.WriteKubeconfig(kcfgPath, "hub", map[string]*rest.Config{"hub": hubCfg}); err != nil {
 		t.Fatal(err)
 	}
 	logFile, err := os.Create(filepath.Join(dir, "hub.log"))
