@@ -36,6 +36,8 @@ func newFakeHub(t *testing.T, objs ...client.Object) (client.Client, *MemberClus
 		WithIndex(&meshv1.MemberCluster{}, IndexClusterSet, func(o client.Object) []string {
 			return []string{o.(*meshv1.MemberCluster).Spec.ClusterSet}
 		}).
+		WithIndex(&meshv1.TunnelGateway{}, IndexPublicKey, indexPublicKey).
+		WithIndex(&meshv1.MemberCluster{}, IndexPublishedKey, indexPublishedKey).
 		WithObjects(objs...).Build()
 	now := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
 	ledger := &BlockLedger{Client: c, Reader: c, Now: func() time.Time { return now }}
