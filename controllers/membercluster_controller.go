@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	kerrors "k8s.io/apimachinery/pkg/util/errors"
@@ -226,7 +227,8 @@ func requestedNotAssigned(m *meshv1.MemberCluster) string {
 
 // reconcileNamespace gives the member its hub namespace, ServiceAccount and
 // the RBAC that confines it: TunnelGateways in its own namespace, read access to
-// ClusterSets and MemberClusters, nothing else (never MemberCluster status).
+// ClusterSets and MemberClusters, nothing else (never MemberCluster status);
+// and a ResourceQuota that bounds its TunnelGateways.
 func (r *MemberClusterReconciler) reconcileNamespace(ctx context.Context, s *memberScope) (ctrl.Result, error) {
 	m := s.member
 	nsName := MemberNamespace(m.Name)
@@ -250,6 +252,7 @@ func (r *MemberClusterReconciler) reconcileNamespace(ctx context.Context, s *mem
 	rb := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: memberRoleName, Namespace: nsName}}
 	cr := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: memberRoleName}}
 	crb := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: memberClusterRoleBinding(m.Name)}}
+	quota := &corev1.ResourceQuota{ObjectMeta: metav1.ObjectMeta{Name: memberRoleName, Namespace: nsName}}
 	for _, e := range []struct {
 		obj    client.Object
 		labels map[string]string
@@ -267,6 +270,12 @@ func (r *MemberClusterReconciler) reconcileNamespace(ctx context.Context, s *mem
 		{crb, labels, func() error {
 			crb.RoleRef = rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: memberRoleName}
 			crb.Subjects = subject
+			return nil
+		}},
+		// What the member writes on the hub is bounded; its Role does not let
+		// it change the quota.
+		{quota, labels, func() error {
+			quota.Spec.Hard = corev1.ResourceList{GatewayQuotaResource: *resource.NewQuantity(MaxGatewaysPerMember, resource.DecimalSI)}
 			return nil
 		}},
 	} {

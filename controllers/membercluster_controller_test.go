@@ -125,6 +125,14 @@ func TestReconcileAssignsAndConfines(t *testing.T) {
 			}
 		}
 	}
+	// Its gateways are bounded.
+	quota := &corev1.ResourceQuota{}
+	if err := c.Get(ctx, client.ObjectKey{Namespace: "member-east", Name: memberRoleName}, quota); err != nil {
+		t.Fatal(err)
+	}
+	if n, ok := quota.Spec.Hard[GatewayQuotaResource]; !ok || n.Value() != MaxGatewaysPerMember || quota.Labels[labelManagedBy] != managedByHub {
+		t.Errorf("quota %+v", quota)
+	}
 	// Once both have seen each other, a further pass changes nothing.
 	reconcileMember(t, r, "east")
 	before := getMemberFake(t, c, "east")

@@ -11,9 +11,6 @@ import (
 
 	"github.com/go-logr/logr"
 	"go.uber.org/zap/zapcore"
-	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	kruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -111,17 +108,12 @@ func StartHub(t testing.TB, admin *rest.Config, opts controllers.Options) *Hub {
 	if err != nil {
 		t.Fatalf("hub identity: %v", err)
 	}
-	managed := cache.ByObject{Label: labels.SelectorFromSet(labels.Set{"app.kubernetes.io/managed-by": "archipelago-hub"})}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                 Scheme(),
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			&corev1.Namespace{}: managed, &corev1.ServiceAccount{}: managed,
-			&rbacv1.Role{}: managed, &rbacv1.RoleBinding{}: managed,
-			&rbacv1.ClusterRole{}: managed, &rbacv1.ClusterRoleBinding{}: managed,
-		}},
-		Controller: ctrlConfigSkipNameValidation(),
+		Cache:                  cache.Options{ByObject: controllers.CacheByObject()},
+		Controller:             ctrlConfigSkipNameValidation(),
 	})
 	if err != nil {
 		t.Fatalf("new manager: %v", err)

@@ -184,7 +184,7 @@ func TestMemberGatewayQuota(t *testing.T) {
 	framework.StartHub(t, api.Config, controllers.Options{})
 	framework.StartQuotaController(t, api)
 	ctx := context.Background()
-	joinMembers(t, c, "quota", "10.160.0.0/12", "quota-a")
+	joinMembers(t, c, "quota", "10.112.0.0/12", "quota-a")
 	member := memberWithToken(t, "quota-a")
 	ns := controllers.MemberNamespace("quota-a")
 
