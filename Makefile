@@ -61,7 +61,7 @@ build: lab-binaries ## Build every binary into bin/ (archipelago-hub, -agent, -p
 	CGO_ENABLED=0 go build -trimpath -o $(BIN)/archipelago-probe ./cmd/archipelago-probe
 
 .PHONY: test-binaries
-test-binaries: ## Build kube-apiserver, etcd and kubectl for tests into bin/k8s (minutes the first time).
+test-binaries: ## Build kube-apiserver, kube-controller-manager, etcd and kubectl for tests into bin/k8s (minutes the first time).
 	hack/build-test-binaries.sh $(K8S_BIN)
 
 .PHONY: packages

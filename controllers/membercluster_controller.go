@@ -13,16 +13,19 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	kerrors "k8s.io/apimachinery/pkg/util/errors"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
@@ -60,7 +63,11 @@ type memberScope struct {
 // +kubebuilder:rbac:groups=mesh.archipelago.dev,resources=cidrclaims,verbs=get;list;watch;create;update;patch;delete;deletecollection
 // +kubebuilder:rbac:groups=mesh.archipelago.dev,resources=tunnelgateways,verbs=get;list;watch;create;update;patch;delete;deletecollection
 // +kubebuilder:rbac:groups=mesh.archipelago.dev,resources=tunnelgateways/status,verbs=get;update;patch
-// +kubebuilder:rbac:groups="",resources=namespaces;serviceaccounts,verbs=get;list;watch;create;update;patch;delete
+// The hub may write namespaces, ServiceAccounts, ResourceQuotas and RBAC
+// objects anywhere as far as RBAC goes (it cannot name them in advance); the
+// ValidatingAdmissionPolicy in config/rbac confines every change to objects
+// it labelled itself, and RBAC objects to the names it uses.
+// +kubebuilder:rbac:groups="",resources=namespaces;serviceaccounts;resourcequotas,verbs=get;list;watch;create;update;patch;delete
 // The hub grants members create on their own serviceaccounts/token (renewal), so it must hold it (RBAC escalation check).
 // +kubebuilder:rbac:groups="",resources=serviceaccounts/token,verbs=create
 // +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=roles;rolebindings;clusterroles;clusterrolebindings,verbs=get;list;watch;create;update;patch;delete
@@ -222,7 +229,8 @@ func requestedNotAssigned(m *meshv1.MemberCluster) string {
 
 // reconcileNamespace gives the member its hub namespace, ServiceAccount and
 // the RBAC that confines it: TunnelGateways in its own namespace, read access to
-// ClusterSets and MemberClusters, nothing else (never MemberCluster status).
+// ClusterSets and MemberClusters, nothing else (never MemberCluster status);
+// and a ResourceQuota that bounds its TunnelGateways.
 func (r *MemberClusterReconciler) reconcileNamespace(ctx context.Context, s *memberScope) (ctrl.Result, error) {
 	m := s.member
 	nsName := MemberNamespace(m.Name)
@@ -246,6 +254,7 @@ func (r *MemberClusterReconciler) reconcileNamespace(ctx context.Context, s *mem
 	rb := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: memberRoleName, Namespace: nsName}}
 	cr := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: memberRoleName}}
 	crb := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: memberClusterRoleBinding(m.Name)}}
+	quota := &corev1.ResourceQuota{ObjectMeta: metav1.ObjectMeta{Name: memberRoleName, Namespace: nsName}}
 	for _, e := range []struct {
 		obj    client.Object
 		labels map[string]string
@@ -263,6 +272,12 @@ func (r *MemberClusterReconciler) reconcileNamespace(ctx context.Context, s *mem
 		{crb, labels, func() error {
 			crb.RoleRef = rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: memberRoleName}
 			crb.Subjects = subject
+			return nil
+		}},
+		// What the member writes on the hub is bounded; its Role does not let
+		// it change the quota.
+		{quota, labels, func() error {
+			quota.Spec.Hard = corev1.ResourceList{GatewayQuotaResource: *resource.NewQuantity(MaxGatewaysPerMember, resource.DecimalSI)}
 			return nil
 		}},
 	} {
@@ -351,11 +366,15 @@ func (r *MemberClusterReconciler) reconcileGateways(ctx context.Context, s *memb
 	)
 	for i := range list.Items {
 		gw := &list.Items[i]
-		verr := validateGateway(gw)
+		refusal, err := r.refuseGateway(ctx, m, gw)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
 		gwBefore := gw.DeepCopy()
-		if verr != nil {
-			invalid = append(invalid, gw.Name+": "+verr.Error())
-			setCondition(&gw.Status.Conditions, gw.Generation, meshv1.TunnelGatewayValid, metav1.ConditionFalse, meshv1.ReasonInvalidGateway, verr.Error())
+		if refusal != nil {
+			invalid = append(invalid, gw.Name+": "+refusal.message)
+			setCondition(&gw.Status.Conditions, gw.Generation, meshv1.TunnelGatewayValid, metav1.ConditionFalse, refusal.reason, refusal.message)
 		} else {
 			setCondition(&gw.Status.Conditions, gw.Generation, meshv1.TunnelGatewayValid, metav1.ConditionTrue, meshv1.ReasonValid, "public key and endpoints parse")
 			valid = append(valid, meshv1.MemberGateway{
@@ -398,16 +417,65 @@ func (r *MemberClusterReconciler) reconcileGateways(ctx context.Context, s *memb
 	return ctrl.Result{}, kerrors.NewAggregate(errs)
 }
 
-func validateGateway(gw *meshv1.TunnelGateway) error {
-	if err := ValidatePublicKey(gw.Spec.PublicKey); err != nil {
-		return err
+// refuseGateway returns why gw must not be given to peers (nil if it may
+// be): a field that does not parse, or a public key that another member's
+// gateway holds. The error is a failure to find out.
+func (r *MemberClusterReconciler) refuseGateway(ctx context.Context, m *meshv1.MemberCluster, gw *meshv1.TunnelGateway) (*gatewayError, error) {
+	if err := validateGatewaySyntax(gw); err != nil {
+		return &gatewayError{reason: meshv1.ReasonInvalidGateway, message: err.Error()}, nil
 	}
-	for i, e := range gw.Spec.Endpoints {
-		if err := ValidateEndpoint(e); err != nil {
-			return fmt.Errorf("spec.endpoints[%d]: %w", i, err)
+	key := gw.Spec.PublicKey
+	var publishers meshv1.MemberClusterList
+	if err := r.Client.List(ctx, &publishers, client.MatchingFields{IndexPublishedKey: key}, readOnly); err != nil {
+		return nil, fmt.Errorf("list members that publish the public key of %s/%s: %w", gw.Namespace, gw.Name, err)
+	}
+	mine := publishedKeys(m)[key]
+	var other *gatewayError
+	for i := range publishers.Items {
+		p := &publishers.Items[i]
+		if p.Name == m.Name || other != nil {
+			continue
+		}
+		for _, pg := range p.Status.Gateways {
+			if pg.PublicKey == key {
+				other = publishedKeyError(p.Name, pg.Name)
+				break
+			}
 		}
 	}
-	return nil
+	switch {
+	case other != nil && !mine:
+		return other, nil
+	case other == nil && mine:
+		return nil, nil
+	}
+	// No member gives the key to peers yet (or, after a race, several do):
+	// the oldest gateway holds it.
+	var sharing meshv1.TunnelGatewayList
+	if err := r.Client.List(ctx, &sharing, client.MatchingFields{IndexPublicKey: key}, readOnly); err != nil {
+		return nil, fmt.Errorf("list gateways with the public key of %s/%s: %w", gw.Namespace, gw.Name, err)
+	}
+	own := MemberNamespace(m.Name)
+	holder, member := keyHolder(sharing.Items, func(ns string) string {
+		if ns == own {
+			return m.Name
+		}
+		return r.memberOfNamespace(ctx, ns)
+	})
+	if holder != nil && holder.Namespace != own {
+		return duplicateKeyError(holder, member), nil
+	}
+	return nil, nil
+}
+
+// memberOfNamespace names the member whose hub namespace ns is, or "" for a
+// namespace the hub did not make for a member.
+func (r *MemberClusterReconciler) memberOfNamespace(ctx context.Context, ns string) string {
+	n := &corev1.Namespace{}
+	if err := r.Client.Get(ctx, types.NamespacedName{Name: ns}, n); err != nil {
+		return ""
+	}
+	return n.Labels[meshv1.LabelMember]
 }
 
 // reconcileConnectivity counts the peers the active gateway reports up.
@@ -553,10 +621,17 @@ func (r *MemberClusterReconciler) SetupWithManager(ctx context.Context, mgr ctrl
 	}); err != nil {
 		return fmt.Errorf("index memberclusters by clusterset: %w", err)
 	}
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &meshv1.TunnelGateway{}, IndexPublicKey, indexPublicKey); err != nil {
+		return fmt.Errorf("index tunnelgateways by public key: %w", err)
+	}
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &meshv1.MemberCluster{}, IndexPublishedKey, indexPublishedKey); err != nil {
+		return fmt.Errorf("index memberclusters by published key: %w", err)
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&meshv1.MemberCluster{}).
 		Watches(&meshv1.ClusterSet{}, handler.EnqueueRequestsFromMapFunc(r.pendingMembersOfSet)).
-		Watches(&meshv1.TunnelGateway{}, handler.EnqueueRequestsFromMapFunc(r.memberOfNamespacedObject)).
+		Watches(&meshv1.TunnelGateway{}, r.gatewayEvents()).
+		Watches(&meshv1.MemberCluster{}, r.publishedKeyEvents()).
 		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(memberOfLabel),
 			builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool { return o.GetLabels()[meshv1.LabelMember] != "" }))).
 		WithOptions(controller.Options{MaxConcurrentReconciles: r.MaxConcurrentReconciles}).
@@ -591,6 +666,84 @@ func (r *MemberClusterReconciler) memberOfNamespacedObject(ctx context.Context, 
 		return nil
 	}
 	return memberOfLabel(ctx, ns)
+}
+
+// gatewayEvents enqueues the member of a changed gateway and the members of
+// every other gateway with the same public key (before and after the
+// change): whether their gateways hold the key may have changed with it.
+func (r *MemberClusterReconciler) gatewayEvents() handler.EventHandler {
+	enqueue := func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request], objs ...client.Object) {
+		keys := map[string]bool{}
+		for _, o := range objs {
+			for _, req := range r.memberOfNamespacedObject(ctx, o) {
+				q.Add(req)
+			}
+			if gw, ok := o.(*meshv1.TunnelGateway); ok && gw.Spec.PublicKey != "" {
+				keys[gw.Spec.PublicKey] = true
+			}
+		}
+		r.enqueueKeySharers(ctx, q, keys)
+	}
+	return handler.Funcs{
+		CreateFunc: func(ctx context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			enqueue(ctx, q, e.Object)
+		},
+		UpdateFunc: func(ctx context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			enqueue(ctx, q, e.ObjectOld, e.ObjectNew)
+		},
+		DeleteFunc: func(ctx context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			enqueue(ctx, q, e.Object)
+		},
+		GenericFunc: func(ctx context.Context, e event.GenericEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			enqueue(ctx, q, e.Object)
+		},
+	}
+}
+
+// publishedKeyEvents enqueues, when a member starts or stops giving a key
+// to peers, the members of the other gateways with that key: a refused
+// copy becomes valid when its holder gives the key up.
+func (r *MemberClusterReconciler) publishedKeyEvents() handler.EventHandler {
+	changed := func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request], before, after map[string]bool) {
+		keys := map[string]bool{}
+		for k := range before {
+			if !after[k] {
+				keys[k] = true
+			}
+		}
+		for k := range after {
+			if !before[k] {
+				keys[k] = true
+			}
+		}
+		r.enqueueKeySharers(ctx, q, keys)
+	}
+	return handler.Funcs{
+		UpdateFunc: func(ctx context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			changed(ctx, q, publishedKeys(e.ObjectOld.(*meshv1.MemberCluster)), publishedKeys(e.ObjectNew.(*meshv1.MemberCluster)))
+		},
+		DeleteFunc: func(ctx context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			if m, ok := e.Object.(*meshv1.MemberCluster); ok {
+				changed(ctx, q, publishedKeys(m), nil)
+			}
+		},
+	}
+}
+
+// enqueueKeySharers enqueues the members of every gateway that publishes one of keys.
+func (r *MemberClusterReconciler) enqueueKeySharers(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request], keys map[string]bool) {
+	for key := range keys {
+		var sharing meshv1.TunnelGatewayList
+		if err := r.Client.List(ctx, &sharing, client.MatchingFields{IndexPublicKey: key}, readOnly); err != nil {
+			logf.FromContext(ctx).Error(err, "List gateways with a public key")
+			continue
+		}
+		for i := range sharing.Items {
+			if m := r.memberOfNamespace(ctx, sharing.Items[i].Namespace); m != "" {
+				q.Add(reconcile.Request{NamespacedName: types.NamespacedName{Name: m}})
+			}
+		}
+	}
 }
 
 func memberOfLabel(_ context.Context, o client.Object) []reconcile.Request {

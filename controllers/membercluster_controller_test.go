@@ -36,6 +36,8 @@ func newFakeHub(t *testing.T, objs ...client.Object) (client.Client, *MemberClus
 		WithIndex(&meshv1.MemberCluster{}, IndexClusterSet, func(o client.Object) []string {
 			return []string{o.(*meshv1.MemberCluster).Spec.ClusterSet}
 		}).
+		WithIndex(&meshv1.TunnelGateway{}, IndexPublicKey, indexPublicKey).
+		WithIndex(&meshv1.MemberCluster{}, IndexPublishedKey, indexPublishedKey).
 		WithObjects(objs...).Build()
 	now := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
 	ledger := &BlockLedger{Client: c, Reader: c, Now: func() time.Time { return now }}
@@ -129,6 +131,14 @@ func TestReconcileAssignsAndConfines(t *testing.T) {
 				t.Errorf("member cluster role grants %s", v)
 			}
 		}
+	}
+	// Its gateways are bounded.
+	quota := &corev1.ResourceQuota{}
+	if err := c.Get(ctx, client.ObjectKey{Namespace: "member-east", Name: memberRoleName}, quota); err != nil {
+		t.Fatal(err)
+	}
+	if n, ok := quota.Spec.Hard[GatewayQuotaResource]; !ok || n.Value() != MaxGatewaysPerMember || quota.Labels[labelManagedBy] != managedByHub {
+		t.Errorf("quota %+v", quota)
 	}
 	// Once both have seen each other, a further pass changes nothing.
 	reconcileMember(t, r, "east")

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strings"
 
+	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
@@ -20,6 +21,14 @@ const (
 	// labelManagedBy marks every object the hub creates, so its cache can watch only those.
 	labelManagedBy = "app.kubernetes.io/managed-by"
 	managedByHub   = "archipelago-hub"
+
+	// MaxGatewaysPerMember bounds the TunnelGateways a member may write (a
+	// ResourceQuota in its namespace): one per gateway candidate node is
+	// plenty, and a member must not be able to fill the hub's etcd.
+	MaxGatewaysPerMember = 16
+	// GatewayQuotaResource is what that quota counts. The API server counts
+	// objects of custom resources under count/<resource>.<group>.
+	GatewayQuotaResource corev1.ResourceName = "count/tunnelgateways.mesh.archipelago.dev"
 )
 
 // MemberNamespace returns the hub namespace of a member. Namespace names are

@@ -5,7 +5,12 @@ import (
 	"fmt"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
 // Options configure the hub's controllers.
@@ -19,7 +24,8 @@ type Options struct {
 	Now func() time.Time
 }
 
-// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch;delete
+// Leader election: Leases in the hub's own namespace only (a Role).
+// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch;delete,namespace=archipelago-system
 
 // SetupHub registers the hub's controllers with mgr.
 func SetupHub(ctx context.Context, mgr ctrl.Manager, opts Options) error {
@@ -37,4 +43,21 @@ func SetupHub(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 		return fmt.Errorf("set up clusterset controller: %w", err)
 	}
 	return nil
+}
+
+// CacheByObject selects what the hub's cache holds of the kinds it creates
+// for members: only the objects it labelled as its own (the admission policy
+// in config/rbac lets it change no others), not every namespace and role of
+// the hub cluster.
+func CacheByObject() map[client.Object]cache.ByObject {
+	managed := cache.ByObject{Label: labels.SelectorFromSet(labels.Set{labelManagedBy: managedByHub})}
+	return map[client.Object]cache.ByObject{
+		&corev1.Namespace{}:          managed,
+		&corev1.ServiceAccount{}:     managed,
+		&corev1.ResourceQuota{}:      managed,
+		&rbacv1.Role{}:               managed,
+		&rbacv1.RoleBinding{}:        managed,
+		&rbacv1.ClusterRole{}:        managed,
+		&rbacv1.ClusterRoleBinding{}: managed,
+	}
 }

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kubectl and etcd from the Go module proxy into bin/k8s/
+# Builds kube-apiserver, kube-controller-manager (its resourcequota controller
+# makes quotas count in the hub tests), kubectl and etcd from the Go module proxy into bin/k8s/
 # (the folder KUBEBUILDER_ASSETS points at). Idempotent: a binary that exists with
 # the right version stamp is not built again. Prints progress for each step.
 set -euo pipefail
@@ -35,4 +36,5 @@ build() { # name package ldflags
 
 build etcd go.etcd.io/etcd/server/v3 "-s -w"
 build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$ldflags"
+build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager "$ldflags"
 build kubectl k8s.io/kubernetes/cmd/kubectl "$ldflags"

@@ -32,6 +32,9 @@ const (
 	ReasonPending            = "Pending"
 	ReasonValid              = "Valid"
 	ReasonInvalidGateway     = "InvalidGateway"
+	// ReasonDuplicatePublicKey: another member's gateway published this
+	// WireGuard public key first; a key belongs to one member.
+	ReasonDuplicatePublicKey = "DuplicatePublicKey"
 	ReasonNoGateway          = "NoGateway"
 	ReasonGatewayPublished   = "GatewayPublished"
 	ReasonAllPeersUp         = "AllPeersUp"

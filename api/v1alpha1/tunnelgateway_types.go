@@ -7,7 +7,9 @@ import (
 // TunnelGateway condition types.
 const (
 	// TunnelGatewayValid is set by the hub: False (reason InvalidGateway) when the
-	// public key or an endpoint does not parse; such a gateway is never given to peers.
+	// public key or an endpoint does not parse, False (reason DuplicatePublicKey)
+	// when another member's gateway published the same public key first; such a
+	// gateway is never given to peers.
 	TunnelGatewayValid = "Valid"
 )
 

@@ -8,12 +8,8 @@ import (
 	"os"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -55,8 +51,6 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("load kubeconfig: %w", err)
 	}
-	// The hub watches only the namespaces and RBAC objects it made itself.
-	managed := cache.ByObject{Label: labels.SelectorFromSet(labels.Set{"app.kubernetes.io/managed-by": "archipelago-hub"})}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                  scheme,
 		Metrics:                 metricsserver.Options{BindAddress: *metricsAddr},
@@ -70,14 +64,8 @@ func run() error {
 		// Step down at once on shutdown so a new hub takes over without
 		// waiting for the lease to run out.
 		LeaderElectionReleaseOnCancel: true,
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			&corev1.Namespace{}:          managed,
-			&corev1.ServiceAccount{}:     managed,
-			&rbacv1.Role{}:               managed,
-			&rbacv1.RoleBinding{}:        managed,
-			&rbacv1.ClusterRole{}:        managed,
-			&rbacv1.ClusterRoleBinding{}: managed,
-		}},
+		// The hub watches only the namespaces, quotas and RBAC objects it made itself.
+		Cache: cache.Options{ByObject: controllers.CacheByObject()},
 	})
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)

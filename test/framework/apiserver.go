@@ -11,9 +11,6 @@ import (
 
 	"github.com/go-logr/logr"
 	"go.uber.org/zap/zapcore"
-	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	kruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -90,6 +87,10 @@ func StartAPIServer() (*APIServer, string, error) {
 		_ = env.Stop()
 		return nil, "", err
 	}
+	if err := installHubIdentity(context.Background(), cfg, c); err != nil {
+		_ = env.Stop()
+		return nil, "", fmt.Errorf("install the hub's RBAC from config/: %w", err)
+	}
 	return &APIServer{Env: env, Config: cfg, Client: c}, "", nil
 }
 
@@ -102,20 +103,21 @@ type Hub struct {
 	done   chan error
 }
 
-// StartHub runs the hub's controllers against cfg until t ends (or Stop).
-func StartHub(t testing.TB, cfg *rest.Config, opts controllers.Options) *Hub {
+// StartHub runs the hub's controllers until t ends (or Stop). admin is an
+// administrator's config of an API server from StartAPIServer; the hub itself
+// runs as its ServiceAccount, with the RBAC and admission policy of config/.
+func StartHub(t testing.TB, admin *rest.Config, opts controllers.Options) *Hub {
 	t.Helper()
-	managed := cache.ByObject{Label: labels.SelectorFromSet(labels.Set{"app.kubernetes.io/managed-by": "archipelago-hub"})}
+	cfg, err := HubConfig(context.Background(), admin)
+	if err != nil {
+		t.Fatalf("hub identity: %v", err)
+	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                 Scheme(),
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			&corev1.Namespace{}: managed, &corev1.ServiceAccount{}: managed,
-			&rbacv1.Role{}: managed, &rbacv1.RoleBinding{}: managed,
-			&rbacv1.ClusterRole{}: managed, &rbacv1.ClusterRoleBinding{}: managed,
-		}},
-		Controller: ctrlConfigSkipNameValidation(),
+		Cache:                  cache.Options{ByObject: controllers.CacheByObject()},
+		Controller:             ctrlConfigSkipNameValidation(),
 	})
 	if err != nil {
 		t.Fatalf("new manager: %v", err)

@@ -296,9 +296,14 @@ func (l *Lab) startHub(ctx context.Context) error {
 		return fmt.Errorf("create ClusterSet: %w", err)
 	}
 	// The hub controller talks to its apiserver on the namespace's
-	// loopback, like a pod on the control-plane node would.
+	// loopback, like a pod on the control-plane node would, as its
+	// ServiceAccount under the RBAC and admission policy of config/.
+	token, err := l.applyHubIdentity(ctx)
+	if err != nil {
+		return err
+	}
 	kc := filepath.Join(hub.dir, "hub.kubeconfig")
-	if err := writeClientKubeconfig(kc, "https://127.0.0.1:6443", hub.pki.CAPEM, hub.pki.AdminCert, hub.pki.AdminKey, ""); err != nil {
+	if err := writeClientKubeconfig(kc, "https://127.0.0.1:6443", hub.pki.CAPEM, nil, nil, token); err != nil {
 		return err
 	}
 	l.hubArgs = []string{l.bin("archipelago-hub"), "--kubeconfig=" + kc, "--leader-elect=false",
@@ -381,6 +386,26 @@ func (l *Lab) applyCRDs(ctx context.Context, context string) error {
 	}
 	_, err := l.kubectl(ctx, context, "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
 	return err
+}
+
+// applyHubIdentity applies what `kubectl apply -k config/hub` gives the hub
+// (its namespace, ServiceAccount, ClusterRole, Lease Role and admission
+// policy) and returns a token of that ServiceAccount.
+func (l *Lab) applyHubIdentity(ctx context.Context) (string, error) {
+	hubDir := filepath.Join(l.Root, "config", "hub")
+	if _, err := l.kubectl(ctx, HubContext, "apply", "-f", filepath.Join(hubDir, "namespace.yaml"), "-f", filepath.Join(hubDir, "serviceaccount.yaml")); err != nil {
+		return "", err
+	}
+	if _, err := l.kubectl(ctx, HubContext, "apply", "-k", filepath.Join(l.Root, "config", "rbac")); err != nil {
+		return "", err
+	}
+	token, err := l.kubectl(ctx, HubContext, "create", "token", "archipelago-hub", "--namespace=archipelago-system", "--duration=48h")
+	if err != nil {
+		return "", fmt.Errorf("token for the hub's ServiceAccount: %w", err)
+	}
+	// The token is the last line (kubectl writes warnings before it).
+	lines := strings.Split(strings.TrimSpace(token), "\n")
+	return lines[len(lines)-1], nil
 }
 
 // writeKubeconfig writes the lab kubeconfig: one context per cluster, each

@@ -16,8 +16,8 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
 	"github.com/archipelago-mesh/archipelago/controllers"
@@ -68,7 +68,7 @@ func (h *hubProcess) spawnLocked() {
 	if h.calm {
 		lease = nil
 	}
-	args := append([]string{"--kubeconfig", h.kcfg, "--leader-elect=true", "--leader-election-namespace=default",
+	args := append([]string{"--kubeconfig", h.kcfg, "--leader-elect=true", "--leader-election-namespace="+framework.HubNamespace,
 		"--metrics-bind-address=0", "--health-probe-bind-address=0"}, lease...)
 	cmd := exec.Command(h.bin, args...)
 	cmd.Stdout, cmd.Stderr = h.log, h.log
@@ -190,17 +190,14 @@ func TestHubKilledWhileMembersJoinAdoptAndLeave(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: the crash test builds and kills the hub binary for about a minute")
 	}
-	user, err := api.Env.AddUser(envtest.User{Name: "crash-hub", Groups: []string{"system:masters"}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kcfg, err := user.KubeConfig()
+	// The hub binary runs as its ServiceAccount, under config/'s RBAC.
+	hubCfg, err := framework.HubConfig(context.Background(), api.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
 	kcfgPath := filepath.Join(dir, "kubeconfig")
-	if err := os.WriteFile(kcfgPath, kcfg, 0o600); err != nil {
+	if err := framework.WriteKubeconfig(kcfgPath, "hub", map[string]*rest.Config{"hub": hubCfg}); err != nil {
 		t.Fatal(err)
 	}
 	// The hub's log outlives a failed test (it is named then) and is

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -16,11 +17,6 @@ import (
 	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
 	"github.com/archipelago-mesh/archipelago/controllers"
 	"github.com/archipelago-mesh/archipelago/test/framework"
-)
-
-const (
-	validKeyA = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
-	validKeyB = "TrMvSoP4jYQlY6RIzBgbssQqY3vxI2Pi+y71lOWWXX0="
 )
 
 // asMember returns a client that acts as member's agent on the hub.
@@ -63,16 +59,65 @@ func TestMemberRBAC(t *testing.T) {
 		})
 	}
 	a := asMember(t, "rbac-a")
+	// Keys of their own: a key another test's member holds would be refused.
+	validKeyA := randomKey(t)
 
 	// RBAC objects are created asynchronously; wait until A may write.
 	eventually(t, 20*time.Second, "member A creates a Gateway in its own namespace", func() error {
 		return a.Create(ctx, gateway("rbac-a", "node-1", "node-1", validKeyA, "192.0.2.10:51820"))
 	})
 
+	// What A must not reach: B's gateway, and Secrets in both namespaces.
+	b := asMember(t, "rbac-b")
+	eventually(t, 20*time.Second, "member B creates a Gateway in its own namespace", func() error {
+		return b.Create(ctx, gateway("rbac-b", "node-1", "node-1", randomKey(t), "192.0.2.20:51820"))
+	})
+	bGateway := func() *meshv1.TunnelGateway {
+		gw := &meshv1.TunnelGateway{}
+		if err := c.Get(ctx, client.ObjectKey{Namespace: controllers.MemberNamespace("rbac-b"), Name: "node-1"}, gw); err != nil {
+			t.Fatal(err)
+		}
+		return gw
+	}
+	for _, n := range []string{"rbac-a", "rbac-b"} {
+		create(t, c, &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: "hub-only", Namespace: controllers.MemberNamespace(n)},
+			StringData: map[string]string{"token": "not for members"},
+		})
+	}
+
 	forbidden := []struct {
 		name string
 		do   func() error
 	}{
+		{"read a Secret in its own namespace", func() error {
+			return a.Get(ctx, client.ObjectKey{Namespace: controllers.MemberNamespace("rbac-a"), Name: "hub-only"}, &corev1.Secret{})
+		}},
+		{"list Secrets in its own namespace", func() error {
+			return a.List(ctx, &corev1.SecretList{}, client.InNamespace(controllers.MemberNamespace("rbac-a")))
+		}},
+		{"read a Secret in B's namespace", func() error {
+			return a.Get(ctx, client.ObjectKey{Namespace: controllers.MemberNamespace("rbac-b"), Name: "hub-only"}, &corev1.Secret{})
+		}},
+		{"list Secrets of all namespaces", func() error { return a.List(ctx, &corev1.SecretList{}) }},
+		{"patch the status of B's Gateway", func() error {
+			gw := bGateway()
+			patch := client.MergeFrom(gw.DeepCopy())
+			gw.Status.Peers = []meshv1.TunnelGatewayPeerStatus{{Cluster: "rbac-a", Up: false}}
+			return a.Status().Patch(ctx, gw, patch)
+		}},
+		{"update B's Gateway", func() error {
+			gw := bGateway()
+			gw.Spec.Endpoints = []string{"192.0.2.66:51820"}
+			return a.Update(ctx, gw)
+		}},
+		{"delete B's Gateway", func() error { return a.Delete(ctx, bGateway()) }},
+		{"delete B's Gateways all at once", func() error {
+			return a.DeleteAllOf(ctx, &meshv1.TunnelGateway{}, client.InNamespace(controllers.MemberNamespace("rbac-b")))
+		}},
+		{"change the quota of its namespace", func() error {
+			return a.DeleteAllOf(ctx, &corev1.ResourceQuota{}, client.InNamespace(controllers.MemberNamespace("rbac-a")))
+		}},
 		{"create a Gateway in B's namespace", func() error {
 			return a.Create(ctx, gateway("rbac-b", "evil", "node-1", validKeyA, "192.0.2.66:51820"))
 		}},
@@ -108,6 +153,9 @@ func TestMemberRBAC(t *testing.T) {
 				t.Errorf("got %v, want Forbidden", err)
 			}
 		})
+	}
+	if gw := bGateway(); len(gw.Status.Peers) != 0 || !gw.DeletionTimestamp.IsZero() || gw.Spec.Endpoints[0] != "192.0.2.20:51820" {
+		t.Errorf("B's gateway changed: %+v", gw)
 	}
 
 	// The peer directory is readable.
@@ -152,6 +200,7 @@ func TestGatewayValidation(t *testing.T) {
 		return nil
 	})
 
+	validKeyA, validKeyB := randomKey(t), randomKey(t)
 	create(t, c, gateway("gw-a", "good", "node-a1", validKeyA, "192.0.2.1:51820"))
 	bad := gateway("gw-a", "bad-key", "node-a2", "not-a-key")
 	bad.Spec.Active = false
