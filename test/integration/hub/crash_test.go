@@ -68,7 +68,7 @@ func (h *hubProcess) spawnLocked() {
 	if h.calm {
 		lease = nil
 	}
-	args := append([]string{"--kubeconfig", h.kcfg, "--leader-elect=true", "--leader-election-namespace="+framework.HubNamespace,
+	args := append([]string{"--kubeconfig", h.kcfg, "--leader-elect=true", "--leader-election-namespace=" + framework.HubNamespace,
 		"--metrics-bind-address=0", "--health-probe-bind-address=0"}, lease...)
 	cmd := exec.Command(h.bin, args...)
 	cmd.Stdout, cmd.Stderr = h.log, h.log
