@@ -252,6 +252,14 @@ func (w *writeCounter) quiet(t testing.TB, timeout time.Duration) []string {
 // reports every peer up and beats, and waits until the hub settled.
 func simulatedSet(t testing.TB, c client.Client, set, pool string, n int) []string {
 	t.Helper()
+	names := simulatedMembers(t, c, set, pool, n)
+	simulatedGateways(t, c, set, names)
+	return names
+}
+
+// simulatedMembers makes a set of n members and waits for their ranges and namespaces.
+func simulatedMembers(t testing.TB, c client.Client, set, pool string, n int) []string {
+	t.Helper()
 	create(t, c, framework.NewClusterSet(set, []string{pool}, framework.WithBlockSize(24, 0)))
 	names := make([]string, n)
 	for i := range names {
@@ -262,6 +270,14 @@ func simulatedSet(t testing.TB, c client.Client, set, pool string, n int) []stri
 		waitAssigned(t, c, name, time.Minute)
 		waitNamespace(t, c, name)
 	}
+	return names
+}
+
+// simulatedGateways gives every member one active gateway that reports every
+// peer up and beats, as agents do, and waits until the hub settled.
+func simulatedGateways(t testing.TB, c client.Client, set string, names []string) {
+	t.Helper()
+	n := len(names)
 	for i, name := range names {
 		create(t, c, gateway(name, "gw", "node-1", fmt.Sprintf("%s%03d=", validKeyA[:40], i), fmt.Sprintf("192.0.2.%d:51820", 1+i%250)))
 		heartbeat(t, c, name, "gw", func(st *meshv1.TunnelGatewayStatus) { st.PeersUp = int32(n - 1) })
@@ -279,7 +295,6 @@ func simulatedSet(t testing.TB, c client.Client, set, pool string, n int) []stri
 		}
 		return nil
 	})
-	return names
 }
 
 // Heartbeats alone make the hub write nothing; one endpoint change makes it
