@@ -35,6 +35,9 @@ const DefaultHeartbeatStaleAfter = 3 * time.Minute
 // an event (acknowledgements wake it at once; a peer turning stale does not).
 const drainRecheck = 5 * time.Second
 
+// drainAckDelay folds the acknowledgements that arrive together into one drain pass.
+const drainAckDelay = 250 * time.Millisecond
+
 // reconcilePeer keeps the member's entry in its set's peer directory: the
 // ranges the persisted status holds and the active validated gateway. The
 // object is written only when one of those changes.
@@ -247,9 +250,13 @@ func (r *MemberClusterReconciler) gatewayEvents() handler.EventHandler {
 			if gatewayChangeMatters(old, gw, r.now(), r.HeartbeatStaleAfter) {
 				owner(ctx, gw, q)
 			}
+			// Acknowledgements of one withdrawal arrive from every peer
+			// at about the same time: a short delay lets the queue fold
+			// them into a few drain passes (each reads every peer's
+			// gateway) instead of one per peer.
 			for _, name := range gw.Status.DroppedPeers {
 				if !slices.Contains(old.Status.DroppedPeers, name) {
-					q.Add(reconcile.Request{NamespacedName: types.NamespacedName{Name: name}})
+					q.AddAfter(reconcile.Request{NamespacedName: types.NamespacedName{Name: name}}, drainAckDelay)
 				}
 			}
 		},
