@@ -117,12 +117,13 @@ type MemberClusterStatus struct {
 	// +optional
 	ActiveGateway string `json:"activeGateway,omitempty"`
 
-	// ConnectedPeers is how many of the other members with ranges the active
-	// gateway reports a tunnel up to.
+	// ConnectedPeers is how many peers the active gateway reports a tunnel
+	// up to (its TunnelGateway's status.peersUp).
 	// +optional
 	ConnectedPeers int32 `json:"connectedPeers"`
 
-	// TotalPeers is how many other members of the set hold ranges.
+	// TotalPeers is how many peers the active gateway's directory holds
+	// (status.peersUp plus its status.downPeers).
 	// +optional
 	TotalPeers int32 `json:"totalPeers"`
 
