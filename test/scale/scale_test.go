@@ -273,9 +273,9 @@ func (s *harness) waitMembers(ctx context.Context, what string, limit time.Durat
 	}
 }
 
-// startWatchers opens one watch on the peer directory per member, as each
-// member's active agent holds it, over one transport that counts the bytes
-// the apiserver sends.
+// startWatchers opens one watch on the peer directory (the ClusterSetPeers
+// of the set's namespace) per member, as each member's active agent holds
+// it, over one transport that counts the bytes the apiserver sends.
 func (s *harness) startWatchers(ctx context.Context) {
 	cfg := rest.CopyConfig(s.api.Config)
 	cfg.QPS, cfg.Burst = 2000, 4000
@@ -296,7 +296,7 @@ func (s *harness) watch(ctx context.Context, wc client.WithWatch, self string, r
 	var once sync.Once
 	defer once.Do(ready.Done)
 	for ctx.Err() == nil {
-		w, err := wc.Watch(ctx, &meshv1.MemberClusterList{})
+		w, err := wc.Watch(ctx, &meshv1.ClusterSetPeerList{}, client.InNamespace(meshv1.ClusterSetNamespace(setName)))
 		if err != nil {
 			time.Sleep(100 * time.Millisecond)
 			continue
@@ -307,15 +307,15 @@ func (s *harness) watch(ctx context.Context, wc client.WithWatch, self string, r
 			if ev.Type != watch.Added && ev.Type != watch.Modified {
 				continue
 			}
-			m, ok := ev.Object.(*meshv1.MemberCluster)
+			p, ok := ev.Object.(*meshv1.ClusterSetPeer)
 			if !ok {
 				continue
 			}
 			ch := s.target.Load()
-			if ch == nil || ch == recorded || m.Name != ch.member || self == ch.member {
+			if ch == nil || ch == recorded || p.Name != ch.member || self == ch.member {
 				continue
 			}
-			if activeEndpoint(m) == ch.endpoint {
+			if activeEndpoint(p) == ch.endpoint {
 				recorded = ch
 				ch.seen <- time.Since(ch.start)
 			}
@@ -327,11 +327,9 @@ func (s *harness) watch(ctx context.Context, wc client.WithWatch, self string, r
 
 // activeEndpoint is the first endpoint of the member's active gateway in
 // the directory.
-func activeEndpoint(m *meshv1.MemberCluster) string {
-	for _, g := range m.Status.Gateways {
-		if g.Active && len(g.Endpoints) > 0 {
-			return g.Endpoints[0]
-		}
+func activeEndpoint(p *meshv1.ClusterSetPeer) string {
+	if g := p.Spec.Gateway; g != nil && len(g.Endpoints) > 0 {
+		return g.Endpoints[0]
 	}
 	return ""
 }
