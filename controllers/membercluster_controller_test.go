@@ -2,6 +2,8 @@ package controllers
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"testing"
 	"time"
 
@@ -240,11 +242,22 @@ func TestReconcileGatewayValidation(t *testing.T) {
 
 const keyEast = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
 
+// keyOf is a member's WireGuard public key in these tests: keyEast for east,
+// one of its own for every other member (the hub refuses a key that
+// another member already publishes).
+func keyOf(member string) string {
+	if member == "east" {
+		return keyEast
+	}
+	sum := sha256.Sum256([]byte(member))
+	return base64.StdEncoding.EncodeToString(sum[:])
+}
+
 // activeGateway is member's active gateway on node, with its heartbeat at seen.
 func activeGateway(member, node string, seen time.Time, dropped ...string) *meshv1.TunnelGateway {
 	return &meshv1.TunnelGateway{
 		ObjectMeta: metav1.ObjectMeta{Name: node, Namespace: MemberNamespace(member)},
-		Spec:       meshv1.TunnelGatewaySpec{NodeName: node, PublicKey: keyEast, Endpoints: []string{"192.0.2.1:51820"}, Active: true},
+		Spec:       meshv1.TunnelGatewaySpec{NodeName: node, PublicKey: keyOf(member), Endpoints: []string{"192.0.2.1:51820"}, Active: true},
 		Status:     meshv1.TunnelGatewayStatus{LastSeen: &metav1.Time{Time: seen}, DroppedPeers: dropped},
 	}
 }
