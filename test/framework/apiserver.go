@@ -56,9 +56,14 @@ type APIServer struct {
 	Client client.Client
 }
 
+// APIServerArgs sets flags of kube-apiserver (an audit log, say) for
+// StartAPIServer.
+type APIServerArgs map[string]string
+
 // StartAPIServer starts an apiserver for a test binary (call it from
 // TestMain). It returns nil and a reason when the binaries are missing.
-func StartAPIServer() (*APIServer, string, error) {
+// args, if any, are passed to kube-apiserver.
+func StartAPIServer(args ...APIServerArgs) (*APIServer, string, error) {
 	dir, why := AssetsDir()
 	if dir == "" {
 		return nil, why, nil
@@ -72,6 +77,11 @@ func StartAPIServer() (*APIServer, string, error) {
 		},
 		ErrorIfCRDPathMissing: true,
 		Scheme:                Scheme(),
+	}
+	for _, a := range args {
+		for k, v := range a {
+			env.ControlPlane.GetAPIServer().Configure().Set(k, v)
+		}
 	}
 	cfg, err := env.Start()
 	if err != nil {
