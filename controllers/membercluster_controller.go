@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -558,10 +559,27 @@ func (r *MemberClusterReconciler) reconcileGateways(ctx context.Context, s *memb
 		}
 	}
 	var res ctrl.Result
+	wasConnected := meta.FindStatusCondition(m.Status.Conditions, meshv1.MemberAgentConnected)
 	if next := setAgentConnectedCondition(m, len(valid), newest, r.now(), r.HeartbeatStaleAfter); next > 0 {
 		res.RequeueAfter = next
 	}
+	logLiveness(logf.FromContext(ctx), m, wasConnected, newest)
 	return res, kerrors.NewAggregate(errs)
+}
+
+// logLiveness logs a member's agent turning stale and coming back (the
+// status says so too; the log tells when the hub saw it).
+func logLiveness(log logr.Logger, m *meshv1.MemberCluster, was *metav1.Condition, lastSeen *metav1.Time) {
+	now := meta.FindStatusCondition(m.Status.Conditions, meshv1.MemberAgentConnected)
+	if was == nil || now == nil || was.Status == now.Status {
+		return
+	}
+	switch {
+	case now.Reason == meshv1.ReasonHeartbeatStale:
+		log.Info("Member's agent heartbeat is stale", "member", klog.KObj(m), "lastSeen", lastSeen)
+	case was.Reason == meshv1.ReasonHeartbeatStale && now.Status == metav1.ConditionTrue:
+		log.Info("Member's agent heartbeat is fresh again", "member", klog.KObj(m), "lastSeen", lastSeen)
+	}
 }
 
 // refuseGateway returns why gw must not be given to peers (nil if it may
