@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/rest"
@@ -27,6 +28,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
+	"github.com/archipelago-mesh/archipelago/controllers"
 	"github.com/archipelago-mesh/archipelago/test/framework"
 )
 
@@ -52,7 +54,14 @@ func BenchmarkHubScale(b *testing.B) {
 	if _, why := framework.AssetsDir(); why != "" {
 		b.Skip(why)
 	}
-	api, why, err := framework.StartAPIServer()
+	logDir := os.Getenv("SCALE_LOG_DIR")
+	if logDir == "" {
+		logDir = b.TempDir()
+	} else if err := os.MkdirAll(logDir, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	audit, auditArgs := newAuditLog(b, logDir)
+	api, why, err := framework.StartAPIServer(auditArgs)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -63,7 +72,7 @@ func BenchmarkHubScale(b *testing.B) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	s := &harness{b: b, n: n, api: api}
+	s := &harness{b: b, n: n, api: api, logDir: logDir, audit: audit, lastBeat: make([]atomic.Int64, n)}
 	s.startHub()
 	for range b.N {
 		s.run(ctx, changes, steady)
@@ -77,9 +86,17 @@ type harness struct {
 	hub     *framework.HubProcess
 	metrics string // the hub's metrics URL
 	c       client.Client
+	logDir  string    // the hub's log and the apiserver's audit log
+	audit   *auditLog // every write the apiserver served, by whom
+
+	beats atomic.Int64 // heartbeats written
 
 	watchBytes    atomic.Int64
+	watchEvents   atomic.Int64 // directory events the watches received
+	watchSynced   atomic.Int64 // watches that received the whole directory
 	watchRestarts atomic.Int64
+	lastBeat      []atomic.Int64 // per member: when its heartbeat was written (Unix ns)
+	maxBeatAge    atomic.Int64   // the oldest a heartbeat got before the next one (ns)
 	target        atomic.Pointer[change]
 }
 
@@ -100,12 +117,11 @@ func (s *harness) startHub() {
 	if err != nil {
 		b.Fatal(err)
 	}
-	dir := b.TempDir()
-	kcfgPath := filepath.Join(dir, "kubeconfig")
+	kcfgPath := filepath.Join(b.TempDir(), "kubeconfig")
 	if err := os.WriteFile(kcfgPath, kcfg, 0o600); err != nil {
 		b.Fatal(err)
 	}
-	logFile, err := os.Create(filepath.Join(dir, "hub.log"))
+	logFile, err := os.Create(filepath.Join(s.logDir, "hub.log"))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -147,7 +163,11 @@ func (s *harness) run(ctx context.Context, changes int, steady time.Duration) {
 	assignAll := time.Since(start)
 	b.Logf("%d members assigned in %s", n, assignAll.Round(time.Millisecond))
 
-	// 2. Each member's agent publishes its active gateway and heartbeats.
+	// 2. Each member's agent publishes its active gateway and from then on
+	// beats once a minute, as agents do.
+	hbCtx, stopHeartbeats := context.WithCancel(ctx)
+	defer stopHeartbeats()
+	go s.heartbeats(hbCtx, members)
 	parallel(n, 32, func(i int) error {
 		gw := &meshv1.TunnelGateway{
 			ObjectMeta: metav1.ObjectMeta{Name: "gw1", Namespace: members[memberName(i)].Status.Namespace},
@@ -160,7 +180,11 @@ func (s *harness) run(ctx context.Context, changes int, steady time.Duration) {
 		now := metav1.NewTime(time.Now().Truncate(time.Second))
 		patch := client.MergeFrom(gw.DeepCopy())
 		gw.Status.LastSeen = &now
-		return s.c.Status().Patch(ctx, gw, patch)
+		if err := s.c.Status().Patch(ctx, gw, patch); err != nil {
+			return err
+		}
+		s.lastBeat[i].Store(time.Now().UnixNano())
+		return nil
 	})
 	s.waitMembers(ctx, "gateways published", 10*time.Minute, func(m *meshv1.MemberCluster) bool {
 		return m.Status.ActiveGateway != ""
@@ -171,23 +195,38 @@ func (s *harness) run(ctx context.Context, changes int, steady time.Duration) {
 	wctx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	s.startWatchers(wctx)
-
-	hbCtx, stopHeartbeats := context.WithCancel(ctx)
-	defer stopHeartbeats()
-	go s.heartbeats(hbCtx, members)
+	watchStart := time.Now()
+	s.waitSynced(ctx, 10*time.Minute)
+	b.Logf("%d watches received the whole directory (%d entries each) in %s; watches opened again: %d",
+		n, n, time.Since(watchStart).Round(time.Millisecond), s.watchRestarts.Load())
 
 	// 4. Steady state: let the hub settle, then measure a window.
 	settled := s.waitQuiet(ctx, 2*time.Minute)
 	b.Logf("hub settled after %s (quiet: %v)", time.Since(start).Round(time.Millisecond), settled)
 	w0 := s.sample(ctx)
+	s.maxBeatAge.Store(0)
 	time.Sleep(steady)
 	w1 := s.sample(ctx)
 	win := w1.at.Sub(w0.at).Seconds()
+	// The window measures a live mesh only if every simulated agent kept
+	// beating within the hub's staleness bound (a stale agent is a real
+	// change the hub reports).
+	if age := s.beatAge(); age > controllers.DefaultHeartbeatStaleAfter {
+		b.Errorf("a simulated agent's heartbeat was %s old in the steady window (the hub calls it stale after %s): the harness fell behind",
+			age.Round(time.Second), controllers.DefaultHeartbeatStaleAfter)
+	}
+	if stale := s.notConnected(ctx); len(stale) > 0 {
+		b.Errorf("%d members are not AgentConnected after the steady window, e.g. %s", len(stale), stale[0])
+	}
+	beatsPerSec := float64(w1.beats-w0.beats) / win
+	b.Logf("steady state: writes the apiserver served in %.0f s (heartbeats written: %.1f/s):\n%s",
+		win, beatsPerSec, s.audit.summary(w0.audit, w1.audit, win))
 	hubCores := (w1.hub.CPU - w0.hub.CPU).Seconds() / win
 	hubWritesPerSec := float64(w1.hubWrites-w0.hubWrites) / win
 	apiWritesPerSec := float64(w1.apiWrites-w0.apiWrites) / win
 	bytesPerSec := float64(w1.watchBytes-w0.watchBytes) / win
-	b.Logf("steady state: %.0f bytes/s to all watchers", bytesPerSec)
+	b.Logf("steady state: %.0f bytes/s and %.2f directory events/s to all watchers (%d of %d watches have received the whole directory); heartbeats at most %s old",
+		bytesPerSec, float64(w1.watchEvents-w0.watchEvents)/win, s.watchSynced.Load(), n, s.beatAge().Round(time.Second))
 
 	// 5. Endpoint changes, one at a time, seen by the other n-1 watchers.
 	var lat []time.Duration
@@ -228,6 +267,8 @@ func (s *harness) run(ctx context.Context, changes int, steady time.Duration) {
 	// Everything the hub wrote and the watchers received while the changes
 	// ran, heartbeats included (they cost neither when the hub ignores them).
 	c1 := s.sample(ctx)
+	b.Logf("%d endpoint changes: writes the apiserver served in %.0f s:\n%s",
+		changes, c1.at.Sub(c0.at).Seconds(), s.audit.summary(c0.audit, c1.audit, c1.at.Sub(c0.at).Seconds()))
 	hubWritesPerChange := float64(c1.hubWrites-c0.hubWrites) / float64(changes)
 	bytesPerChange := float64(c1.watchBytes-c0.watchBytes) / float64(changes)
 
@@ -247,7 +288,7 @@ func (s *harness) run(ctx context.Context, changes int, steady time.Duration) {
 	}
 	b.Logf("members %d | assign all %.1f s | change seen by %d watchers p50 %s p99 %s | hub %.3f cores, %.0f MiB RSS | writes/s hub %.2f, apiserver %.2f (heartbeats %.1f/s) | per change: %.1f hub writes, %.1f KiB to watchers",
 		n, assignAll.Seconds(), n-1, p50.Round(time.Millisecond), p99.Round(time.Millisecond), hubCores, float64(w1.hub.RSS)/(1<<20),
-		hubWritesPerSec, apiWritesPerSec, float64(n)/heartbeat.Seconds(), hubWritesPerChange, bytesPerChange/1024)
+		hubWritesPerSec, apiWritesPerSec, beatsPerSec, hubWritesPerChange, bytesPerChange/1024)
 	stopHeartbeats()
 	stopWatch()
 }
@@ -298,21 +339,47 @@ func (s *harness) startWatchers(ctx context.Context) {
 func (s *harness) watch(ctx context.Context, wc client.WithWatch, self string, ready *sync.WaitGroup) {
 	var once sync.Once
 	defer once.Do(ready.Done)
+	synced := false
+	// A watch the apiserver closes is opened again from the last
+	// resourceVersion seen, as an informer does, not from the whole
+	// directory.
+	rv := ""
 	for ctx.Err() == nil {
-		w, err := wc.Watch(ctx, &meshv1.ClusterSetPeerList{}, client.InNamespace(meshv1.ClusterSetNamespace(setName)))
+		opts := []client.ListOption{client.InNamespace(meshv1.ClusterSetNamespace(setName))}
+		if rv != "" {
+			opts = append(opts, &client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: rv}})
+		}
+		w, err := wc.Watch(ctx, &meshv1.ClusterSetPeerList{}, opts...)
 		if err != nil {
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
 		once.Do(ready.Done)
 		var recorded *change
+		added := 0
 		for ev := range w.ResultChan() {
+			if ev.Type == watch.Error {
+				rv = "" // expired: start again from the whole directory
+				continue
+			}
+			if o, ok := ev.Object.(client.Object); ok {
+				rv = o.GetResourceVersion()
+			}
 			if ev.Type != watch.Added && ev.Type != watch.Modified {
 				continue
 			}
 			p, ok := ev.Object.(*meshv1.ClusterSetPeer)
 			if !ok {
 				continue
+			}
+			s.watchEvents.Add(1)
+			// A watch without a resourceVersion starts with the whole
+			// directory, one Added event per member.
+			if ev.Type == watch.Added {
+				if added++; added == s.n && !synced {
+					synced = true
+					s.watchSynced.Add(1)
+				}
 			}
 			ch := s.target.Load()
 			if ch == nil || ch == recorded || p.Name != ch.member || self == ch.member {
@@ -338,21 +405,95 @@ func activeEndpoint(p *meshv1.ClusterSetPeer) string {
 }
 
 // heartbeats refreshes each gateway's status.lastSeen once per heartbeat
-// period, spread evenly, as the agents do.
+// period from its first beat on (written when the gateway is published), as
+// each member's agent does on its own. Several writers run at once, so that
+// slow writes of a busy apiserver do not hold the others back.
 func (s *harness) heartbeats(ctx context.Context, members map[string]*meshv1.MemberCluster) {
-	tick := time.NewTicker(heartbeat / time.Duration(s.n))
+	due := make(chan int, s.n)
+	busy := make([]atomic.Bool, s.n)
+	for range 16 {
+		go func() {
+			for {
+				var i int
+				select {
+				case <-ctx.Done():
+					return
+				case i = <-due:
+				}
+				s.beat(ctx, i, members[memberName(i)].Status.Namespace)
+				busy[i].Store(false)
+			}
+		}()
+	}
+	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
-	for i := 0; ; i = (i + 1) % s.n {
+	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		}
-		m := members[memberName(i)]
-		gw := &meshv1.TunnelGateway{ObjectMeta: metav1.ObjectMeta{Namespace: m.Status.Namespace, Name: "gw1"}}
-		now := metav1.NewTime(time.Now().Truncate(time.Second))
-		body := fmt.Sprintf(`{"status":{"lastSeen":%q}}`, now.UTC().Format(time.RFC3339))
-		_ = s.c.Status().Patch(ctx, gw, client.RawPatch("application/merge-patch+json", []byte(body)))
+		now := time.Now().UnixNano()
+		for i := range s.n {
+			if last := s.lastBeat[i].Load(); last != 0 && now-last >= int64(heartbeat) && busy[i].CompareAndSwap(false, true) {
+				due <- i
+			}
+		}
+	}
+}
+
+// beat writes one heartbeat of member i's gateway.
+func (s *harness) beat(ctx context.Context, i int, ns string) {
+	gw := &meshv1.TunnelGateway{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "gw1"}}
+	now := time.Now()
+	body := fmt.Sprintf(`{"status":{"lastSeen":%q}}`, now.UTC().Truncate(time.Second).Format(time.RFC3339))
+	if err := s.c.Status().Patch(ctx, gw, client.RawPatch("application/merge-patch+json", []byte(body))); err != nil {
+		return // tried again on the next tick
+	}
+	s.beats.Add(1)
+	// The age the hub saw before this beat: since the previous one
+	// (lastSeen is truncated to the second).
+	age := int64(time.Since(time.Unix(0, s.lastBeat[i].Load()).Truncate(time.Second)))
+	for old := s.maxBeatAge.Load(); age > old && !s.maxBeatAge.CompareAndSwap(old, age); old = s.maxBeatAge.Load() {
+	}
+	s.lastBeat[i].Store(now.UnixNano())
+}
+
+// beatAge is the oldest any member's heartbeat got since maxBeatAge was
+// reset: before its next beat, or now.
+func (s *harness) beatAge() time.Duration {
+	age := time.Duration(s.maxBeatAge.Load())
+	for i := range s.lastBeat {
+		if last := s.lastBeat[i].Load(); last != 0 {
+			age = max(age, time.Since(time.Unix(0, last).Truncate(time.Second)))
+		}
+	}
+	return age
+}
+
+// notConnected names the members whose AgentConnected condition is not True.
+func (s *harness) notConnected(ctx context.Context) []string {
+	var list meshv1.MemberClusterList
+	if err := s.c.List(ctx, &list); err != nil {
+		s.b.Fatal(err)
+	}
+	var out []string
+	for i := range list.Items {
+		if !meta.IsStatusConditionTrue(list.Items[i].Status.Conditions, meshv1.MemberAgentConnected) {
+			out = append(out, list.Items[i].Name)
+		}
+	}
+	return out
+}
+
+// waitSynced waits until every watch has received the whole directory.
+func (s *harness) waitSynced(ctx context.Context, limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	for s.watchSynced.Load() < int64(s.n) {
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			s.b.Fatalf("%d of %d watches received the whole directory within %s", s.watchSynced.Load(), s.n, limit)
+		}
+		time.Sleep(time.Second)
 	}
 }
 
@@ -361,6 +502,9 @@ type sample struct {
 	hub                  framework.ProcUsage
 	hubWrites, apiWrites int64
 	watchBytes           int64
+	watchEvents          int64
+	beats                int64
+	audit                int64 // offset in the audit log
 }
 
 func (s *harness) sample(ctx context.Context) sample {
@@ -369,11 +513,14 @@ func (s *harness) sample(ctx context.Context) sample {
 		s.b.Fatalf("hub process: %v", err)
 	}
 	return sample{
-		at:         time.Now(),
-		hub:        u,
-		hubWrites:  s.hubWrites(),
-		apiWrites:  s.apiWrites(ctx),
-		watchBytes: s.watchBytes.Load(),
+		at:          time.Now(),
+		hub:         u,
+		hubWrites:   s.hubWrites(),
+		apiWrites:   s.apiWrites(ctx),
+		watchBytes:  s.watchBytes.Load(),
+		watchEvents: s.watchEvents.Load(),
+		beats:       s.beats.Load(),
+		audit:       s.audit.offset(),
 	}
 }
 
