@@ -62,6 +62,12 @@ type Datapath interface {
 	Cleanup(ctx context.Context) error
 }
 
+// peerRestarter is a Datapath that can restart WireGuard sessions
+// (*dataplane.Dataplane is one).
+type peerRestarter interface {
+	RestartPeers(keys []wgtypes.Key) error
+}
+
 // Config configures an Agent.
 type Config struct {
 	// NodeName is this node.
@@ -420,7 +426,8 @@ type scope struct {
 	candidate  bool
 	membership *meshv1.ClusterSetMembership
 	role       string
-	holder     string // the Lease holder the election saw
+	holder     string        // the Lease holder the election saw
+	restart    []wgtypes.Key // peers whose sessions to restart after the apply
 	dir        *directory
 	plan       plan.NodePlan
 	applied    bool

@@ -87,15 +87,18 @@ type roamed struct {
 // directory's endpoint for a peer is the one it gave last time, and the
 // device had a fresh handshake with the peer at another endpoint, the plan
 // uses the device's endpoint. A changed directory endpoint is enforced as
-// before (that is how a member behind NAT learns a remote's new gateway).
-func (a *Agent) followRoaming(peers []plan.Peer) []plan.Peer {
+// before (that is how a member behind NAT learns a remote's new gateway),
+// and the peer's session is restarted (restart lists those peers): the
+// session belongs to the remote's old gateway, and the device would go on
+// sending keepalives with it instead of a handshake.
+func (a *Agent) followRoaming(peers []plan.Peer) (out []plan.Peer, restart []wgtypes.Key) {
 	dev, err := a.cfg.Datapath.TunnelState()
 	now := a.cfg.Now()
 	a.mu.Lock()
 	prev := a.roaming
 	a.mu.Unlock()
 	next := make(map[string]roamed, len(peers))
-	out := peers
+	out = peers
 	cloned := false
 	var byKey map[wgtypes.Key]*wgtypes.Peer
 	if err == nil && dev != nil {
@@ -107,11 +110,18 @@ func (a *Agent) followRoaming(peers []plan.Peer) []plan.Peer {
 	for i, p := range peers {
 		next[p.Cluster] = roamed{directory: p.Endpoint}
 		last, seen := prev[p.Cluster]
-		if !p.Endpoint.IsValid() || (seen && last.directory != p.Endpoint) {
+		wp := byKey[p.PublicKey]
+		fresh := wp != nil && wp.Endpoint != nil && !wp.LastHandshakeTime.IsZero() && now.Sub(wp.LastHandshakeTime) < handshakeFresh
+		if !p.Endpoint.IsValid() {
 			continue
 		}
-		wp := byKey[p.PublicKey]
-		if wp == nil || wp.Endpoint == nil || wp.LastHandshakeTime.IsZero() || now.Sub(wp.LastHandshakeTime) >= handshakeFresh {
+		if seen && last.directory != p.Endpoint {
+			if wp != nil && last.directory.IsValid() && !(fresh && udpAddrPort(wp.Endpoint) == p.Endpoint) {
+				restart = append(restart, p.PublicKey)
+			}
+			continue
+		}
+		if !fresh {
 			continue
 		}
 		ep := udpAddrPort(wp.Endpoint)
@@ -126,7 +136,7 @@ func (a *Agent) followRoaming(peers []plan.Peer) []plan.Peer {
 	a.mu.Lock()
 	a.roaming = next
 	a.mu.Unlock()
-	return out
+	return out, restart
 }
 
 func udpAddrPort(u *net.UDPAddr) netip.AddrPort {

@@ -108,13 +108,20 @@ func (a *Agent) applyPlan(ctx context.Context, s *scope) error {
 			return err
 		}
 		in.PrivateKey = key
-		in.Peers = a.followRoaming(s.dir.peers)
+		in.Peers, s.restart = a.followRoaming(s.dir.peers)
 	} else if ip := a.activeGatewayIP(ctx, s); ip.IsValid() && ip != nodeIP(s.node) {
 		// Right after this node lost the election the holder may not be
 		// known yet; routing to itself would loop.
 		in.ActiveGatewayIP = ip
 	}
-	s.plan = plan.Compute(in)
+	if s.role == meshv1.RoleStandby {
+		key, err := a.loadKey(ctx)
+		if err != nil {
+			return err
+		}
+		in.PrivateKey = key
+	}
+	s.plan = plan.WithStandbyDevice(plan.Compute(in), in)
 	if s.role == meshv1.RoleGateway && !a.stillLeading() {
 		// Stepped down while this pass ran: never apply a gateway plan
 		// after that; the pass the elector triggered applies the standby's.
@@ -134,6 +141,10 @@ func (a *Agent) applyPlan(ctx context.Context, s *scope) error {
 	}
 	if err != nil {
 		s.errs = append(s.errs, fmt.Errorf("apply data path: %w", err))
+	} else if r, ok := a.cfg.Datapath.(peerRestarter); ok && len(s.restart) > 0 {
+		if err := r.RestartPeers(s.restart); err != nil {
+			s.errs = append(s.errs, err)
+		}
 	}
 	return nil
 }

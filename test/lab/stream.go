@@ -49,6 +49,7 @@ type Stream struct {
 	done   sync.WaitGroup
 	mu     sync.Mutex
 	sent   uint64
+	sentAt []time.Time // by sequence number - 1
 	echoed map[uint64]time.Time
 	start  time.Time
 }
@@ -56,8 +57,9 @@ type Stream struct {
 // StreamResult is what a stream saw.
 type StreamResult struct {
 	Sent, Received, Lost int
-	// LossWindow is the longest run of consecutive lost datagrams times the
-	// interval: how long the path was down.
+	// LossWindow is the longest run of consecutive lost datagrams, from
+	// the sending of its first to the sending of the next one that came
+	// back: how long the path was down.
 	LossWindow time.Duration
 	// WindowStart is when the longest run began.
 	WindowStart time.Time
@@ -122,6 +124,7 @@ func StartStream(ctx context.Context, src, dst *Pod, interval time.Duration) (*S
 			s.mu.Lock()
 			s.sent++
 			seq := s.sent
+			s.sentAt = append(s.sentAt, time.Now())
 			s.mu.Unlock()
 			binary.BigEndian.PutUint64(msg, seq)
 			_, _ = conn.Write(msg)
@@ -152,24 +155,31 @@ func (s *Stream) Stop() StreamResult {
 	if last > tail {
 		last -= tail
 	}
-	run, best, bestStart := uint64(0), uint64(0), uint64(0)
-	for seq := uint64(1); seq <= last; seq++ {
-		if _, ok := s.echoed[seq]; ok {
-			run = 0
+	runStart := uint64(0)
+	for seq := uint64(1); seq <= last+1; seq++ {
+		_, ok := s.echoed[seq]
+		if seq <= last && !ok {
+			r.Lost++
+			if runStart == 0 {
+				runStart = seq
+			}
 			continue
 		}
-		r.Lost++
-		run++
-		if run > best {
-			best, bestStart = run, seq-run+1
+		if runStart == 0 {
+			continue
 		}
+		// seq is the first datagram after the run (or the end).
+		end := s.sentAt[min(seq, last)-1]
+		if seq > last {
+			end = end.Add(s.Interval)
+		}
+		if w := end.Sub(s.sentAt[runStart-1]); w > r.LossWindow {
+			r.LossWindow, r.WindowStart = w, s.sentAt[runStart-1]
+		}
+		runStart = 0
 	}
 	r.Sent = int(last)
 	r.Received = r.Sent - r.Lost
-	r.LossWindow = time.Duration(best) * s.Interval
-	if best > 0 {
-		r.WindowStart = s.start.Add(time.Duration(bestStart) * s.Interval)
-	}
 	return r
 }
 

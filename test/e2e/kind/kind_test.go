@@ -499,9 +499,10 @@ func (s *stream) growing(within time.Duration) error {
 
 // testAgentRestart: an established TCP connection through both active
 // gateways survives (1) a restart of the agent container on the active
-// gateway (the WireGuard device lives in the sidecar) and (2) the deletion of
-// the whole agent pod there (the DaemonSet recreates it; the device is
-// recreated with the node's key and TCP retransmits bridge the gap).
+// gateway, (2) the deletion of the whole agent pod there (the WireGuard
+// device and the liveness responder live in the archipelago-device
+// DaemonSet's pod) and (3) `kubectl rollout restart` of the agent DaemonSet;
+// the gateway stays on its node throughout (SIGTERM keeps the Lease).
 func (e *env) testAgentRestart(t *testing.T, probes map[string][]probe) {
 	c1, c2 := e.members[0], e.members[1]
 	m2, err := e.membership(c2)
@@ -539,11 +540,20 @@ func (e *env) testAgentRestart(t *testing.T, probes map[string][]probe) {
 		} else {
 			t.Logf("%s: agent pod recreated on %s in %.1fs; the TCP connection survived", c, m.ActiveGateway, time.Since(start).Seconds())
 		}
-		// The agent releases its Lease on SIGTERM, so where a standby
-		// exists the deleted pod hands the gateway over to it; either way the
-		// connection above must have survived.
-		if m2, err := e.membership(c); err == nil {
-			t.Logf("%s: active gateway after the restarts: %s (was %s)", c, m2.ActiveGateway, m.ActiveGateway)
+		start = time.Now()
+		e.mustKubectl(c, "-n", agentNS, "rollout", "restart", "daemonset/archipelago-agent")
+		e.mustKubectl(c, "-n", agentNS, "rollout", "status", "daemonset/archipelago-agent", "--timeout=4m")
+		if err := s.growing(30 * time.Second); err != nil {
+			t.Errorf("%s: kubectl rollout restart of the agents broke the connection: %v", c, err)
+		} else {
+			t.Logf("%s: agent DaemonSet rolled out in %.1fs; the TCP connection survived", c, time.Since(start).Seconds())
+		}
+		// SIGTERM keeps the Lease and the device pod answers the standby's
+		// probes: the gateway must not have moved.
+		if m2, err := e.membership(c); err != nil {
+			t.Error(err)
+		} else if m2.ActiveGateway != m.ActiveGateway {
+			t.Errorf("%s: active gateway moved from %s to %s during agent restarts", c, m.ActiveGateway, m2.ActiveGateway)
 		}
 		e.waitTunnels(time.Minute)
 	}
