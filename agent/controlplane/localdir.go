@@ -116,7 +116,7 @@ func (a *Agent) followRoaming(peers []plan.Peer) (out []plan.Peer, restart []wgt
 			continue
 		}
 		if seen && last.directory != p.Endpoint {
-			if wp != nil && last.directory.IsValid() && !(fresh && udpAddrPort(wp.Endpoint) == p.Endpoint) {
+			if wp != nil && last.directory.IsValid() && (!fresh || udpAddrPort(wp.Endpoint) != p.Endpoint) {
 				restart = append(restart, p.PublicKey)
 			}
 			continue
