@@ -501,7 +501,7 @@ func (s *stream) growing(within time.Duration) error {
 // gateways survives (1) a restart of the agent container on the active
 // gateway, (2) the deletion of the whole agent pod there (the WireGuard
 // device and the liveness responder live in the archipelago-device
-// DaemonSet's pod) and (3) `kubectl rollout restart` of the agent DaemonSet;
+// DaemonSet's pod) and (3) `kubectl rollout restart` of the agent DaemonSets;
 // the gateway stays on its node throughout (SIGTERM keeps the Lease).
 func (e *env) testAgentRestart(t *testing.T, probes map[string][]probe) {
 	c1, c2 := e.members[0], e.members[1]
@@ -541,8 +541,12 @@ func (e *env) testAgentRestart(t *testing.T, probes map[string][]probe) {
 			t.Logf("%s: agent pod recreated on %s in %.1fs; the TCP connection survived", c, m.ActiveGateway, time.Since(start).Seconds())
 		}
 		start = time.Now()
-		e.mustKubectl(c, "-n", agentNS, "rollout", "restart", "daemonset/archipelago-agent")
-		e.mustKubectl(c, "-n", agentNS, "rollout", "status", "daemonset/archipelago-agent", "--timeout=4m")
+		// Workers' and candidates' agents (the device DaemonSet is not
+		// touched: OnDelete).
+		for _, ds := range []string{"daemonset/archipelago-agent", "daemonset/archipelago-gateway"} {
+			e.mustKubectl(c, "-n", agentNS, "rollout", "restart", ds)
+			e.mustKubectl(c, "-n", agentNS, "rollout", "status", ds, "--timeout=4m")
+		}
 		if err := s.growing(30 * time.Second); err != nil {
 			t.Errorf("%s: kubectl rollout restart of the agents broke the connection: %v", c, err)
 		} else {
