@@ -22,6 +22,7 @@ func (d *deviceOnly) Apply(context.Context, plan.NodePlan) (dataplane.Result, er
 }
 func (d *deviceOnly) TunnelState() (*wgtypes.Device, error) { return d.dev, nil }
 func (d *deviceOnly) Report() meshv1.NodeReport             { return meshv1.NodeReport{} }
+func (d *deviceOnly) Cleanup(context.Context) error         { return nil }
 
 func TestFollowRoaming(t *testing.T) {
 	now := time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)
