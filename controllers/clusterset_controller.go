@@ -8,15 +8,19 @@ import (
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	kerrors "k8s.io/apimachinery/pkg/util/errors"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
@@ -98,6 +102,18 @@ func (r *ClusterSetReconciler) reconcileDelete(ctx context.Context, cs *meshv1.C
 	}
 	if err := r.Ledger.DeleteClaims(ctx, cs.Name); err != nil {
 		return ctrl.Result{}, fmt.Errorf("delete claims of clusterset %s: %w", cs.Name, err)
+	}
+	// The peer directory goes with the set (its ClusterSetPeers went with
+	// their members).
+	ns := &corev1.Namespace{}
+	if err := r.Client.Get(ctx, types.NamespacedName{Name: SetNamespace(cs.Name)}, ns); err == nil {
+		if ns.Labels[meshv1.LabelClusterSet] == cs.Name && ns.DeletionTimestamp.IsZero() {
+			if err := r.Client.Delete(ctx, ns); err != nil && !apierrors.IsNotFound(err) {
+				return ctrl.Result{}, fmt.Errorf("delete namespace %s of clusterset %s: %w", ns.Name, cs.Name, err)
+			}
+		}
+	} else if !apierrors.IsNotFound(err) {
+		return ctrl.Result{}, fmt.Errorf("get namespace of clusterset %s: %w", cs.Name, err)
 	}
 	patch := client.MergeFrom(cs.DeepCopy())
 	controllerutil.RemoveFinalizer(cs, meshv1.Finalizer)
@@ -196,7 +212,10 @@ func (r *ClusterSetReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&meshv1.ClusterSet{}).
-		Watches(&meshv1.MemberCluster{}, toSet(func(o client.Object) string { return o.(*meshv1.MemberCluster).Spec.ClusterSet })).
+		// The set counts its members: only their arrival and departure
+		// matter, not the status writes of every member.
+		Watches(&meshv1.MemberCluster{}, toSet(func(o client.Object) string { return o.(*meshv1.MemberCluster).Spec.ClusterSet }),
+			builder.WithPredicates(predicate.Funcs{UpdateFunc: func(event.UpdateEvent) bool { return false }})).
 		Watches(&meshv1.CIDRClaim{}, toSet(func(o client.Object) string { return o.(*meshv1.CIDRClaim).Spec.ClusterSet })).
 		Named("clusterset").
 		Complete(r)

@@ -46,13 +46,30 @@ type MemberClusterReconciler struct {
 	// PeerDrainTimeout bounds how long a deleted member's range waits for its
 	// peers to drop it before it is released (into quarantine) anyway.
 	PeerDrainTimeout time.Duration
+	// HeartbeatStaleAfter is how old the newest heartbeat (TunnelGateway
+	// status.lastSeen) of a member's gateways may be before the member's
+	// agent counts as gone: AgentConnected=False (HeartbeatStale), and its
+	// peers' drains stop waiting for it.
+	HeartbeatStaleAfter time.Duration
 	// MaxConcurrentReconciles is how many members are reconciled at once.
 	MaxConcurrentReconciles int
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+}
+
+func (r *MemberClusterReconciler) now() time.Time {
+	if r.Now != nil {
+		return r.Now()
+	}
+	return time.Now()
 }
 
 // memberScope is what one pass reads and writes.
 type memberScope struct {
-	member     *meshv1.MemberCluster
+	member *meshv1.MemberCluster
+	// persisted is the member as read at the start of the pass: what the
+	// API server holds, before this pass's status patch.
+	persisted  *meshv1.MemberCluster
 	clusterSet *meshv1.ClusterSet
 	gateways   []meshv1.TunnelGateway
 }
@@ -68,6 +85,7 @@ type memberScope struct {
 // ValidatingAdmissionPolicy in config/rbac confines every change to objects
 // it labelled itself, and RBAC objects to the names it uses.
 // +kubebuilder:rbac:groups="",resources=namespaces;serviceaccounts;resourcequotas,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=mesh.archipelago.dev,resources=clustersetpeers,verbs=get;list;watch;create;update;patch;delete
 // The hub grants members create on their own serviceaccounts/token (renewal), so it must hold it (RBAC escalation check).
 // +kubebuilder:rbac:groups="",resources=serviceaccounts/token,verbs=create
 // +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=roles;rolebindings;clusterroles;clusterrolebindings,verbs=get;list;watch;create;update;patch;delete
@@ -82,7 +100,7 @@ func (r *MemberClusterReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	before := m.DeepCopy()
-	s := &memberScope{member: m}
+	s := &memberScope{member: m, persisted: before}
 
 	// One status write per pass, with optimistic concurrency: a pass that
 	// read an old object must not overwrite a newer assignment.
@@ -120,6 +138,7 @@ func (r *MemberClusterReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 		r.reconcileNamespace,
 		r.reconcileGateways,
 		r.reconcileConnectivity,
+		r.reconcilePeer,
 	}
 	var errs []error
 	for _, phase := range phases {
@@ -228,8 +247,9 @@ func requestedNotAssigned(m *meshv1.MemberCluster) string {
 }
 
 // reconcileNamespace gives the member its hub namespace, ServiceAccount and
-// the RBAC that confines it: TunnelGateways in its own namespace, read access to
-// ClusterSets and MemberClusters, nothing else (never MemberCluster status);
+// the RBAC that confines it: TunnelGateways in its own namespace, read access
+// to its own MemberCluster and ClusterSet and to its set's ClusterSetPeers,
+// nothing else (never MemberCluster status, never another set's directory);
 // and a ResourceQuota that bounds its TunnelGateways.
 func (r *MemberClusterReconciler) reconcileNamespace(ctx context.Context, s *memberScope) (ctrl.Result, error) {
 	m := s.member
@@ -252,27 +272,21 @@ func (r *MemberClusterReconciler) reconcileNamespace(ctx context.Context, s *mem
 	subject := []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: MemberServiceAccount, Namespace: nsName}}
 	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: memberRoleName, Namespace: nsName}}
 	rb := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: memberRoleName, Namespace: nsName}}
-	cr := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: memberRoleName}}
+	cr := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: memberClusterRoleBinding(m.Name)}}
 	crb := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: memberClusterRoleBinding(m.Name)}}
 	quota := &corev1.ResourceQuota{ObjectMeta: metav1.ObjectMeta{Name: memberRoleName, Namespace: nsName}}
-	for _, e := range []struct {
-		obj    client.Object
-		labels map[string]string
-		mutate func() error
-	}{
+	wantRoleRef := func(kind, name string) rbacv1.RoleRef {
+		return rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: kind, Name: name}
+	}
+	ensures := []ensured{
 		{&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: MemberServiceAccount, Namespace: nsName}}, labels, nil},
 		{role, labels, func() error { role.Rules = memberNamespaceRules(); return nil }},
 		{rb, labels, func() error {
-			rb.RoleRef = rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: memberRoleName}
-			rb.Subjects = subject
-			return nil
+			return setBinding(&rb.RoleRef, &rb.Subjects, wantRoleRef("Role", memberRoleName), subject)
 		}},
-		// The ClusterRole is shared by all members, so it carries no member label.
-		{cr, map[string]string{labelManagedBy: managedByHub}, func() error { cr.Rules = memberClusterRules(); return nil }},
+		{cr, labels, func() error { cr.Rules = memberClusterRules(m); return nil }},
 		{crb, labels, func() error {
-			crb.RoleRef = rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: memberRoleName}
-			crb.Subjects = subject
-			return nil
+			return setBinding(&crb.RoleRef, &crb.Subjects, wantRoleRef("ClusterRole", cr.Name), subject)
 		}},
 		// What the member writes on the hub is bounded; its Role does not let
 		// it change the quota.
@@ -280,8 +294,44 @@ func (r *MemberClusterReconciler) reconcileNamespace(ctx context.Context, s *mem
 			quota.Spec.Hard = corev1.ResourceList{GatewayQuotaResource: *resource.NewQuantity(MaxGatewaysPerMember, resource.DecimalSI)}
 			return nil
 		}},
-	} {
-		if err := r.ensure(ctx, e.obj, e.labels, e.mutate); err != nil {
+	}
+	if s.clusterSet != nil {
+		// The set's peer directory: its namespace, the Role that reads it,
+		// and this member's binding to that Role.
+		setNS := SetNamespace(s.clusterSet.Name)
+		setLabels := map[string]string{meshv1.LabelClusterSet: s.clusterSet.Name, labelManagedBy: managedByHub}
+		sns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: setNS}}
+		if err := r.ensure(ctx, sns, setLabels, func() error {
+			if owner := sns.Labels[meshv1.LabelClusterSet]; owner != "" && owner != s.clusterSet.Name {
+				return fmt.Errorf("namespace %s belongs to ClusterSet %q", setNS, owner)
+			}
+			return nil
+		}); err != nil {
+			return ctrl.Result{}, err
+		}
+		if !sns.DeletionTimestamp.IsZero() {
+			// A set of the same name was deleted a moment ago.
+			return ctrl.Result{RequeueAfter: 2 * time.Second}, errStop
+		}
+		reader := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: peerReaderRole, Namespace: setNS}}
+		srb := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: memberClusterRoleBinding(m.Name), Namespace: setNS}}
+		ensures = append(ensures,
+			ensured{reader, setLabels, func() error { reader.Rules = peerReaderRules(); return nil }},
+			ensured{srb, mergeLabels(map[string]string{meshv1.LabelClusterSet: s.clusterSet.Name}, labels), func() error {
+				return setBinding(&srb.RoleRef, &srb.Subjects, wantRoleRef("Role", peerReaderRole), subject)
+			}})
+	}
+	for _, e := range ensures {
+		err := r.ensure(ctx, e.obj, e.labels, e.mutate)
+		if errors.Is(err, errRoleRefChanged) {
+			// A binding's roleRef is immutable: replace the binding (one an
+			// older hub made to the shared ClusterRole).
+			if err := r.Client.Delete(ctx, e.obj); err != nil && !apierrors.IsNotFound(err) {
+				return ctrl.Result{}, fmt.Errorf("replace %s: %w", client.ObjectKeyFromObject(e.obj), err)
+			}
+			return ctrl.Result{RequeueAfter: time.Second}, errStop
+		}
+		if err != nil {
 			return ctrl.Result{}, err
 		}
 	}
@@ -307,11 +357,51 @@ func (r *MemberClusterReconciler) ensure(ctx context.Context, obj client.Object,
 	return nil
 }
 
-// memberClusterRules is what every member may read cluster-wide.
-func memberClusterRules() []rbacv1.PolicyRule {
+// ensured is one object reconcileNamespace keeps in shape.
+type ensured struct {
+	obj    client.Object
+	labels map[string]string
+	mutate func() error
+}
+
+// errRoleRefChanged says a binding exists with another roleRef.
+var errRoleRefChanged = errors.New("binding refers to another role")
+
+func setBinding(ref *rbacv1.RoleRef, subjects *[]rbacv1.Subject, want rbacv1.RoleRef, subject []rbacv1.Subject) error {
+	if ref.Name != "" && *ref != want {
+		return errRoleRefChanged
+	}
+	*ref = want
+	*subjects = subject
+	return nil
+}
+
+// memberClusterRules is what a member may read of the cluster-scoped kinds:
+// its own MemberCluster and its own ClusterSet, by name. List and watch work
+// with a metadata.name field selector (the API server authorizes such a
+// request against resourceNames); a list of all is refused.
+func memberClusterRules(m *meshv1.MemberCluster) []rbacv1.PolicyRule {
+	return []rbacv1.PolicyRule{
+		{
+			APIGroups:     []string{meshv1.GroupVersion.Group},
+			Resources:     []string{"memberclusters"},
+			ResourceNames: []string{m.Name},
+			Verbs:         []string{"get", "list", "watch"},
+		},
+		{
+			APIGroups:     []string{meshv1.GroupVersion.Group},
+			Resources:     []string{"clustersets"},
+			ResourceNames: []string{m.Spec.ClusterSet},
+			Verbs:         []string{"get", "list", "watch"},
+		},
+	}
+}
+
+// peerReaderRules let the members of a set read its peer directory.
+func peerReaderRules() []rbacv1.PolicyRule {
 	return []rbacv1.PolicyRule{{
 		APIGroups: []string{meshv1.GroupVersion.Group},
-		Resources: []string{"clustersets", "memberclusters"},
+		Resources: []string{"clustersetpeers"},
 		Verbs:     []string{"get", "list", "watch"},
 	}}
 }
@@ -414,7 +504,26 @@ func (r *MemberClusterReconciler) reconcileGateways(ctx context.Context, s *memb
 	}
 	m.Status.Gateways = valid
 	setGatewayConditions(m, len(list.Items), invalid, actives)
-	return ctrl.Result{}, kerrors.NewAggregate(errs)
+
+	// Liveness: the agent refreshes its active gateway's lastSeen. The
+	// reconciler is not woken by heartbeats (see gatewayChangeMatters), so
+	// it comes back when the newest heartbeat would turn stale.
+	accepted := map[string]bool{}
+	for _, g := range valid {
+		accepted[g.Name] = true
+	}
+	var newest *metav1.Time
+	for i := range list.Items {
+		gw := &list.Items[i]
+		if seen := gw.Status.LastSeen; seen != nil && accepted[gw.Name] && (newest == nil || seen.After(newest.Time)) {
+			newest = seen
+		}
+	}
+	var res ctrl.Result
+	if next := setAgentConnectedCondition(m, len(valid), newest, r.now(), r.HeartbeatStaleAfter); next > 0 {
+		res.RequeueAfter = next
+	}
+	return res, kerrors.NewAggregate(errs)
 }
 
 // refuseGateway returns why gw must not be given to peers (nil if it may
@@ -478,131 +587,34 @@ func (r *MemberClusterReconciler) memberOfNamespace(ctx context.Context, ns stri
 	return n.Labels[meshv1.LabelMember]
 }
 
-// reconcileConnectivity counts the peers the active gateway reports up.
-func (r *MemberClusterReconciler) reconcileConnectivity(ctx context.Context, s *memberScope) (ctrl.Result, error) {
+// reconcileConnectivity takes k of n peers up from the active gateway's own
+// summary (status.peersUp and downPeers): no pass reads the other members.
+func (r *MemberClusterReconciler) reconcileConnectivity(_ context.Context, s *memberScope) (ctrl.Result, error) {
 	m := s.member
 	if s.clusterSet == nil {
 		return ctrl.Result{}, nil
 	}
-	var peers meshv1.MemberClusterList
-	if err := r.Client.List(ctx, &peers, client.MatchingFields{IndexClusterSet: s.clusterSet.Name}, readOnly); err != nil {
-		return ctrl.Result{}, fmt.Errorf("list members of clusterset %s: %w", s.clusterSet.Name, err)
-	}
-	var active *meshv1.TunnelGateway
-	for i := range s.gateways {
-		if s.gateways[i].Spec.Active && s.gateways[i].Spec.NodeName == m.Status.ActiveGateway {
-			active = &s.gateways[i]
-			break
-		}
-	}
-	up, total := 0, 0
-	var down []string
-	for i := range peers.Items {
-		p := &peers.Items[i]
-		if p.Name == m.Name || len(p.Status.PodCIDRs) == 0 || !p.DeletionTimestamp.IsZero() {
-			continue
-		}
-		total++
-		if active != nil && peerUp(active, p.Name) {
-			up++
-		} else {
-			down = append(down, p.Name)
-		}
-	}
-	setConnectedCondition(m, up, total, down)
-	return ctrl.Result{}, nil
-}
-
-func peerUp(gw *meshv1.TunnelGateway, cluster string) bool {
-	for _, p := range gw.Status.Peers {
-		if p.Cluster == cluster {
-			return p.Up
-		}
-	}
-	return false
-}
-
-// reconcileDelete removes what the hub made for the member, waits for the
-// peers to drop it, and only then releases its ranges (into quarantine).
-func (r *MemberClusterReconciler) reconcileDelete(ctx context.Context, s *memberScope) (ctrl.Result, error) {
-	m := s.member
-	log := logf.FromContext(ctx)
-	if !controllerutil.ContainsFinalizer(m, meshv1.Finalizer) {
+	active := activeGatewayObject(m, s.gateways)
+	if active == nil {
+		setNoGatewayConnectedCondition(m)
 		return ctrl.Result{}, nil
 	}
-	nsName := MemberNamespace(m.Name)
-	if err := r.Client.DeleteAllOf(ctx, &meshv1.TunnelGateway{}, client.InNamespace(nsName)); err != nil && !apierrors.IsNotFound(err) {
-		return ctrl.Result{}, fmt.Errorf("delete gateways of member %s: %w", m.Name, err)
-	}
-	for _, obj := range []client.Object{
-		&rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: memberClusterRoleBinding(m.Name)}},
-		&rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: memberRoleName, Namespace: nsName}},
-		&rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: memberRoleName, Namespace: nsName}},
-		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: MemberServiceAccount, Namespace: nsName}},
-		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: nsName}},
-	} {
-		if err := r.Client.Delete(ctx, obj); err != nil && !apierrors.IsNotFound(err) {
-			return ctrl.Result{}, fmt.Errorf("delete %T %s of member %s: %w", obj, obj.GetName(), m.Name, err)
-		}
-	}
-
-	// Peers drop a member as soon as it is marked for deletion; wait until
-	// their gateways no longer report a tunnel to it, so no route to its
-	// range is left anywhere when the range goes back to the pool.
-	if waiting, err := r.peersStillRouting(ctx, m); err != nil {
-		return ctrl.Result{}, err
-	} else if len(waiting) > 0 {
-		if time.Since(m.DeletionTimestamp.Time) < r.PeerDrainTimeout {
-			log.Info("Waiting for peers to drop the member", "member", klog.KObj(m), "peers", waiting)
-			return ctrl.Result{RequeueAfter: 2 * time.Second}, nil
-		}
-		log.Info("Peers did not drop the member in time, releasing its ranges into quarantine", "member", klog.KObj(m), "peers", waiting)
-	}
-
-	var cs *meshv1.ClusterSet
-	got := &meshv1.ClusterSet{}
-	if err := r.Client.Get(ctx, types.NamespacedName{Name: m.Spec.ClusterSet}, got); err == nil {
-		cs = got
-	} else if !apierrors.IsNotFound(err) {
-		return ctrl.Result{}, fmt.Errorf("get clusterset %s: %w", m.Spec.ClusterSet, err)
-	}
-	if err := r.Ledger.Release(ctx, m.Spec.ClusterSet, cs, m); err != nil {
-		return ctrl.Result{}, err
-	}
-	patch := client.MergeFrom(m.DeepCopy())
-	controllerutil.RemoveFinalizer(m, meshv1.Finalizer)
-	if err := r.Client.Patch(ctx, m, patch); err != nil && !apierrors.IsNotFound(err) {
-		return ctrl.Result{}, fmt.Errorf("remove finalizer of member %s: %w", m.Name, err)
-	}
-	log.Info("Member removed, ranges released", "member", klog.KObj(m), "podCIDRs", m.Status.PodCIDRs)
+	up := int(active.Status.PeersUp)
+	setConnectedCondition(m, up, up+len(active.Status.DownPeers), active.Status.DownPeers)
 	return ctrl.Result{}, nil
 }
 
-// peersStillRouting lists the other members whose active gateway still
-// reports a tunnel to m.
-func (r *MemberClusterReconciler) peersStillRouting(ctx context.Context, m *meshv1.MemberCluster) ([]string, error) {
-	var peers meshv1.MemberClusterList
-	if err := r.Client.List(ctx, &peers, client.MatchingFields{IndexClusterSet: m.Spec.ClusterSet}, readOnly); err != nil {
-		return nil, fmt.Errorf("list members of clusterset %s: %w", m.Spec.ClusterSet, err)
+// activeGatewayObject is the TunnelGateway behind the member's active gateway.
+func activeGatewayObject(m *meshv1.MemberCluster, gws []meshv1.TunnelGateway) *meshv1.TunnelGateway {
+	if m.Status.ActiveGateway == "" {
+		return nil
 	}
-	var out []string
-	for i := range peers.Items {
-		p := &peers.Items[i]
-		if p.Name == m.Name {
-			continue
-		}
-		var gws meshv1.TunnelGatewayList
-		if err := r.Client.List(ctx, &gws, client.InNamespace(MemberNamespace(p.Name))); err != nil {
-			return nil, fmt.Errorf("list gateways of member %s: %w", p.Name, err)
-		}
-		for j := range gws.Items {
-			if gws.Items[j].Spec.Active && slices.ContainsFunc(gws.Items[j].Status.Peers, func(ps meshv1.TunnelGatewayPeerStatus) bool { return ps.Cluster == m.Name }) {
-				out = append(out, p.Name)
-				break
-			}
+	for i := range gws {
+		if gws[i].Spec.Active && gws[i].Spec.NodeName == m.Status.ActiveGateway {
+			return &gws[i]
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // SetupWithManager registers the reconciler and its watches.
@@ -615,6 +627,9 @@ func (r *MemberClusterReconciler) SetupWithManager(ctx context.Context, mgr ctrl
 	}
 	if r.MaxConcurrentReconciles <= 0 {
 		r.MaxConcurrentReconciles = 4
+	}
+	if r.HeartbeatStaleAfter <= 0 {
+		r.HeartbeatStaleAfter = DefaultHeartbeatStaleAfter
 	}
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &meshv1.MemberCluster{}, IndexClusterSet, func(o client.Object) []string {
 		return []string{o.(*meshv1.MemberCluster).Spec.ClusterSet}
@@ -629,9 +644,15 @@ func (r *MemberClusterReconciler) SetupWithManager(ctx context.Context, mgr ctrl
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&meshv1.MemberCluster{}).
-		Watches(&meshv1.ClusterSet{}, handler.EnqueueRequestsFromMapFunc(r.pendingMembersOfSet)).
+		Watches(&meshv1.ClusterSet{}, handler.EnqueueRequestsFromMapFunc(r.pendingMembersOfSet),
+			builder.WithPredicates(clusterSetChangeForMembers())).
 		Watches(&meshv1.TunnelGateway{}, r.gatewayEvents()).
 		Watches(&meshv1.MemberCluster{}, r.publishedKeyEvents()).
+		// The hub's own writes of the directory wake the member once (a
+		// pass without writes); an edit or deletion by anyone else is repaired.
+		Watches(&meshv1.ClusterSetPeer{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
+			return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: o.GetName()}}}
+		})).
 		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(memberOfLabel),
 			builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool { return o.GetLabels()[meshv1.LabelMember] != "" }))).
 		WithOptions(controller.Options{MaxConcurrentReconciles: r.MaxConcurrentReconciles}).
@@ -668,36 +689,17 @@ func (r *MemberClusterReconciler) memberOfNamespacedObject(ctx context.Context, 
 	return memberOfLabel(ctx, ns)
 }
 
-// gatewayEvents enqueues the member of a changed gateway and the members of
-// every other gateway with the same public key (before and after the
-// change): whether their gateways hold the key may have changed with it.
-func (r *MemberClusterReconciler) gatewayEvents() handler.EventHandler {
-	enqueue := func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request], objs ...client.Object) {
-		keys := map[string]bool{}
-		for _, o := range objs {
-			for _, req := range r.memberOfNamespacedObject(ctx, o) {
-				q.Add(req)
-			}
-			if gw, ok := o.(*meshv1.TunnelGateway); ok && gw.Spec.PublicKey != "" {
-				keys[gw.Spec.PublicKey] = true
-			}
+// keySharerEvents enqueues the members of every other gateway with the
+// public key of objs (before and after a change): whether their gateways
+// hold the key may have changed with it.
+func (r *MemberClusterReconciler) keySharerEvents(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request], objs ...client.Object) {
+	keys := map[string]bool{}
+	for _, o := range objs {
+		if gw, ok := o.(*meshv1.TunnelGateway); ok && gw.Spec.PublicKey != "" {
+			keys[gw.Spec.PublicKey] = true
 		}
-		r.enqueueKeySharers(ctx, q, keys)
 	}
-	return handler.Funcs{
-		CreateFunc: func(ctx context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-			enqueue(ctx, q, e.Object)
-		},
-		UpdateFunc: func(ctx context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-			enqueue(ctx, q, e.ObjectOld, e.ObjectNew)
-		},
-		DeleteFunc: func(ctx context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-			enqueue(ctx, q, e.Object)
-		},
-		GenericFunc: func(ctx context.Context, e event.GenericEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-			enqueue(ctx, q, e.Object)
-		},
-	}
+	r.enqueueKeySharers(ctx, q, keys)
 }
 
 // publishedKeyEvents enqueues, when a member starts or stops giving a key

@@ -2,6 +2,8 @@ package controllers
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"testing"
 	"time"
 
@@ -41,7 +43,8 @@ func newFakeHub(t *testing.T, objs ...client.Object) (client.Client, *MemberClus
 		WithObjects(objs...).Build()
 	now := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
 	ledger := &BlockLedger{Client: c, Reader: c, Now: func() time.Time { return now }}
-	r := &MemberClusterReconciler{Client: c, Ledger: ledger, Recorder: events.NewFakeRecorder(100), PeerDrainTimeout: time.Minute}
+	r := &MemberClusterReconciler{Client: c, Ledger: ledger, Recorder: events.NewFakeRecorder(100), PeerDrainTimeout: time.Minute,
+		HeartbeatStaleAfter: DefaultHeartbeatStaleAfter, Now: func() time.Time { return now }}
 	return c, r, &now
 }
 
@@ -121,8 +124,9 @@ func TestReconcileAssignsAndConfines(t *testing.T) {
 			}
 		}
 	}
+	// Cluster-wide it reads its own MemberCluster and ClusterSet, by name only.
 	cr := &rbacv1.ClusterRole{}
-	if err := c.Get(ctx, client.ObjectKey{Name: memberRoleName}, cr); err != nil {
+	if err := c.Get(ctx, client.ObjectKey{Name: memberClusterRoleBinding("east")}, cr); err != nil {
 		t.Fatal(err)
 	}
 	for _, rule := range cr.Rules {
@@ -131,6 +135,18 @@ func TestReconcileAssignsAndConfines(t *testing.T) {
 				t.Errorf("member cluster role grants %s", v)
 			}
 		}
+		want := map[string]string{"memberclusters": "east", "clustersets": "prod"}[rule.Resources[0]]
+		if len(rule.Resources) != 1 || len(rule.ResourceNames) != 1 || rule.ResourceNames[0] != want {
+			t.Errorf("member cluster role rule %+v, want one resource, named %q", rule, want)
+		}
+	}
+	// In its set's namespace it reads the peer directory.
+	srb := &rbacv1.RoleBinding{}
+	if err := c.Get(ctx, client.ObjectKey{Namespace: SetNamespace("prod"), Name: memberClusterRoleBinding("east")}, srb); err != nil {
+		t.Fatal(err)
+	}
+	if srb.RoleRef.Name != peerReaderRole || len(srb.Subjects) != 1 || srb.Subjects[0].Namespace != "member-east" {
+		t.Errorf("set rolebinding %+v", srb)
 	}
 	// Its gateways are bounded.
 	quota := &corev1.ResourceQuota{}
@@ -221,5 +237,190 @@ func TestReconcileGatewayValidation(t *testing.T) {
 	}
 	if cond := meta.FindStatusCondition(gw.Status.Conditions, meshv1.TunnelGatewayValid); cond == nil || cond.Status != metav1.ConditionFalse {
 		t.Errorf("invalid gateway's condition %+v", cond)
+	}
+}
+
+const keyEast = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
+
+// keyOf is a member's WireGuard public key in these tests: keyEast for east,
+// one of its own for every other member (the hub refuses a key that
+// another member already publishes).
+func keyOf(member string) string {
+	if member == "east" {
+		return keyEast
+	}
+	sum := sha256.Sum256([]byte(member))
+	return base64.StdEncoding.EncodeToString(sum[:])
+}
+
+// activeGateway is member's active gateway on node, with its heartbeat at seen.
+func activeGateway(member, node string, seen time.Time, dropped ...string) *meshv1.TunnelGateway {
+	return &meshv1.TunnelGateway{
+		ObjectMeta: metav1.ObjectMeta{Name: node, Namespace: MemberNamespace(member)},
+		Spec:       meshv1.TunnelGatewaySpec{NodeName: node, PublicKey: keyOf(member), Endpoints: []string{"192.0.2.1:51820"}, Active: true},
+		Status:     meshv1.TunnelGatewayStatus{LastSeen: &metav1.Time{Time: seen}, DroppedPeers: dropped},
+	}
+}
+
+func memberNS(name string) *corev1.Namespace {
+	return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: MemberNamespace(name), Labels: map[string]string{meshv1.LabelMember: name, labelManagedBy: managedByHub}}}
+}
+
+func getPeer(t *testing.T, c client.Client, set, name string) *meshv1.ClusterSetPeer {
+	t.Helper()
+	p := &meshv1.ClusterSetPeer{}
+	if err := c.Get(context.Background(), client.ObjectKey{Namespace: SetNamespace(set), Name: name}, p); err != nil {
+		t.Fatalf("get peer %s: %v", name, err)
+	}
+	return p
+}
+
+// The directory entry carries the persisted ranges and the active gateway,
+// and is written only when they change: not by a pass that changes
+// nothing, not by a heartbeat.
+func TestReconcileWritesPeerDirectory(t *testing.T) {
+	c, r, now := newFakeHub(t, prodSet(),
+		&meshv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: "east"}, Spec: meshv1.MemberClusterSpec{ClusterSet: "prod"}},
+		memberNS("east"), activeGateway("east", "n1", time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)),
+	)
+	reconcileMember(t, r, "east")
+	if err := c.Get(context.Background(), client.ObjectKey{Namespace: SetNamespace("prod"), Name: "east"}, &meshv1.ClusterSetPeer{}); err == nil {
+		t.Error("the directory announced a range before the member's status held it")
+	}
+	reconcileMember(t, r, "east")
+	p := getPeer(t, c, "prod", "east")
+	if len(p.Spec.PodCIDRs) != 1 || p.Spec.PodCIDRs[0] != "10.64.0.0/16" || p.Spec.Gateway == nil ||
+		p.Spec.Gateway.Node != "n1" || p.Spec.Gateway.PublicKey != keyEast || p.Spec.Gateway.Endpoints[0] != "192.0.2.1:51820" || p.Spec.Withdrawn {
+		t.Fatalf("peer %+v", p.Spec)
+	}
+	// A heartbeat 30 s later and another pass: nothing is written.
+	*now = now.Add(30 * time.Second)
+	gw := &meshv1.TunnelGateway{}
+	if err := c.Get(context.Background(), client.ObjectKey{Namespace: "member-east", Name: "n1"}, gw); err != nil {
+		t.Fatal(err)
+	}
+	gw.Status.LastSeen = &metav1.Time{Time: *now}
+	if err := c.Status().Update(context.Background(), gw); err != nil {
+		t.Fatal(err)
+	}
+	m := getMemberFake(t, c, "east")
+	reconcileMember(t, r, "east")
+	if got := getPeer(t, c, "prod", "east"); got.ResourceVersion != p.ResourceVersion {
+		t.Errorf("peer rewritten without a change (rv %s -> %s)", p.ResourceVersion, got.ResourceVersion)
+	}
+	if got := getMemberFake(t, c, "east"); got.ResourceVersion != m.ResourceVersion {
+		t.Errorf("member status rewritten by a heartbeat (rv %s -> %s)", m.ResourceVersion, got.ResourceVersion)
+	}
+	// An endpoint change reaches the directory.
+	if err := c.Get(context.Background(), client.ObjectKey{Namespace: "member-east", Name: "n1"}, gw); err != nil {
+		t.Fatal(err)
+	}
+	gw.Spec.Endpoints = []string{"192.0.2.99:51820"}
+	if err := c.Update(context.Background(), gw); err != nil {
+		t.Fatal(err)
+	}
+	reconcileMember(t, r, "east")
+	if got := getPeer(t, c, "prod", "east"); got.Spec.Gateway == nil || got.Spec.Gateway.Endpoints[0] != "192.0.2.99:51820" {
+		t.Errorf("endpoint change not in the directory: %+v", got.Spec.Gateway)
+	}
+}
+
+// A deleted member is withdrawn first; its ranges are released once every
+// live peer dropped it. A peer whose heartbeat is stale is not waited for.
+func TestReconcileDeleteWaitsForLivePeers(t *testing.T) {
+	start := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+	c, r, now := newFakeHub(t, prodSet(),
+		&meshv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: "east"}, Spec: meshv1.MemberClusterSpec{ClusterSet: "prod"}},
+		&meshv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: "west"}, Spec: meshv1.MemberClusterSpec{ClusterSet: "prod"}},
+		&meshv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: "dead"}, Spec: meshv1.MemberClusterSpec{ClusterSet: "prod"}},
+		memberNS("east"), memberNS("west"), memberNS("dead"),
+		activeGateway("east", "e1", start), activeGateway("west", "w1", start),
+		activeGateway("dead", "d1", start.Add(-time.Hour)),
+	)
+	r.PeerDrainTimeout = time.Hour
+	for range 2 {
+		for _, n := range []string{"east", "west", "dead"} {
+			reconcileMember(t, r, n)
+		}
+	}
+	ctx := context.Background()
+	if err := c.Delete(ctx, getMemberFake(t, c, "east")); err != nil {
+		t.Fatal(err)
+	}
+	// The fake API server stamps deletion with the wall clock.
+	*now = getMemberFake(t, c, "east").DeletionTimestamp.Time
+	for _, gw := range []string{"w1", "e1"} {
+		g := &meshv1.TunnelGateway{}
+		ns := map[string]string{"w1": "member-west", "e1": "member-east"}[gw]
+		if err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: gw}, g); err != nil {
+			t.Fatal(err)
+		}
+		g.Status.LastSeen = &metav1.Time{Time: *now}
+		if err := c.Status().Update(ctx, g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res := reconcileMember(t, r, "east")
+	if res.RequeueAfter == 0 {
+		t.Error("no requeue while a live peer has not dropped the member")
+	}
+	if !getPeer(t, c, "prod", "east").Spec.Withdrawn {
+		t.Fatal("member not withdrawn from the directory")
+	}
+	if m := getMemberFake(t, c, "east"); len(m.Finalizers) == 0 {
+		t.Fatal("ranges released before the live peer west dropped the member")
+	}
+	// west acknowledges; dead never does, and is not waited for.
+	g := &meshv1.TunnelGateway{}
+	if err := c.Get(ctx, client.ObjectKey{Namespace: "member-west", Name: "w1"}, g); err != nil {
+		t.Fatal(err)
+	}
+	g.Status.DroppedPeers = []string{"east"}
+	if err := c.Status().Update(ctx, g); err != nil {
+		t.Fatal(err)
+	}
+	reconcileMember(t, r, "east")
+	if err := c.Get(ctx, client.ObjectKey{Name: "east"}, &meshv1.MemberCluster{}); err == nil {
+		t.Error("member still there after every live peer dropped it")
+	}
+	if err := c.Get(ctx, client.ObjectKey{Namespace: SetNamespace("prod"), Name: "east"}, &meshv1.ClusterSetPeer{}); err == nil {
+		t.Error("directory entry of the removed member left behind")
+	}
+	claim := &meshv1.CIDRClaim{}
+	if err := c.Get(ctx, client.ObjectKey{Name: "prod.v4-10-64-0-0-16"}, claim); err != nil || claim.Spec.ReleasedAt == nil {
+		t.Errorf("east's block not released into quarantine: %+v %v", claim.Spec, err)
+	}
+}
+
+// The drain timeout bounds the wait for a live peer that never acknowledges.
+func TestReconcileDeleteDrainTimeout(t *testing.T) {
+	start := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+	c, r, now := newFakeHub(t, prodSet(),
+		&meshv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: "east"}, Spec: meshv1.MemberClusterSpec{ClusterSet: "prod"}},
+		&meshv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: "west"}, Spec: meshv1.MemberClusterSpec{ClusterSet: "prod"}},
+		memberNS("east"), memberNS("west"), activeGateway("east", "e1", start), activeGateway("west", "w1", start),
+	)
+	for range 2 {
+		for _, n := range []string{"east", "west"} {
+			reconcileMember(t, r, n)
+		}
+	}
+	ctx := context.Background()
+	if err := c.Delete(ctx, getMemberFake(t, c, "east")); err != nil {
+		t.Fatal(err)
+	}
+	del := getMemberFake(t, c, "east").DeletionTimestamp.Time
+	g := &meshv1.TunnelGateway{}
+	if err := c.Get(ctx, client.ObjectKey{Namespace: "member-west", Name: "w1"}, g); err != nil {
+		t.Fatal(err)
+	}
+	*now = del.Add(r.PeerDrainTimeout + time.Second)
+	g.Status.LastSeen = &metav1.Time{Time: *now}
+	if err := c.Status().Update(ctx, g); err != nil {
+		t.Fatal(err)
+	}
+	reconcileMember(t, r, "east")
+	if err := c.Get(ctx, client.ObjectKey{Name: "east"}, &meshv1.MemberCluster{}); err == nil {
+		t.Error("member still there after the drain timeout")
 	}
 }

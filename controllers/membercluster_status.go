@@ -3,6 +3,7 @@ package controllers
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -69,16 +70,35 @@ func setGatewayConditions(m *meshv1.MemberCluster, total int, invalid, actives [
 		setCondition(&m.Status.Conditions, m.Generation, meshv1.MemberGatewaysValid, metav1.ConditionTrue,
 			meshv1.ReasonValid, fmt.Sprintf("%d gateway(s) valid", total))
 	}
-	if total-len(invalid) > 0 {
-		setCondition(&m.Status.Conditions, m.Generation, meshv1.MemberAgentConnected, metav1.ConditionTrue,
-			meshv1.ReasonGatewayPublished, fmt.Sprintf("agent published %d valid gateway(s)", total-len(invalid)))
-	} else {
-		setCondition(&m.Status.Conditions, m.Generation, meshv1.MemberAgentConnected, metav1.ConditionFalse,
-			meshv1.ReasonNoGateway, "no valid Gateway published yet: join the member cluster (kubectl archipelago join) and check its agent")
-	}
 }
 
-// setConnectedCondition records k of n peers up, as the active gateway reports.
+// setAgentConnectedCondition records whether the member's agent is there: it
+// published a valid gateway and its newest heartbeat is at most staleAfter
+// old. It returns when the heartbeat turns stale if nothing refreshes it
+// (0 when it is stale already or there is none). The messages hold no age,
+// so that a pass at another moment writes nothing new.
+func setAgentConnectedCondition(m *meshv1.MemberCluster, valid int, lastSeen *metav1.Time, now time.Time, staleAfter time.Duration) time.Duration {
+	switch {
+	case valid == 0:
+		setCondition(&m.Status.Conditions, m.Generation, meshv1.MemberAgentConnected, metav1.ConditionFalse,
+			meshv1.ReasonNoGateway, "no valid TunnelGateway published yet: join the member cluster (kubectl archipelago join) and check its agent")
+	case lastSeen == nil:
+		setCondition(&m.Status.Conditions, m.Generation, meshv1.MemberAgentConnected, metav1.ConditionFalse,
+			meshv1.ReasonHeartbeatStale, fmt.Sprintf("%d valid gateway(s) but no heartbeat yet (TunnelGateway status.lastSeen): check the member's agent", valid))
+	case now.Sub(lastSeen.Time) > staleAfter:
+		setCondition(&m.Status.Conditions, m.Generation, meshv1.MemberAgentConnected, metav1.ConditionFalse,
+			meshv1.ReasonHeartbeatStale, fmt.Sprintf("last seen %s, more than %s ago: is the member's agent running? Run 'kubectl archipelago diagnose --context %s'",
+				lastSeen.UTC().Format(time.RFC3339), staleAfter, m.Name))
+	default:
+		setCondition(&m.Status.Conditions, m.Generation, meshv1.MemberAgentConnected, metav1.ConditionTrue,
+			meshv1.ReasonGatewayPublished, fmt.Sprintf("agent published %d valid gateway(s) and its heartbeat is fresh", valid))
+		return lastSeen.Add(staleAfter).Sub(now) + time.Second
+	}
+	return 0
+}
+
+// setConnectedCondition records k of n peers up, as the active gateway
+// reports them: n counts the peers in its directory with a tunnel peer.
 func setConnectedCondition(m *meshv1.MemberCluster, up, total int, down []string) {
 	m.Status.ConnectedPeers, m.Status.TotalPeers = int32(up), int32(total)
 	switch {
@@ -92,6 +112,13 @@ func setConnectedCondition(m *meshv1.MemberCluster, up, total int, down []string
 		setCondition(&m.Status.Conditions, m.Generation, meshv1.MemberConnected, metav1.ConditionFalse,
 			meshv1.ReasonPeersDown, fmt.Sprintf("tunnels up to %d of %d peers; down: %s", up, total, strings.Join(down, ", ")))
 	}
+}
+
+// setNoGatewayConnectedCondition is Connected while the member has no active gateway.
+func setNoGatewayConnectedCondition(m *meshv1.MemberCluster) {
+	m.Status.ConnectedPeers, m.Status.TotalPeers = 0, 0
+	setCondition(&m.Status.Conditions, m.Generation, meshv1.MemberConnected, metav1.ConditionFalse,
+		meshv1.ReasonNoGateway, "no active gateway: no tunnels")
 }
 
 // setReadyCondition summarizes: the member is part of the archipelago when it

@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -75,17 +76,17 @@ func TestSetAcceptedCondition(t *testing.T) {
 
 func TestSetGatewayConditions(t *testing.T) {
 	cases := []struct {
-		name                 string
-		total                int
-		invalid, actives     []string
-		wantValid, wantAgent metav1.ConditionStatus
-		wantReason           string
+		name             string
+		total            int
+		invalid, actives []string
+		wantValid        metav1.ConditionStatus
+		wantReason       string
 	}{
-		{"none published", 0, nil, nil, metav1.ConditionTrue, metav1.ConditionFalse, meshv1.ReasonValid},
-		{"one valid", 1, nil, []string{"gw1"}, metav1.ConditionTrue, metav1.ConditionTrue, meshv1.ReasonValid},
-		{"one invalid", 1, []string{"gw: bad key"}, nil, metav1.ConditionFalse, metav1.ConditionFalse, meshv1.ReasonInvalidGateway},
-		{"one of two invalid", 2, []string{"gw: bad key"}, nil, metav1.ConditionFalse, metav1.ConditionTrue, meshv1.ReasonInvalidGateway},
-		{"two active", 2, nil, []string{"gw1", "gw2"}, metav1.ConditionFalse, metav1.ConditionTrue, meshv1.ReasonMultipleActive},
+		{"none published", 0, nil, nil, metav1.ConditionTrue, meshv1.ReasonValid},
+		{"one valid", 1, nil, []string{"gw1"}, metav1.ConditionTrue, meshv1.ReasonValid},
+		{"one invalid", 1, []string{"gw: bad key"}, nil, metav1.ConditionFalse, meshv1.ReasonInvalidGateway},
+		{"one of two invalid", 2, []string{"gw: bad key"}, nil, metav1.ConditionFalse, meshv1.ReasonInvalidGateway},
+		{"two active", 2, nil, []string{"gw1", "gw2"}, metav1.ConditionFalse, meshv1.ReasonMultipleActive},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -94,8 +95,91 @@ func TestSetGatewayConditions(t *testing.T) {
 			if c := meta.FindStatusCondition(m.Status.Conditions, meshv1.MemberGatewaysValid); c.Status != tc.wantValid || c.Reason != tc.wantReason {
 				t.Errorf("GatewaysValid %+v", c)
 			}
-			if c := meta.FindStatusCondition(m.Status.Conditions, meshv1.MemberAgentConnected); c.Status != tc.wantAgent {
-				t.Errorf("AgentConnected %+v", c)
+		})
+	}
+}
+
+func TestSetAgentConnectedCondition(t *testing.T) {
+	now := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+	seen := func(ago time.Duration) *metav1.Time { return &metav1.Time{Time: now.Add(-ago)} }
+	const bound = 90 * time.Second
+	cases := []struct {
+		name        string
+		valid       int
+		lastSeen    *metav1.Time
+		wantStatus  metav1.ConditionStatus
+		wantReason  string
+		wantRequeue time.Duration
+	}{
+		{"no gateway", 0, seen(time.Second), metav1.ConditionFalse, meshv1.ReasonNoGateway, 0},
+		{"no heartbeat yet", 1, nil, metav1.ConditionFalse, meshv1.ReasonHeartbeatStale, 0},
+		{"fresh", 1, seen(30 * time.Second), metav1.ConditionTrue, meshv1.ReasonGatewayPublished, 61 * time.Second},
+		{"just fresh", 1, seen(bound), metav1.ConditionTrue, meshv1.ReasonGatewayPublished, time.Second},
+		{"stale", 2, seen(bound + time.Second), metav1.ConditionFalse, meshv1.ReasonHeartbeatStale, 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			m := member(1)
+			next := setAgentConnectedCondition(m, tc.valid, tc.lastSeen, now, bound)
+			c := meta.FindStatusCondition(m.Status.Conditions, meshv1.MemberAgentConnected)
+			if c.Status != tc.wantStatus || c.Reason != tc.wantReason || next != tc.wantRequeue {
+				t.Errorf("%+v requeue %s, want %s %s requeue %s", c, next, tc.wantStatus, tc.wantReason, tc.wantRequeue)
+			}
+			if tc.name == "stale" && !strings.Contains(c.Message, tc.lastSeen.UTC().Format(time.RFC3339)) {
+				t.Errorf("message %q does not say when the member was last seen", c.Message)
+			}
+			// A later pass writes the same condition: no age in it.
+			if tc.name == "just fresh" {
+				return // turns stale a moment later
+			}
+			later := member(1)
+			setAgentConnectedCondition(later, tc.valid, tc.lastSeen, now.Add(time.Duration(tc.wantRequeue)/2), bound)
+			if lc := meta.FindStatusCondition(later.Status.Conditions, meshv1.MemberAgentConnected); lc.Message != c.Message {
+				t.Errorf("message changes with the clock: %q vs %q", c.Message, lc.Message)
+			}
+		})
+	}
+}
+
+func TestGatewayChangeMatters(t *testing.T) {
+	now := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+	const bound = 90 * time.Second
+	base := &meshv1.TunnelGateway{
+		ObjectMeta: metav1.ObjectMeta{Name: "n1", Namespace: "member-east", Generation: 1},
+		Spec:       meshv1.TunnelGatewaySpec{NodeName: "n1", PublicKey: "k", Active: true},
+		Status:     meshv1.TunnelGatewayStatus{PeersUp: 2, LastSeen: &metav1.Time{Time: now.Add(-30 * time.Second)}},
+	}
+	cases := []struct {
+		name   string
+		change func(old, gw *meshv1.TunnelGateway)
+		want   bool
+	}{
+		{"heartbeat of a live gateway", func(_, gw *meshv1.TunnelGateway) { gw.Status.LastSeen = &metav1.Time{Time: now} }, false},
+		{"heartbeat after silence", func(old, gw *meshv1.TunnelGateway) {
+			old.Status.LastSeen = &metav1.Time{Time: now.Add(-bound - time.Second)}
+			gw.Status.LastSeen = &metav1.Time{Time: now}
+		}, true},
+		{"first heartbeat", func(old, gw *meshv1.TunnelGateway) {
+			old.Status.LastSeen = nil
+			gw.Status.LastSeen = &metav1.Time{Time: now}
+		}, true},
+		{"a tunnel went down", func(_, gw *meshv1.TunnelGateway) {
+			gw.Status.PeersUp, gw.Status.DownPeers = 1, []string{"west"}
+			gw.Status.LastSeen = &metav1.Time{Time: now}
+		}, true},
+		{"a peer dropped", func(_, gw *meshv1.TunnelGateway) { gw.Status.DroppedPeers = []string{"west"} }, true},
+		{"endpoint change", func(_, gw *meshv1.TunnelGateway) {
+			gw.Spec.Endpoints = []string{"192.0.2.1:51820"}
+			gw.Generation++
+		}, true},
+		{"nothing", func(_, _ *meshv1.TunnelGateway) {}, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			old, gw := base.DeepCopy(), base.DeepCopy()
+			tc.change(old, gw)
+			if got := gatewayChangeMatters(old, gw, now, bound); got != tc.want {
+				t.Errorf("got %v, want %v", got, tc.want)
 			}
 		})
 	}
@@ -133,6 +217,8 @@ func TestSetReadyCondition(t *testing.T) {
 	setAcceptedCondition(m, &meshv1.ClusterSet{ObjectMeta: metav1.ObjectMeta{Name: "prod"}})
 	setCIDRAllocatedCondition(m, Assignment{Reason: meshv1.ReasonPoolExhausted, Message: "no free IPv4 block"})
 	setGatewayConditions(m, 1, nil, nil)
+	seen := metav1.Now()
+	setAgentConnectedCondition(m, 1, &seen, seen.Time, time.Minute)
 	setReadyCondition(m)
 	if c := meta.FindStatusCondition(m.Status.Conditions, meshv1.ConditionReady); c.Status != metav1.ConditionFalse || c.Reason != meshv1.ReasonPoolExhausted || !strings.Contains(c.Message, "no free IPv4 block") {
 		t.Errorf("Ready of an exhausted member: %+v", c)

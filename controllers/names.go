@@ -8,6 +8,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
 )
 
 const (
@@ -15,9 +17,14 @@ const (
 	memberNamespacePrefix = "member-"
 	// MemberServiceAccount is the name of the ServiceAccount a member's agent uses on the hub.
 	MemberServiceAccount = "archipelago-agent"
-	// memberRoleName names the Role (in the member namespace) and the ClusterRole
-	// (read access to the peer directory) that members are bound to.
+	// memberRoleName names the Role in the member namespace (its own
+	// TunnelGateways); memberRoleName:<member> names the member's ClusterRole
+	// (its own MemberCluster and ClusterSet, by name), the binding to it, and
+	// the member's RoleBinding in its set's namespace.
 	memberRoleName = "archipelago-member"
+	// peerReaderRole is the Role in a set's namespace that reads its
+	// ClusterSetPeers; every member of the set is bound to it.
+	peerReaderRole = "archipelago-peer-reader"
 	// labelManagedBy marks every object the hub creates, so its cache can watch only those.
 	labelManagedBy = "app.kubernetes.io/managed-by"
 	managedByHub   = "archipelago-hub"
@@ -43,7 +50,12 @@ func MemberNamespace(member string) string {
 	return memberNamespacePrefix + strings.TrimRight(member[:47], "-") + "-" + hex.EncodeToString(sum[:])[:8]
 }
 
-// memberClusterRoleBinding names the binding that lets a member read the peer directory.
+// SetNamespace returns the hub namespace of a ClusterSet's peer directory
+// (its ClusterSetPeer objects).
+func SetNamespace(set string) string { return meshv1.ClusterSetNamespace(set) }
+
+// memberClusterRoleBinding names the member's ClusterRole, its binding, and
+// its RoleBinding in the set's namespace.
 func memberClusterRoleBinding(member string) string {
 	return memberRoleName + ":" + member
 }

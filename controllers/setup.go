@@ -18,9 +18,13 @@ type Options struct {
 	// PeerDrainTimeout bounds how long a deleted member's ranges wait for its
 	// peers to drop it.
 	PeerDrainTimeout time.Duration
+	// HeartbeatStaleAfter is how old a member's newest gateway heartbeat may
+	// be before its agent counts as gone (default 3 min: three heartbeats).
+	HeartbeatStaleAfter time.Duration
 	// MaxConcurrentReconciles of the MemberCluster controller.
 	MaxConcurrentReconciles int
-	// Now is the clock of the ledger (quarantine); nil means time.Now.
+	// Now is the clock of the ledger (quarantine) and of heartbeat
+	// staleness; nil means time.Now.
 	Now func() time.Time
 }
 
@@ -35,7 +39,9 @@ func SetupHub(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 		Ledger:                  ledger,
 		Recorder:                mgr.GetEventRecorder("archipelago-hub"),
 		PeerDrainTimeout:        opts.PeerDrainTimeout,
+		HeartbeatStaleAfter:     opts.HeartbeatStaleAfter,
 		MaxConcurrentReconciles: opts.MaxConcurrentReconciles,
+		Now:                     opts.Now,
 	}).SetupWithManager(ctx, mgr); err != nil {
 		return fmt.Errorf("set up membercluster controller: %w", err)
 	}

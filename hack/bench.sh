@@ -16,7 +16,7 @@ bench() { # file package pattern benchtime [tags]
 
 bench ipam ./internal/ipam/ . 1s
 bench dataplane ./agent/dataplane/ . 20x
-bench hub-api ./test/integration/hub/ BenchmarkAPIAllocate1000 1x
+bench hub-api ./test/integration/hub/ 'BenchmarkAPIAllocate1000|BenchmarkHubWrites' 1x
 bench hub-scale ./test/scale/ BenchmarkHubScale 1x
 if [[ $(id -u) -eq 0 && -d test/e2e/lab ]]; then
   bench lab ./test/e2e/lab/ . 1x e2e

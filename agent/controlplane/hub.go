@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	kruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -30,9 +31,10 @@ import (
 
 func newScheme() *kruntime.Scheme { return archscheme.New() }
 
-// hubConn is the elected agent's connection to the hub: a cache of the
-// MemberCluster directory and ClusterSets (watched, so hub load is one
-// watch per member cluster) and a direct client for Gateways.
+// hubConn is the elected agent's connection to the hub: a cache of its own
+// MemberCluster and ClusterSet (each watched by name) and of its set's peer
+// directory (the ClusterSetPeers in the set's namespace), so hub load is
+// three watches per member cluster, and a direct client for TunnelGateways.
 type hubConn struct {
 	id     [32]byte
 	reader client.Reader
@@ -61,8 +63,11 @@ type directory struct {
 	localRaw    []string
 	peers       []plan.Peer
 	invalid     []plan.InvalidPeer
-	tunnel      plan.Tunnel
-	settings    meshv1.TunnelSettings
+	// withdrawn are peers being deleted: left out of the plan, and
+	// acknowledged in the TunnelGateway's status.droppedPeers.
+	withdrawn []string
+	tunnel    plan.Tunnel
+	settings  meshv1.TunnelSettings
 }
 
 func (a *Agent) currentDirectory() *directory {
@@ -94,7 +99,7 @@ func (a *Agent) ensureHub(ctx context.Context, m *meshv1.ClusterSetMembership) (
 		credential = "bound:" + claims.BoundSecretUID
 	}
 	h := sha256.New()
-	fmt.Fprintf(h, "%s\x00%s\x00%s\x00", rc.Host, credential, rc.CAData)
+	fmt.Fprintf(h, "%s\x00%s\x00%s\x00%s\x00%s\x00", rc.Host, credential, rc.CAData, m.Spec.ClusterName, m.Spec.ClusterSet)
 	var id [32]byte
 	copy(id[:], h.Sum(nil))
 
@@ -114,12 +119,22 @@ func (a *Agent) ensureHub(ctx context.Context, m *meshv1.ClusterSetMembership) (
 	rc.WrapTransport = func(rt http.RoundTripper) http.RoundTripper { return &bearerToken{next: rt, token: &conn.token} }
 
 	scheme := newScheme()
-	hc, err := cache.New(rc, cache.Options{Scheme: scheme})
+	// The member may read its own MemberCluster and ClusterSet (by name:
+	// RBAC resourceNames, which list and watch meet with a metadata.name
+	// field selector) and the peers of its own set, nothing more.
+	byName := func(name string) cache.ByObject {
+		return cache.ByObject{Field: fields.OneTermEqualSelector("metadata.name", name)}
+	}
+	hc, err := cache.New(rc, cache.Options{Scheme: scheme, ByObject: map[client.Object]cache.ByObject{
+		&meshv1.MemberCluster{}:  byName(m.Spec.ClusterName),
+		&meshv1.ClusterSet{}:     byName(m.Spec.ClusterSet),
+		&meshv1.ClusterSetPeer{}: {Namespaces: map[string]cache.Config{meshv1.ClusterSetNamespace(m.Spec.ClusterSet): {}}},
+	}})
 	if err != nil {
 		return nil, fmt.Errorf("hub cache: %w", err)
 	}
 	cctx, cancel := context.WithCancel(ctx)
-	for _, obj := range []client.Object{&meshv1.MemberCluster{}, &meshv1.ClusterSet{}} {
+	for _, obj := range []client.Object{&meshv1.MemberCluster{}, &meshv1.ClusterSet{}, &meshv1.ClusterSetPeer{}} {
 		inf, err := hc.GetInformer(cctx, obj, cache.BlockUntilSynced(false))
 		if err != nil {
 			cancel()
@@ -135,7 +150,7 @@ func (a *Agent) ensureHub(ctx context.Context, m *meshv1.ClusterSetMembership) (
 	defer scancel()
 	if !hc.WaitForCacheSync(sctx) {
 		cancel()
-		return nil, fmt.Errorf("hub %s: watch of MemberClusters did not sync (unreachable, or credentials refused)", rc.Host)
+		return nil, fmt.Errorf("hub %s: watch of the MemberCluster, ClusterSet and peer directory did not sync (unreachable, or credentials refused)", rc.Host)
 	}
 	// Bound every direct call: a hub that is unreachable must fail a pass,
 	// not hang it (the data path is applied in the same pass).
@@ -291,21 +306,19 @@ func (a *Agent) readDirectory(ctx context.Context, hub *hubConn, m *meshv1.Clust
 	} else if !apierrors.IsNotFound(err) {
 		return nil, joinState{}, fmt.Errorf("read ClusterSet %s: %w", self.Spec.ClusterSet, err)
 	}
-	list := &meshv1.MemberClusterList{}
-	if err := hub.reader.List(ctx, list); err != nil {
-		return nil, joinState{}, fmt.Errorf("list MemberClusters: %w", err)
+	if self.Spec.ClusterSet != m.Spec.ClusterSet {
+		return nil, joinState{reason: "ClusterSetMismatch",
+			message: fmt.Sprintf("the hub's MemberCluster %s belongs to ClusterSet %q, this membership names %q: join again with the right set", self.Name, self.Spec.ClusterSet, m.Spec.ClusterSet)}, nil
 	}
-	var members []meshv1.MemberCluster
-	for _, mc := range list.Items {
-		if mc.Spec.ClusterSet == self.Spec.ClusterSet {
-			members = append(members, mc)
-		}
+	list := &meshv1.ClusterSetPeerList{}
+	if err := hub.reader.List(ctx, list, client.InNamespace(meshv1.ClusterSetNamespace(m.Spec.ClusterSet))); err != nil {
+		return nil, joinState{}, fmt.Errorf("list the peer directory of ClusterSet %s: %w", m.Spec.ClusterSet, err)
 	}
-	peers, invalid := plan.PeersFromMembers(self.Name, members, a.resolver.Lookup)
+	peers, invalid, withdrawn := plan.PeersFromDirectory(self.Name, list.Items, a.resolver.Lookup)
 	d := &directory{
 		clusterName: self.Name, namespace: self.Status.Namespace,
 		local: local, localRaw: slices.Clone(self.Status.PodCIDRs),
-		peers: peers, invalid: invalid, settings: settings,
+		peers: peers, invalid: invalid, withdrawn: withdrawn, settings: settings,
 		tunnel: plan.Tunnel{Interface: a.cfg.TunnelInterface, Port: plan.DefaultPort, Keepalive: plan.DefaultKeepalive},
 	}
 	if settings.Port != 0 {

@@ -176,7 +176,7 @@ func (a *Agent) publishStatus(ctx context.Context, s *scope) error {
 	if ip := nodeIP(s.node); ip.IsValid() {
 		st.ActiveGatewayIP = ip.String()
 	}
-	var gwPeers []meshv1.TunnelGatewayPeerStatus
+	var summary tunnelSummary
 	if d := s.dir; d != nil {
 		st.PodCIDRs = slices.Clone(d.localRaw)
 		st.HubNamespace = d.namespace
@@ -193,7 +193,7 @@ func (a *Agent) publishStatus(ctx context.Context, s *scope) error {
 		if err != nil {
 			s.errs = append(s.errs, err)
 		}
-		st.Peers, gwPeers = a.peerStates(s, d, dev)
+		st.Peers, summary = a.peerStates(s, d, dev)
 		up, down := 0, []string{}
 		for _, p := range st.Peers {
 			if p.State == meshv1.PeerUp {
@@ -228,29 +228,43 @@ func (a *Agent) publishStatus(ctx context.Context, s *scope) error {
 			a.mu.Unlock()
 		}
 	}
-	if gw := s.ownGateway; gw != nil {
-		a.publishGatewayStatus(ctx, s, gw, gwPeers)
+	if gw := s.ownGateway; gw != nil && s.dir != nil {
+		a.publishGatewayStatus(ctx, s, gw, summary)
 	}
 	return nil
 }
 
-func (a *Agent) publishGatewayStatus(ctx context.Context, s *scope, gw *meshv1.TunnelGateway, peers []meshv1.TunnelGatewayPeerStatus) {
+// tunnelSummary is what the hub learns of this gateway's tunnels: values
+// that change only when a tunnel goes up or down, never at a rekey.
+type tunnelSummary struct {
+	up   int32
+	down []string
+}
+
+// publishGatewayStatus writes the active gateway's status on the hub: the
+// tunnel summary and dropped peers when they change, and the heartbeat
+// (lastSeen) at most every ReportInterval otherwise.
+func (a *Agent) publishGatewayStatus(ctx context.Context, s *scope, gw *meshv1.TunnelGateway, sum tunnelSummary) {
 	a.mu.Lock()
 	hub := a.hub
-	stale := s.now.Sub(a.lastGW) >= a.cfg.ReportInterval
+	// A tenth of slack: the resync tick that should carry the heartbeat
+	// may run a little before a whole interval has passed.
+	due := s.now.Sub(a.lastGW) >= a.cfg.ReportInterval-a.cfg.ReportInterval/10
 	a.mu.Unlock()
 	if hub == nil {
 		return
 	}
-	if equality.Semantic.DeepEqual(gw.Status.Peers, peers) && gw.Status.LastSeen != nil && !stale {
+	dropped := droppedPeers(s, gw)
+	same := gw.Status.PeersUp == sum.up && slices.Equal(gw.Status.DownPeers, sum.down) && slices.Equal(gw.Status.DroppedPeers, dropped)
+	if same && gw.Status.LastSeen != nil && !due {
 		return
 	}
 	patch := client.MergeFrom(gw.DeepCopy())
-	gw.Status.Peers = peers
+	gw.Status.PeersUp, gw.Status.DownPeers, gw.Status.DroppedPeers = sum.up, sum.down, dropped
 	now := metav1.NewTime(s.now.Truncate(time.Second))
 	gw.Status.LastSeen = &now
 	if err := hub.client.Status().Patch(ctx, gw, patch); err != nil {
-		s.errs = append(s.errs, fmt.Errorf("write Gateway %s/%s status: %w", gw.Namespace, gw.Name, err))
+		s.errs = append(s.errs, fmt.Errorf("write TunnelGateway %s/%s status: %w", gw.Namespace, gw.Name, err))
 		return
 	}
 	a.mu.Lock()
@@ -258,9 +272,27 @@ func (a *Agent) publishGatewayStatus(ctx context.Context, s *scope, gw *meshv1.T
 	a.mu.Unlock()
 }
 
+// droppedPeers are the withdrawn peers this gateway no longer has in its
+// data path. Only a plan applied without error proves that; otherwise the
+// earlier acknowledgements of peers still withdrawn stay.
+func droppedPeers(s *scope, gw *meshv1.TunnelGateway) []string {
+	if s.applied && s.applyErr == nil {
+		return slices.Clone(s.dir.withdrawn)
+	}
+	var out []string
+	for _, p := range gw.Status.DroppedPeers {
+		if slices.Contains(s.dir.withdrawn, p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 // peerStates joins the directory, the plan's skipped peers and the
-// device's view into the status' peers (sorted by cluster).
-func (a *Agent) peerStates(s *scope, d *directory, dev *wgtypes.Device) ([]meshv1.MembershipPeer, []meshv1.TunnelGatewayPeerStatus) {
+// device's view into the status' peers (sorted by cluster) and the summary
+// for the hub: peers up, and the names of all others (down, connecting or
+// unusable), sorted.
+func (a *Agent) peerStates(s *scope, d *directory, dev *wgtypes.Device) ([]meshv1.MembershipPeer, tunnelSummary) {
 	byKey := map[wgtypes.Key]*wgtypes.Peer{}
 	if dev != nil {
 		for i := range dev.Peers {
@@ -271,10 +303,7 @@ func (a *Agent) peerStates(s *scope, d *directory, dev *wgtypes.Device) ([]meshv
 	for _, sk := range s.plan.Skipped {
 		skipped[sk.Cluster] = sk.Message
 	}
-	var (
-		out []meshv1.MembershipPeer
-		gws []meshv1.TunnelGatewayPeerStatus
-	)
+	var out []meshv1.MembershipPeer
 	for _, p := range d.peers {
 		mp := meshv1.MembershipPeer{Cluster: p.Cluster, Gateway: p.Gateway, State: meshv1.PeerConnecting}
 		for _, r := range p.PodCIDRs {
@@ -292,7 +321,6 @@ func (a *Agent) peerStates(s *scope, d *directory, dev *wgtypes.Device) ([]meshv
 			out = append(out, mp)
 			continue
 		}
-		gp := meshv1.TunnelGatewayPeerStatus{Cluster: p.Cluster}
 		switch wp := byKey[p.PublicKey]; {
 		case !s.applied || s.hold != "" || s.plan.Hold != "":
 			mp.Message = "not routing: " + s.plan.Hold
@@ -301,14 +329,13 @@ func (a *Agent) peerStates(s *scope, d *directory, dev *wgtypes.Device) ([]meshv
 		default:
 			if wp.Endpoint != nil {
 				mp.Endpoint = wp.Endpoint.String()
-				gp.Endpoint = mp.Endpoint
 			}
 			if !wp.LastHandshakeTime.IsZero() {
 				hs := metav1.NewTime(wp.LastHandshakeTime.Truncate(time.Second))
-				mp.LatestHandshake, gp.LatestHandshake = &hs, &hs
+				mp.LatestHandshake = &hs
 			}
 			if !wp.LastHandshakeTime.IsZero() && s.now.Sub(wp.LastHandshakeTime) < handshakeFresh {
-				mp.State, gp.Up = meshv1.PeerUp, true
+				mp.State = meshv1.PeerUp
 			} else {
 				mp.Message = "no handshake in the last 3 minutes"
 				if mp.Endpoint == "" {
@@ -317,15 +344,21 @@ func (a *Agent) peerStates(s *scope, d *directory, dev *wgtypes.Device) ([]meshv
 			}
 		}
 		out = append(out, mp)
-		gws = append(gws, gp)
 	}
 	for _, inv := range d.invalid {
 		out = append(out, meshv1.MembershipPeer{Cluster: inv.Cluster, PodCIDRs: inv.PodCIDRs, Gateway: inv.Gateway,
 			State: meshv1.PeerInvalid, Message: inv.Message})
 	}
 	slices.SortFunc(out, func(x, y meshv1.MembershipPeer) int { return strings.Compare(x.Cluster, y.Cluster) })
-	slices.SortFunc(gws, func(x, y meshv1.TunnelGatewayPeerStatus) int { return strings.Compare(x.Cluster, y.Cluster) })
-	return out, gws
+	var sum tunnelSummary
+	for _, p := range out {
+		if p.State == meshv1.PeerUp {
+			sum.up++
+		} else {
+			sum.down = append(sum.down, p.Cluster)
+		}
+	}
+	return out, sum
 }
 
 // reportDebounce is the shortest time between two NodeReport writes: a

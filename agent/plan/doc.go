@@ -6,11 +6,13 @@
 // and the node's private key); the dataplane package makes the kernel match
 // the NodePlan it returns.
 //
-// PeersFromMembers turns the hub's MemberCluster list into the peer
-// directory. A peer's AllowedIPs come only from MemberCluster.status.podCIDRs
-// (the hub's record), never from anything the member wrote itself; a peer
-// without ranges, without a valid active gateway or with a conflicting range
-// is returned as Invalid with a message, and the others are unaffected.
+// PeersFromDirectory turns the hub's peer directory (the ClusterSetPeers of
+// this cluster's set) into peers. A peer's AllowedIPs come only from
+// ClusterSetPeer.spec.podCIDRs (which the hub alone writes, from its own
+// record), never from anything the member wrote itself; a peer without
+// ranges, without a valid active gateway or with a conflicting range is
+// returned as Invalid with a message, and the others are unaffected; a
+// withdrawn peer is left out and named, so its drop can be acknowledged.
 //
 // This package must not do any I/O: no Kubernetes client, no netlink, no
 // clock. It imports no kernel package: the plan is made of the pure types of

@@ -118,7 +118,7 @@ type NodePlan struct {
 //
 // Compute runs on every event-driven pass of the agent, so it is written to
 // be linear after one sort: the directory is sorted once (not at all when it
-// comes sorted, as PeersFromMembers returns it), every range is canonicalised
+// comes sorted, as PeersFromDirectory returns it), every range is canonicalised
 // once into one backing array, and the routes and filter ranges come out of
 // the overlap check already in order.
 func Compute(in Inputs) NodePlan {
@@ -382,32 +382,37 @@ func usablePeers(in Inputs, local []netip.Prefix) directory {
 	return d
 }
 
-// PeersFromMembers builds the peer directory from the hub's MemberClusters.
-// self is this cluster's name; members being deleted are left out (the hub
-// frees their ranges only after peers dropped them). resolve, when not nil,
-// turns a DNS endpoint host into an address; without it DNS endpoints are
-// ignored.
-func PeersFromMembers(self string, members []meshv1.MemberCluster, resolve func(host string) (netip.Addr, error)) ([]Peer, []InvalidPeer) {
-	var (
-		peers   []Peer
-		invalid []InvalidPeer
-	)
-	for i := range members {
-		m := &members[i]
-		if m.Name == self || m.DeletionTimestamp != nil {
+// PeersFromDirectory builds the peers of this cluster from its ClusterSet's
+// peer directory (the hub's ClusterSetPeers). self is this cluster's name.
+// Withdrawn peers (members being deleted) are left out of peers and returned
+// by name, sorted, so that the gateway can acknowledge that it dropped them.
+// resolve, when not nil, turns a DNS endpoint host into an address; without
+// it DNS endpoints are ignored.
+func PeersFromDirectory(self string, dir []meshv1.ClusterSetPeer, resolve func(host string) (netip.Addr, error)) (peers []Peer, invalid []InvalidPeer, withdrawn []string) {
+	for i := range dir {
+		p := &dir[i]
+		if p.Name == self {
 			continue
 		}
-		bad := func(gw, format string, args ...any) {
-			invalid = append(invalid, InvalidPeer{Cluster: m.Name, Gateway: gw, PodCIDRs: slices.Clone(m.Status.PodCIDRs),
+		if p.Spec.Withdrawn {
+			withdrawn = append(withdrawn, p.Name)
+			continue
+		}
+		gwNode := ""
+		if p.Spec.Gateway != nil {
+			gwNode = p.Spec.Gateway.Node
+		}
+		bad := func(format string, args ...any) {
+			invalid = append(invalid, InvalidPeer{Cluster: p.Name, Gateway: gwNode, PodCIDRs: slices.Clone(p.Spec.PodCIDRs),
 				Message: fmt.Sprintf(format, args...)})
 		}
-		if len(m.Status.PodCIDRs) == 0 {
-			bad("", "no pod range assigned by the hub")
+		if len(p.Spec.PodCIDRs) == 0 {
+			bad("no pod range assigned by the hub")
 			continue
 		}
 		var ranges []netip.Prefix
 		var parseErr error
-		for _, s := range m.Status.PodCIDRs {
+		for _, s := range p.Spec.PodCIDRs {
 			pr, err := netip.ParsePrefix(s)
 			if err != nil {
 				parseErr = fmt.Errorf("pod range %q: %w", s, err)
@@ -416,35 +421,30 @@ func PeersFromMembers(self string, members []meshv1.MemberCluster, resolve func(
 			ranges = append(ranges, pr.Masked())
 		}
 		if parseErr != nil {
-			bad("", "%v", parseErr)
+			bad("%v", parseErr)
 			continue
 		}
-		var active []meshv1.MemberGateway
-		for _, g := range m.Status.Gateways {
-			if g.Active {
-				active = append(active, g)
-			}
-		}
-		if len(active) != 1 {
-			bad("", "%d active gateways in the hub's status (want exactly 1)", len(active))
+		if p.Spec.Gateway == nil {
+			bad("no active gateway in the hub's directory yet")
 			continue
 		}
-		gw := active[0]
+		gw := p.Spec.Gateway
 		key, err := wgtypes.ParseKey(gw.PublicKey)
 		if err != nil || key == (wgtypes.Key{}) {
-			bad(gw.Node, "active gateway %q: invalid public key", gw.Node)
+			bad("active gateway %q: invalid public key", gw.Node)
 			continue
 		}
 		ep, err := endpoint(gw.Endpoints, resolve)
 		if err != nil {
-			bad(gw.Node, "active gateway %q: %v", gw.Node, err)
+			bad("active gateway %q: %v", gw.Node, err)
 			continue
 		}
-		peers = append(peers, Peer{Cluster: m.Name, PodCIDRs: ranges, Gateway: gw.Node, PublicKey: key, Endpoint: ep})
+		peers = append(peers, Peer{Cluster: p.Name, PodCIDRs: ranges, Gateway: gw.Node, PublicKey: key, Endpoint: ep})
 	}
 	slices.SortFunc(peers, func(a, b Peer) int { return cmp.Compare(a.Cluster, b.Cluster) })
 	slices.SortFunc(invalid, func(a, b InvalidPeer) int { return cmp.Compare(a.Cluster, b.Cluster) })
-	return peers, invalid
+	slices.Sort(withdrawn)
+	return peers, invalid, withdrawn
 }
 
 // endpoint picks the first usable endpoint, preferring the listed order. No

@@ -189,32 +189,33 @@ func TestCompute(t *testing.T) {
 	}
 }
 
-func TestPeersFromMembers(t *testing.T) {
+func TestPeersFromDirectory(t *testing.T) {
 	kb := key(t).PublicKey().String()
-	member := func(name string, cidrs []string, gws ...meshv1.MemberGateway) meshv1.MemberCluster {
-		return meshv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: name},
-			Status: meshv1.MemberClusterStatus{PodCIDRs: cidrs, Gateways: gws}}
+	peer := func(name string, cidrs []string, gw *meshv1.PeerGateway) meshv1.ClusterSetPeer {
+		return meshv1.ClusterSetPeer{ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec: meshv1.ClusterSetPeerSpec{PodCIDRs: cidrs, Gateway: gw}}
 	}
-	deleting := member("gone", []string{"10.9.0.0/16"}, meshv1.MemberGateway{Node: "g", PublicKey: kb, Active: true})
-	now := metav1.Now()
-	deleting.DeletionTimestamp = &now
-	members := []meshv1.MemberCluster{
-		member("a", []string{"10.1.0.0/16"}),
-		member("b", []string{"10.2.0.0/16"}, meshv1.MemberGateway{Node: "b1", PublicKey: kb, Endpoints: []string{"192.0.2.2:51820"}, Active: true},
-			meshv1.MemberGateway{Node: "b2", PublicKey: key(t).PublicKey().String()}),
-		member("nat", []string{"10.3.0.0/16"}, meshv1.MemberGateway{Node: "n1", PublicKey: key(t).PublicKey().String(), Active: true}),
-		member("norange", nil, meshv1.MemberGateway{Node: "x", PublicKey: key(t).PublicKey().String(), Active: true}),
-		member("noactive", []string{"10.4.0.0/16"}, meshv1.MemberGateway{Node: "y", PublicKey: key(t).PublicKey().String()}),
-		member("badkey", []string{"10.5.0.0/16"}, meshv1.MemberGateway{Node: "z", PublicKey: "not-a-key", Active: true}),
-		member("badep", []string{"10.6.0.0/16"}, meshv1.MemberGateway{Node: "w", PublicKey: key(t).PublicKey().String(), Endpoints: []string{"gw.example:51820"}, Active: true}),
-		deleting,
+	gone := peer("gone", []string{"10.9.0.0/16"}, &meshv1.PeerGateway{Node: "g", PublicKey: kb})
+	gone.Spec.Withdrawn = true
+	dir := []meshv1.ClusterSetPeer{
+		peer("a", []string{"10.1.0.0/16"}, nil),
+		peer("b", []string{"10.2.0.0/16"}, &meshv1.PeerGateway{Node: "b1", PublicKey: kb, Endpoints: []string{"192.0.2.2:51820"}}),
+		peer("nat", []string{"10.3.0.0/16"}, &meshv1.PeerGateway{Node: "n1", PublicKey: key(t).PublicKey().String()}),
+		peer("norange", nil, &meshv1.PeerGateway{Node: "x", PublicKey: key(t).PublicKey().String()}),
+		peer("noactive", []string{"10.4.0.0/16"}, nil),
+		peer("badkey", []string{"10.5.0.0/16"}, &meshv1.PeerGateway{Node: "z", PublicKey: "not-a-key"}),
+		peer("badep", []string{"10.6.0.0/16"}, &meshv1.PeerGateway{Node: "w", PublicKey: key(t).PublicKey().String(), Endpoints: []string{"gw.example:51820"}}),
+		gone,
 	}
-	peers, invalid := plan.PeersFromMembers("a", members, nil)
+	peers, invalid, withdrawn := plan.PeersFromDirectory("a", dir, nil)
 	if len(peers) != 2 || peers[0].Cluster != "b" || peers[1].Cluster != "nat" {
 		t.Fatalf("peers %+v, want b and nat", peers)
 	}
 	if peers[0].Endpoint.String() != "192.0.2.2:51820" || peers[0].Gateway != "b1" || peers[1].Endpoint.IsValid() {
 		t.Errorf("endpoints %v %v", peers[0].Endpoint, peers[1].Endpoint)
+	}
+	if len(withdrawn) != 1 || withdrawn[0] != "gone" {
+		t.Errorf("withdrawn %v, want [gone]", withdrawn)
 	}
 	var got []string
 	for _, inv := range invalid {
@@ -230,7 +231,7 @@ func TestPeersFromMembers(t *testing.T) {
 		}
 	}
 	// With a resolver the DNS endpoint works.
-	peers, _ = plan.PeersFromMembers("a", members, func(string) (netip.Addr, error) { return netip.MustParseAddr("192.0.2.9"), nil })
+	peers, _, _ = plan.PeersFromDirectory("a", dir, func(string) (netip.Addr, error) { return netip.MustParseAddr("192.0.2.9"), nil })
 	if len(peers) != 3 || peers[1].Endpoint.String() != "192.0.2.9:51820" {
 		t.Errorf("resolved peers %+v", peers)
 	}

@@ -22,6 +22,7 @@ func addKnownTypes(s *runtime.Scheme) error {
 		&MemberCluster{}, &MemberClusterList{},
 		&CIDRClaim{}, &CIDRClaimList{},
 		&TunnelGateway{}, &TunnelGatewayList{},
+		&ClusterSetPeer{}, &ClusterSetPeerList{},
 		&ClusterSetMembership{}, &ClusterSetMembershipList{},
 	)
 	metav1.AddToGroupVersion(s, GroupVersion)

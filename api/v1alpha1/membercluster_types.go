@@ -12,7 +12,8 @@ const (
 	MemberCIDRAllocated = "CIDRAllocated"
 	// MemberGatewaysValid is False when one of the member's TunnelGateway objects is invalid.
 	MemberGatewaysValid = "GatewaysValid"
-	// MemberAgentConnected is True when the member's agent published at least one valid Gateway.
+	// MemberAgentConnected is True when the member's agent published at least
+	// one valid TunnelGateway and its newest heartbeat (status.lastSeen) is fresh.
 	MemberAgentConnected = "AgentConnected"
 	// MemberConnected is True when the member's active gateway reports tunnels up to every other member.
 	MemberConnected = "Connected"
@@ -37,6 +38,7 @@ const (
 	ReasonDuplicatePublicKey = "DuplicatePublicKey"
 	ReasonNoGateway          = "NoGateway"
 	ReasonGatewayPublished   = "GatewayPublished"
+	ReasonHeartbeatStale     = "HeartbeatStale"
 	ReasonAllPeersUp         = "AllPeersUp"
 	ReasonPeersDown          = "PeersDown"
 	ReasonNoPeers            = "NoPeers"
@@ -67,8 +69,9 @@ type MemberClusterSpec struct {
 }
 
 // MemberGateway is a validated gateway of a member, copied by the hub from
-// the member's TunnelGateway object. Peers build their tunnels from this, never
-// from the TunnelGateway object itself.
+// the member's TunnelGateway object, for kubectl users. Peers build their
+// tunnels from the member's ClusterSetPeer (which the hub fills from this),
+// never from the TunnelGateway object itself.
 type MemberGateway struct {
 	// Name of the TunnelGateway object in the member's hub namespace.
 	Name string `json:"name"`
@@ -91,8 +94,9 @@ type MemberClusterStatus struct {
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 
 	// PodCIDRs are the member's pod ranges, one per family. This is the
-	// authoritative record of who owns which range: peers route exactly these
-	// ranges to this member. Never changes while the member exists.
+	// authoritative record of who owns which range: the hub copies it into
+	// the member's ClusterSetPeer, and peers route exactly these ranges to
+	// this member. Never changes while the member exists.
 	// +optional
 	// +listType=set
 	PodCIDRs []string `json:"podCIDRs,omitempty"`
@@ -116,12 +120,13 @@ type MemberClusterStatus struct {
 	// +optional
 	ActiveGateway string `json:"activeGateway,omitempty"`
 
-	// ConnectedPeers is how many of the other members with ranges the active
-	// gateway reports a tunnel up to.
+	// ConnectedPeers is how many peers the active gateway reports a tunnel
+	// up to (its TunnelGateway's status.peersUp).
 	// +optional
 	ConnectedPeers int32 `json:"connectedPeers"`
 
-	// TotalPeers is how many other members of the set hold ranges.
+	// TotalPeers is how many peers the active gateway's directory holds
+	// (status.peersUp plus its status.downPeers).
 	// +optional
 	TotalPeers int32 `json:"totalPeers"`
 

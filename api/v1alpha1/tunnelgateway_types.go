@@ -37,29 +37,34 @@ type TunnelGatewaySpec struct {
 	Active bool `json:"active,omitempty"`
 }
 
-// TunnelGatewayPeerStatus is the health of one tunnel as the gateway observes it.
-type TunnelGatewayPeerStatus struct {
-	// Cluster is the peer member's name.
-	Cluster string `json:"cluster"`
-	// Up is true when the tunnel had a handshake recently.
-	Up bool `json:"up"`
-	// LatestHandshake is the time of the latest WireGuard handshake.
-	// +optional
-	LatestHandshake *metav1.Time `json:"latestHandshake,omitempty"`
-	// Endpoint is where the peer's packets come from.
-	// +optional
-	Endpoint string `json:"endpoint,omitempty"`
-}
-
-// TunnelGatewayStatus is written by the agent (peers, heartbeat) and the hub (conditions).
+// TunnelGatewayStatus is written by the agent (tunnel summary, dropped
+// peers, heartbeat) and the hub (conditions). It holds no entry per peer:
+// its fields change only when their meaning does (a tunnel goes down, a
+// withdrawn peer is dropped), so a set of n members does not rewrite n
+// entries on every gateway at every rekey. Per-peer handshakes stay in the
+// member cluster (ClusterSetMembership.status.peers).
 type TunnelGatewayStatus struct {
-	// Peers is the tunnel health the gateway observes.
+	// PeersUp is how many of the peers in the gateway's directory have a
+	// tunnel with a recent handshake.
 	// +optional
-	// +listType=map
-	// +listMapKey=cluster
-	Peers []TunnelGatewayPeerStatus `json:"peers,omitempty"`
+	PeersUp int32 `json:"peersUp,omitempty"`
 
-	// LastSeen is when the agent last refreshed this object.
+	// DownPeers are the peers the gateway has a tunnel peer for but no
+	// recent handshake with (normally empty).
+	// +optional
+	// +listType=set
+	DownPeers []string `json:"downPeers,omitempty"`
+
+	// DroppedPeers are the withdrawn peers (ClusterSetPeer spec.withdrawn)
+	// that this gateway has removed from its data path. The hub frees a
+	// deleted member's ranges once every live peer lists it here.
+	// +optional
+	// +listType=set
+	DroppedPeers []string `json:"droppedPeers,omitempty"`
+
+	// LastSeen is the agent's heartbeat: when it last refreshed this object
+	// (every minute by default). The hub reports a member whose newest
+	// heartbeat is older than its staleness bound as AgentConnected=False.
 	// +optional
 	LastSeen *metav1.Time `json:"lastSeen,omitempty"`
 
@@ -71,8 +76,9 @@ type TunnelGatewayStatus struct {
 }
 
 // TunnelGateway is one gateway candidate of a member cluster, written by that
-// member's agent in the member's hub namespace. The hub validates it and
-// copies valid gateways into MemberCluster.status.gateways.
+// member's agent in the member's hub namespace. The hub validates it, copies valid gateways into
+// MemberCluster.status.gateways and the active one into the member's
+// ClusterSetPeer.
 //
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
@@ -81,6 +87,8 @@ type TunnelGatewayStatus struct {
 // +kubebuilder:printcolumn:name="Active",type=boolean,JSONPath=`.spec.active`
 // +kubebuilder:printcolumn:name="Endpoints",type=string,JSONPath=`.spec.endpoints`
 // +kubebuilder:printcolumn:name="Valid",type=string,JSONPath=`.status.conditions[?(@.type=="Valid")].status`
+// +kubebuilder:printcolumn:name="Up",type=integer,JSONPath=`.status.peersUp`
+// +kubebuilder:printcolumn:name="Last Seen",type=date,JSONPath=`.status.lastSeen`
 // +kubebuilder:printcolumn:name="Public Key",type=string,priority=1,JSONPath=`.spec.publicKey`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type TunnelGateway struct {

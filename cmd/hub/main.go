@@ -34,7 +34,8 @@ func run() error {
 		leaseDuration    = flag.Duration("leader-election-lease-duration", 15*time.Second, "How long a leader's Lease is valid without renewal.")
 		renewDeadline    = flag.Duration("leader-election-renew-deadline", 10*time.Second, "How long the leader keeps retrying to renew before it gives up leading.")
 		retryPeriod      = flag.Duration("leader-election-retry-period", 2*time.Second, "How often candidates try to take the Lease.")
-		peerDrainTimeout = flag.Duration("peer-drain-timeout", time.Minute, "How long a deleted member's ranges wait for its peers to drop it before they are released into quarantine anyway.")
+		peerDrainTimeout = flag.Duration("peer-drain-timeout", time.Minute, "How long a deleted member's ranges wait at most for its live peers to acknowledge that they dropped it before they are released into quarantine anyway.")
+		staleAfter       = flag.Duration("heartbeat-stale-after", controllers.DefaultHeartbeatStaleAfter, "How old the newest heartbeat (TunnelGateway status.lastSeen) of a member's gateways may be before the member is reported AgentConnected=False (HeartbeatStale) and peers' drains stop waiting for it; agents beat once a minute.")
 		concurrency      = flag.Int("member-concurrency", 4, "How many MemberClusters are reconciled at once.")
 	)
 	zapOpts := zap.Options{}
@@ -73,6 +74,7 @@ func run() error {
 	ctx := ctrl.SetupSignalHandler()
 	if err := controllers.SetupHub(ctx, mgr, controllers.Options{
 		PeerDrainTimeout:        *peerDrainTimeout,
+		HeartbeatStaleAfter:     *staleAfter,
 		MaxConcurrentReconciles: *concurrency,
 	}); err != nil {
 		return err

@@ -89,16 +89,14 @@ func withCondition(c metav1.Condition) memberOpt {
 	}
 }
 
-func gateway(member string, peers ...meshv1.TunnelGatewayPeerStatus) *meshv1.TunnelGateway {
+// gateway is member's active TunnelGateway with its heartbeat at lastSeen
+// (nil: never) and its peers down.
+func gateway(member string, lastSeen *metav1.Time, up int32, down ...string) *meshv1.TunnelGateway {
 	return &meshv1.TunnelGateway{
 		ObjectMeta: metav1.ObjectMeta{Name: member + "-gw", Namespace: "member-" + member},
 		Spec:       meshv1.TunnelGatewaySpec{NodeName: member + "-gw", PublicKey: "k", Active: true},
-		Status:     meshv1.TunnelGatewayStatus{Peers: peers},
+		Status:     meshv1.TunnelGatewayStatus{PeersUp: up, DownPeers: down, LastSeen: lastSeen},
 	}
-}
-
-func peer(cluster string, up bool, hs *metav1.Time) meshv1.TunnelGatewayPeerStatus {
-	return meshv1.TunnelGatewayPeerStatus{Cluster: cluster, Up: up, LatestHandshake: hs}
 }
 
 func statusFixture() client.Client {
@@ -109,10 +107,10 @@ func statusFixture() client.Client {
 			Status:     meshv1.ClusterSetStatus{Families: []meshv1.FamilyStatus{{Family: meshv1.IPv4, BlockPrefixLength: 16, Total: 256, Allocated: 3, Free: 253}}},
 		},
 		member("alpha", "10.1.0.0/16"),
-		gateway("alpha", peer("bravo", true, ago(12*time.Second)), peer("charlie", true, ago(45*time.Second))),
+		gateway("alpha", ago(12*time.Second), 2),
 		member("bravo", "10.2.0.0/16", func(m *meshv1.MemberCluster) { m.Status.ConnectedPeers = 1 },
 			withCondition(cond(meshv1.MemberConnected, metav1.ConditionFalse, meshv1.ReasonPeersDown, "tunnels up to 1 of 2 peers; down: charlie"))),
-		gateway("bravo", peer("alpha", true, ago(20*time.Second)), peer("charlie", false, ago(184*time.Second))),
+		gateway("bravo", ago(20*time.Second), 1, "charlie"),
 		member("charlie", "10.3.0.0/16", func(m *meshv1.MemberCluster) {
 			m.Status.ActiveGateway, m.Status.ConnectedPeers = "", 0
 		},
@@ -148,7 +146,7 @@ func TestStatusGolden(t *testing.T) {
 func TestStatusHealthySet(t *testing.T) {
 	c := fakeClient(
 		&meshv1.ClusterSet{ObjectMeta: metav1.ObjectMeta{Name: "demo"}, Spec: meshv1.ClusterSetSpec{PodCIDRPools: []meshv1.CIDR{"10.0.0.0/8"}}},
-		member("alpha", "10.1.0.0/16"), gateway("alpha", peer("bravo", true, ago(5*time.Second))),
+		member("alpha", "10.1.0.0/16"), gateway("alpha", ago(5*time.Second), 1),
 	)
 	r, err := BuildStatus(context.Background(), c, "demo", now)
 	if err != nil {
@@ -157,8 +155,8 @@ func TestStatusHealthySet(t *testing.T) {
 	if !r.Healthy() {
 		t.Fatalf("healthy set reported unhealthy: %+v", r)
 	}
-	if got := r.ClusterSets[0].Members[0].OldestHandshakeAge; got != "5s" {
-		t.Errorf("oldest handshake %q, want 5s", got)
+	if got := r.ClusterSets[0].Members[0].LastSeenAge; got != "5s" {
+		t.Errorf("last seen %q, want 5s", got)
 	}
 	if _, err := BuildStatus(context.Background(), c, "nope", now); ExitCode(err) != ExitFinding {
 		t.Errorf("unknown --clusterset: %v (exit %d), want exit 1", err, ExitCode(err))

@@ -27,9 +27,9 @@ type statusOptions struct {
 
 // DefaultGatewayStaleAfter is how old the active Gateway's lastSeen may be
 // before status calls the member's agent stale (agents refresh it every
-// --report-interval, 1 min by default). The hub has no notion of agent
-// liveness of its own: without this, a member whose agent died looks
-// healthy until its peers' handshakes expire (3 minutes).
+// --report-interval, 1 min by default). The hub reports the same as
+// AgentConnected=False (HeartbeatStale) after its own bound (3 min by
+// default); this check also works against a hub that lags or is down.
 const DefaultGatewayStaleAfter = 5 * time.Minute
 
 func newStatusCommand(o *Options) *cobra.Command {
@@ -43,8 +43,8 @@ and prints one table per ClusterSet:
   MEMBER            the member's name
   POD CIDRS         the ranges the hub assigned
   GATEWAY           the member's active gateway node
-  TUNNELS           k/n: tunnels its active gateway reports up, of the other members
-  OLDEST HANDSHAKE  age of the stalest tunnel's latest WireGuard handshake
+  TUNNELS           k/n: tunnels its active gateway reports up, of the peers it knows
+  LAST SEEN         age of the active gateway's latest heartbeat (agents beat once a minute)
   PROBLEMS          hub conditions that are not OK, as Type=Reason
 
 -o wide adds readiness, age and the conditions' messages.
@@ -104,17 +104,18 @@ type ClusterSetReport struct {
 
 // MemberReport is one row of the status table.
 type MemberReport struct {
-	Name            string       `json:"name"`
-	PodCIDRs        []string     `json:"podCIDRs,omitempty"`
-	Gateway         string       `json:"gateway,omitempty"`
-	Tunnels         string       `json:"tunnels,omitempty"`
-	OldestHandshake *metav1.Time `json:"oldestHandshake,omitempty"`
-	// OldestHandshakeAge is OLDEST HANDSHAKE as printed: an age, "never" or "-".
-	OldestHandshakeAge string      `json:"oldestHandshakeAge"`
-	Ready              bool        `json:"ready"`
-	Connected          bool        `json:"connected"`
-	Age                string      `json:"age"`
-	Problems           []Condition `json:"problems,omitempty"`
+	Name     string   `json:"name"`
+	PodCIDRs []string `json:"podCIDRs,omitempty"`
+	Gateway  string   `json:"gateway,omitempty"`
+	Tunnels  string   `json:"tunnels,omitempty"`
+	// LastSeen is the active gateway's latest heartbeat (status.lastSeen).
+	LastSeen *metav1.Time `json:"lastSeen,omitempty"`
+	// LastSeenAge is LAST SEEN as printed: an age, "never" or "-".
+	LastSeenAge string      `json:"lastSeenAge"`
+	Ready       bool        `json:"ready"`
+	Connected   bool        `json:"connected"`
+	Age         string      `json:"age"`
+	Problems    []Condition `json:"problems,omitempty"`
 	// Stale: the active gateway's agent stopped reporting.
 	Stale bool `json:"stale,omitempty"`
 }
@@ -259,7 +260,7 @@ func memberRow(ctx context.Context, c client.Reader, m *meshv1.MemberCluster, no
 	if len(row.Problems) > 1 && row.Problems[len(row.Problems)-1].Type == meshv1.ConditionReady {
 		row.Problems = row.Problems[:len(row.Problems)-1]
 	}
-	row.OldestHandshakeAge = "-"
+	row.LastSeenAge = "-"
 	if m.Status.Namespace == "" {
 		return row, nil
 	}
@@ -267,31 +268,23 @@ func memberRow(ctx context.Context, c client.Reader, m *meshv1.MemberCluster, no
 	if err := c.List(ctx, &gws, client.InNamespace(m.Status.Namespace)); err != nil {
 		return row, fmt.Errorf("list Gateways of member %s in %s: %w", m.Name, m.Status.Namespace, err)
 	}
-	never := false
 	for i := range gws.Items {
 		gw := &gws.Items[i]
 		if !gw.Spec.Active || (m.Status.ActiveGateway != "" && gw.Spec.NodeName != m.Status.ActiveGateway) {
 			continue
 		}
-		if seen := gw.Status.LastSeen; staleAfter > 0 && seen != nil && now.Sub(seen.Time) > staleAfter {
+		seen := gw.Status.LastSeen
+		if seen == nil {
+			row.LastSeenAge = "never"
+			continue
+		}
+		row.LastSeen = seen.DeepCopy()
+		row.LastSeenAge = age(now, seen)
+		if staleAfter > 0 && now.Sub(seen.Time) > staleAfter {
 			row.Stale = true
 			row.Problems = append(row.Problems, Condition{Type: "Gateway", Status: "Unknown", Reason: "Stale",
 				Message: fmt.Sprintf("active gateway %s last reported %s ago (stale after %s): is its agent running? Run 'kubectl archipelago diagnose --context %s'", gw.Spec.NodeName, age(now, seen), staleAfter, m.Name)})
 		}
-		for _, p := range gw.Status.Peers {
-			switch {
-			case p.LatestHandshake == nil:
-				never = true
-			case row.OldestHandshake == nil || p.LatestHandshake.Before(row.OldestHandshake):
-				row.OldestHandshake = p.LatestHandshake.DeepCopy()
-			}
-		}
-	}
-	switch {
-	case never:
-		row.OldestHandshakeAge = "never"
-	case row.OldestHandshake != nil:
-		row.OldestHandshakeAge = age(now, row.OldestHandshake)
 	}
 	return row, nil
 }
@@ -322,9 +315,9 @@ func WriteStatus(w io.Writer, r *StatusReport, format string) error {
 			continue
 		}
 		t := newTable(w)
-		header := "MEMBER\tPOD CIDRS\tGATEWAY\tTUNNELS\tOLDEST HANDSHAKE\tPROBLEMS"
+		header := "MEMBER\tPOD CIDRS\tGATEWAY\tTUNNELS\tLAST SEEN\tPROBLEMS"
 		if wide {
-			header = "MEMBER\tPOD CIDRS\tGATEWAY\tTUNNELS\tOLDEST HANDSHAKE\tREADY\tAGE\tPROBLEMS"
+			header = "MEMBER\tPOD CIDRS\tGATEWAY\tTUNNELS\tLAST SEEN\tREADY\tAGE\tPROBLEMS"
 		}
 		fmt.Fprintln(t, header)
 		for _, m := range cs.Members {
@@ -339,7 +332,7 @@ func WriteStatus(w io.Writer, r *StatusReport, format string) error {
 			if !m.Ready || !m.Connected {
 				unhealthy = append(unhealthy, m.Name)
 			}
-			cols := []string{m.Name, dash(strings.Join(m.PodCIDRs, ",")), dash(m.Gateway), dash(m.Tunnels), m.OldestHandshakeAge}
+			cols := []string{m.Name, dash(strings.Join(m.PodCIDRs, ",")), dash(m.Gateway), dash(m.Tunnels), m.LastSeenAge}
 			if wide {
 				cols = append(cols, fmt.Sprint(m.Ready), m.Age)
 			}

@@ -25,8 +25,7 @@ func TestStatusStaleGateway(t *testing.T) {
 		{"check off", time.Hour, 0, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			gw := gateway("alpha", peer("bravo", true, ago(5*time.Second)))
-			gw.Status.LastSeen = ago(tc.lastSeen)
+			gw := gateway("alpha", ago(tc.lastSeen), 1)
 			c := fakeClient(
 				&meshv1.ClusterSet{ObjectMeta: metav1.ObjectMeta{Name: "demo"}, Spec: meshv1.ClusterSetSpec{PodCIDRPools: []meshv1.CIDR{"10.0.0.0/8"}}},
 				member("alpha", "10.1.0.0/16"), gw,

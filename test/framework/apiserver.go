@@ -163,3 +163,23 @@ func testLogger() logr.Logger {
 	fmt.Fprintf(os.Stderr, "controller logs: %s (ARCHIPELAGO_TEST_VERBOSE=1 prints them here)\n", f.Name())
 	return zap.New(zap.WriteTo(f), zap.Level(zapcore.InfoLevel))
 }
+
+// RunWithAPIServer is the TestMain of a package whose tests share one
+// apiserver: it starts it into *api (leaving it nil with the reason in *why
+// when the binaries are missing, so each test skips), runs the tests, stops
+// it and exits with the tests' code.
+func RunWithAPIServer(m *testing.M, api **APIServer, why *string) {
+	var err error
+	*api, *why, err = StartAPIServer()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	if *api != nil {
+		if err := (*api).Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "stop apiserver:", err)
+		}
+	}
+	os.Exit(code)
+}

@@ -128,6 +128,8 @@ func HubConfig(ctx context.Context, admin *rest.Config) (*rest.Config, error) {
 	cfg := rest.AnonymousClientConfig(admin)
 	cfg.BearerToken = tr.Status.Token
 	cfg.QPS, cfg.Burst = admin.QPS, admin.Burst
+	// A test's transport wrapper (a write counter, say) applies to the hub too.
+	cfg.WrapTransport = admin.WrapTransport
 	return cfg, nil
 }
 

@@ -19,6 +19,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -170,7 +171,12 @@ func startAgentOn(t *testing.T, nodeName string, kernel *dpfake.Kernel, keyDir s
 
 func TestAgentJoinsAndPeers(t *testing.T) {
 	needAPIServers(t)
-	framework.StartHub(t, hub.Config, controllers.Options{PeerDrainTimeout: time.Second})
+	// Agents restarted inside a subtest live on after it: they belong to
+	// the whole test (its cleanup stops them, its log takes their lines).
+	parent := t
+	// A long drain timeout: a deleted peer must be released by the agent's
+	// acknowledgement, not by the timeout.
+	framework.StartHub(t, hub.Config, controllers.Options{PeerDrainTimeout: 2 * time.Minute})
 	ctx := context.Background()
 	hc, mc := hub.Client, member.Client
 	// The hub's policy on members' token requests: renewals must pass it.
@@ -182,24 +188,28 @@ func TestAgentJoinsAndPeers(t *testing.T) {
 
 	// The hub: a ClusterSet with members a (us), b (valid peer), c (its
 	// only gateway is invalid) and d (no range: it asks for one outside
-	// the pool).
-	cs := framework.NewClusterSet("demo", []string{"10.64.0.0/12"})
-	if err := hc.Create(ctx, cs); err != nil {
-		t.Fatal(err)
+	// the pool, so it is not in the peer directory at all); and another
+	// set's member x, which a must never see.
+	for _, cs := range []*meshv1.ClusterSet{framework.NewClusterSet("demo", []string{"10.64.0.0/12"}), framework.NewClusterSet("other", []string{"10.80.0.0/12"})} {
+		if err := hc.Create(ctx, cs); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for _, m := range []*meshv1.MemberCluster{
 		framework.NewMember("a", "demo", framework.WithPodCIDRs("10.64.0.0/16")),
 		framework.NewMember("b", "demo", framework.WithPodCIDRs("10.65.0.0/16")),
 		framework.NewMember("c", "demo", framework.WithPodCIDRs("10.66.0.0/16")),
 		framework.NewMember("d", "demo", framework.WithPodCIDRs("192.168.0.0/16")),
+		framework.NewMember("x", "other", framework.WithPodCIDRs("10.80.0.0/16")),
 	} {
 		if err := hc.Create(ctx, m); err != nil {
 			t.Fatal(err)
 		}
 	}
 	bKey, _ := wgtypes.GeneratePrivateKey()
+	xKey, _ := wgtypes.GeneratePrivateKey()
 	eventually(t, "member namespaces", func() (bool, string) {
-		for _, m := range []string{"b", "c"} {
+		for _, m := range []string{"b", "c", "x"} {
 			ns := &corev1.Namespace{}
 			if err := hc.Get(ctx, client.ObjectKey{Name: controllers.MemberNamespace(m)}, ns); err != nil {
 				return false, err.Error()
@@ -212,6 +222,8 @@ func TestAgentJoinsAndPeers(t *testing.T) {
 			Spec: meshv1.TunnelGatewaySpec{NodeName: "b-gw", PublicKey: bKey.PublicKey().String(), Endpoints: []string{"192.0.2.2:51820"}, Active: true}},
 		{ObjectMeta: metav1.ObjectMeta{Name: "c-gw", Namespace: controllers.MemberNamespace("c")},
 			Spec: meshv1.TunnelGatewaySpec{NodeName: "c-gw", PublicKey: "bm90LWEta2V5", Endpoints: []string{"192.0.2.3:51820"}, Active: true}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "x-gw", Namespace: controllers.MemberNamespace("x")},
+			Spec: meshv1.TunnelGatewaySpec{NodeName: "x-gw", PublicKey: xKey.PublicKey().String(), Endpoints: []string{"192.0.2.9:51820"}, Active: true}},
 	} {
 		if err := hc.Create(ctx, gw); err != nil {
 			t.Fatal(err)
@@ -240,7 +252,7 @@ func TestAgentJoinsAndPeers(t *testing.T) {
 		m := getMS()
 		st := m.Status
 		if !meta.IsStatusConditionTrue(st.Conditions, meshv1.MembershipJoined) || len(st.PodCIDRs) != 1 || st.PodCIDRs[0] != "10.64.0.0/16" ||
-			st.HubNamespace != controllers.MemberNamespace("a") || st.ActiveGateway == "" || len(st.Peers) != 3 || st.Tunnel == nil {
+			st.HubNamespace != controllers.MemberNamespace("a") || st.ActiveGateway == "" || len(st.Peers) != 2 || st.Tunnel == nil {
 			b, _ := json.Marshal(st)
 			return false, string(b)
 		}
@@ -259,9 +271,12 @@ func TestAgentJoinsAndPeers(t *testing.T) {
 	if p := byName["b"]; p.State == meshv1.PeerInvalid || p.Gateway != "b-gw" || p.PodCIDRs[0] != "10.65.0.0/16" || p.Endpoint != "192.0.2.2:51820" {
 		t.Errorf("peer b = %+v", p)
 	}
-	for _, c := range []string{"c", "d"} {
-		if p := byName[c]; p.State != meshv1.PeerInvalid || p.Message == "" {
-			t.Errorf("peer %s = %+v, want Invalid with a message", c, p)
+	if p := byName["c"]; p.State != meshv1.PeerInvalid || p.Message == "" {
+		t.Errorf("peer c = %+v, want Invalid with a message", p)
+	}
+	for _, c := range []string{"d", "x"} {
+		if p, ok := byName[c]; ok {
+			t.Errorf("peer %s = %+v: a member without a range, or of another set, is in the directory", c, p)
 		}
 	}
 
@@ -332,6 +347,25 @@ func TestAgentJoinsAndPeers(t *testing.T) {
 				}
 			}
 			return false, "no b"
+		})
+		// The hub sees a summary, not one entry per peer: b up, c down
+		// (its gateway is invalid), and a heartbeat.
+		eventually(t, "gateway status and Connected on the hub", func() (bool, string) {
+			tgw := &meshv1.TunnelGateway{}
+			if err := hc.Get(ctx, client.ObjectKey{Namespace: controllers.MemberNamespace("a"), Name: active}, tgw); err != nil {
+				return false, err.Error()
+			}
+			if tgw.Status.PeersUp != 1 || len(tgw.Status.DownPeers) != 1 || tgw.Status.DownPeers[0] != "c" || tgw.Status.LastSeen == nil {
+				return false, fmt.Sprintf("gateway status %+v", tgw.Status)
+			}
+			mcA := &meshv1.MemberCluster{}
+			if err := hc.Get(ctx, client.ObjectKey{Name: "a"}, mcA); err != nil {
+				return false, err.Error()
+			}
+			if mcA.Status.ConnectedPeers != 1 || mcA.Status.TotalPeers != 2 || !meta.IsStatusConditionTrue(mcA.Status.Conditions, meshv1.MemberAgentConnected) {
+				return false, fmt.Sprintf("member a: connected %d/%d conditions %+v", mcA.Status.ConnectedPeers, mcA.Status.TotalPeers, mcA.Status.Conditions)
+			}
+			return true, ""
 		})
 		eventually(t, "NodeReports", func() (bool, string) {
 			for name, want := range map[string]string{active: meshv1.RoleGateway, "n3": meshv1.RoleWorker} {
@@ -472,7 +506,7 @@ func TestAgentJoinsAndPeers(t *testing.T) {
 		if h, _ := lease(); h != active {
 			t.Fatalf("Lease holder after the stop: %q, want %q (not released)", h, active)
 		}
-		agents[active] = startAgentOn(t, active, old.kernel, old.keyDir)
+		agents[active] = startAgentOn(parent, active, old.kernel, old.keyDir)
 		// Longer than the Lease: the new agent renews it, nobody takes over.
 		time.Sleep(4 * time.Second)
 		if h, n := lease(); h != active || n != transitions {
@@ -528,7 +562,7 @@ func TestAgentJoinsAndPeers(t *testing.T) {
 		// device without peers (a standby sends nothing with the shared
 		// key).
 		old := agents[active]
-		agents[active] = startAgentOn(t, active, old.kernel, old.keyDir)
+		agents[active] = startAgentOn(parent, active, old.kernel, old.keyDir)
 		eventually(t, "old gateway stands by with a device without peers", func() (bool, string) {
 			dev, err := old.kernel.WG.Device("arch0")
 			if err != nil {
@@ -561,6 +595,34 @@ func TestAgentJoinsAndPeers(t *testing.T) {
 		if len(memberHits) != 1 || memberHits[0] != want {
 			t.Errorf("the member holds the private key in %v, want only %s", memberHits, want)
 		}
+	})
+
+	t.Run("a deleted peer is dropped, acknowledged, then released", func(t *testing.T) {
+		if err := hc.Delete(ctx, &meshv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: "b"}}); err != nil {
+			t.Fatal(err)
+		}
+		gw := agents[active]
+		eventually(t, "gateway device without b, worker without b's route", func() (bool, string) {
+			dev, err := gw.kernel.WG.Device("arch0")
+			if err != nil {
+				return false, err.Error()
+			}
+			rs := agents["n3"].kernel.Netlink.Routes(routing.DefaultTable)
+			return len(dev.Peers) == 0 && len(rs) == 0, fmt.Sprintf("%d peers, routes %v", len(dev.Peers), rs)
+		})
+		// Well before the 2-minute drain timeout: a's acknowledgement
+		// released b.
+		eventually(t, "member b gone from the hub", func() (bool, string) {
+			err := hc.Get(ctx, client.ObjectKey{Name: "b"}, &meshv1.MemberCluster{})
+			return apierrors.IsNotFound(err), fmt.Sprintf("%v", err)
+		})
+		eventually(t, "b cleared from droppedPeers once its entry is gone", func() (bool, string) {
+			tgw := &meshv1.TunnelGateway{}
+			if err := hc.Get(ctx, client.ObjectKey{Namespace: controllers.MemberNamespace("a"), Name: active}, tgw); err != nil {
+				return false, err.Error()
+			}
+			return len(tgw.Status.DroppedPeers) == 0, fmt.Sprintf("%+v", tgw.Status)
+		})
 	})
 
 	// Last: leave. Only leaving lifts fail-closed: the membership goes,
@@ -705,7 +767,8 @@ func askHub(token string) error {
 	if err != nil {
 		return err
 	}
-	return c.List(context.Background(), &meshv1.MemberClusterList{})
+	// A member may read its own MemberCluster (member "a"), not the list of all.
+	return c.Get(context.Background(), client.ObjectKey{Name: "a"}, &meshv1.MemberCluster{})
 }
 
 // scanAll lists every object of every listable resource and returns those

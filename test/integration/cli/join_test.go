@@ -152,9 +152,12 @@ func TestJoinLeave(t *testing.T) {
 		if err := c.Create(ctx, gw(other.Status.Namespace)); !apierrors.IsForbidden(err) {
 			t.Errorf("create Gateway in member other's namespace: got %v, want Forbidden", err)
 		}
-		var list meshv1.MemberClusterList
-		if err := c.List(ctx, &list); err != nil {
-			t.Errorf("list MemberClusters (the peer directory): %v", err)
+		var peers meshv1.ClusterSetPeerList
+		if err := c.List(ctx, &peers, client.InNamespace(meshv1.ClusterSetNamespace(set))); err != nil {
+			t.Errorf("list its set's peer directory: %v", err)
+		}
+		if err := c.List(ctx, &meshv1.MemberClusterList{}); !apierrors.IsForbidden(err) {
+			t.Errorf("list all MemberClusters: got %v, want Forbidden (members read their set's directory only)", err)
 		}
 		mc := &meshv1.MemberCluster{}
 		if err := c.Get(ctx, types.NamespacedName{Name: "a"}, mc); err != nil {
@@ -449,14 +452,15 @@ func credentialSecrets(t *testing.T, ns string) []string {
 	return out
 }
 
-// askHub reads the peer directory with token, as an agent would.
+// askHub reads the member's own MemberCluster with token, as an agent would.
 func askHub(token string) error {
 	c, err := client.New(&rest.Config{Host: hub.Config.Host, BearerToken: token,
 		TLSClientConfig: rest.TLSClientConfig{CAData: hub.Config.CAData}}, client.Options{Scheme: framework.Scheme()})
 	if err != nil {
 		return err
 	}
-	return c.List(context.Background(), &meshv1.MemberClusterList{})
+	// A member may read its own MemberCluster (member "a"), not the list of all.
+	return c.Get(context.Background(), client.ObjectKey{Name: "a"}, &meshv1.MemberCluster{})
 }
 
 func tokenAccepted(t *testing.T, token string) {

@@ -94,3 +94,48 @@ func waitAllAssigned(b *testing.B, c client.Client, set string, n int, timeout t
 		return nil
 	})
 }
+
+// BenchmarkHubWrites counts the hub's successful API writes for a set of n
+// simulated members: until it settles after the members appear (ranges,
+// namespaces, RBAC), after their gateways appear (each active, reporting
+// every peer up, beating as agents do), for one round of heartbeats of every
+// gateway, and for one endpoint change.
+func BenchmarkHubWrites(b *testing.B) {
+	c := needAPI(b)
+	for i, n := range []int{25, 50, 100} {
+		b.Run(fmt.Sprintf("members=%d", n), func(b *testing.B) {
+			for b.Loop() {
+				wc := countingHub(b, controllers.Options{MaxConcurrentReconciles: 8})
+				set := fmt.Sprintf("writes-%d-%d", n, benchRun.Add(1))
+				names := simulatedMembers(b, c, set, fmt.Sprintf("10.%d.0.0/16", 153+i), n)
+				joins := wc.quiet(b, 2*time.Minute)
+				simulatedGateways(b, c, set, names)
+				settle := wc.quiet(b, 2*time.Minute)
+				for _, name := range names {
+					heartbeat(b, c, name, "gw", nil)
+				}
+				beats := wc.quiet(b, time.Minute)
+				gw := &meshv1.TunnelGateway{}
+				if err := c.Get(context.Background(), client.ObjectKey{Namespace: controllers.MemberNamespace(names[0]), Name: "gw"}, gw); err != nil {
+					b.Fatal(err)
+				}
+				gw.Spec.Endpoints = []string{"198.51.100.9:51820"}
+				if err := c.Update(context.Background(), gw); err != nil {
+					b.Fatal(err)
+				}
+				eventually(b, 20*time.Second, "endpoint change in the directory", func() error {
+					p, err := getPeer(c, set, names[0])
+					if err == nil && (p.Spec.Gateway == nil || p.Spec.Gateway.Endpoints[0] != "198.51.100.9:51820") {
+						err = fmt.Errorf("not yet")
+					}
+					return err
+				})
+				change := wc.quiet(b, time.Minute)
+				b.ReportMetric(float64(len(joins)), "join-writes")
+				b.ReportMetric(float64(len(settle)), "gateways-settle-writes")
+				b.ReportMetric(float64(len(beats))/float64(n), "writes/heartbeat")
+				b.ReportMetric(float64(len(change)), "endpoint-change-writes")
+			}
+		})
+	}
+}

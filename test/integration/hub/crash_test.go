@@ -24,18 +24,6 @@ import (
 	"github.com/archipelago-mesh/archipelago/test/framework"
 )
 
-// buildHub compiles the real hub binary for the test.
-func buildHub(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "archipelago-hub")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/hub")
-	cmd.Dir = framework.RepoRoot()
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build hub: %v\n%s", err, out)
-	}
-	return bin
-}
-
 // hubProcess runs the real hub binary against the test apiserver, and
 // starts it again when it ends on its own, as its Deployment would: on a
 // loaded machine the short lease of the test is easy to lose, and a hub
@@ -214,7 +202,7 @@ func TestHubKilledWhileMembersJoinAdoptAndLeave(t *testing.T) {
 		}
 		os.Remove(logFile.Name())
 	})
-	hub := &hubProcess{t: t, bin: buildHub(t), kcfg: kcfgPath, log: logFile}
+	hub := &hubProcess{t: t, bin: framework.BuildHub(t), kcfg: kcfgPath, log: logFile}
 	t.Cleanup(hub.kill)
 
 	// 256 blocks of /20. Joiners take the lowest free ones; the adopted

@@ -223,7 +223,7 @@ func TestMemberGatewayQuota(t *testing.T) {
 	}
 }
 
-func randomKey(t *testing.T) string {
+func randomKey(t testing.TB) string {
 	t.Helper()
 	b := make([]byte, 32)
 	if _, err := rand.Read(b); err != nil {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -24,21 +23,7 @@ var (
 	skipWhy string
 )
 
-func TestMain(m *testing.M) {
-	var err error
-	api, skipWhy, err = framework.StartAPIServer()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	if api != nil {
-		if err := api.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, "stop apiserver:", err)
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { framework.RunWithAPIServer(m, &api, &skipWhy) }
 
 func needAPI(t testing.TB) client.Client {
 	t.Helper()

@@ -2,8 +2,6 @@ package mcs
 
 import (
 	"context"
-	"fmt"
-	"os"
 	"testing"
 	"time"
 
@@ -23,21 +21,7 @@ var (
 	skipWhy string
 )
 
-func TestMain(m *testing.M) {
-	var err error
-	api, skipWhy, err = framework.StartAPIServer()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	if api != nil {
-		if err := api.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, "stop apiserver:", err)
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { framework.RunWithAPIServer(m, &api, &skipWhy) }
 
 func needAPI(t testing.TB) client.Client {
 	t.Helper()
