@@ -206,24 +206,20 @@ func (e *env) clustersExist() bool {
 }
 
 // deleteAll deletes every kind cluster with the suite's prefix, the suite's
-// Docker network and its kubeconfig.
+// Docker network and its kubeconfig. One cluster after the other: kind
+// locks the shared kubeconfig while it removes a cluster's entry, and a
+// second delete at the same time fails on that lock.
 func (e *env) deleteAll() {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	out, _ := run(ctx, "", "kind", "get", "clusters")
-	var wg sync.WaitGroup
 	for _, c := range strings.Fields(out) {
 		if strings.HasPrefix(c, prefix) {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				if _, err := run(ctx, "", "kind", "delete", "cluster", "--name", c); err != nil {
-					fmt.Printf("delete cluster %s: %v\n", c, err)
-				}
-			}()
+			if _, err := run(ctx, "", "kind", "delete", "cluster", "--name", c); err != nil {
+				fmt.Printf("delete cluster %s: %v\n", c, err)
+			}
 		}
 	}
-	wg.Wait()
 	_, _ = run(ctx, "", "docker", "network", "rm", dockerNet)
 	_ = os.Remove(e.kubeconfig)
 }
@@ -284,7 +280,15 @@ func (e *env) archipelago(args ...string) (string, error) {
 
 func (e *env) waitTunnels(timeout time.Duration) {
 	e.t.Helper()
-	err := eventually(timeout, 2*time.Second, func() error {
+	start, said := time.Now(), time.Now()
+	err := eventually(timeout, 2*time.Second, func() (err error) {
+		defer func() {
+			// A slow start shows what it waits for, not only a timeout.
+			if err != nil && time.Since(said) > 20*time.Second {
+				said = time.Now()
+				fmt.Printf("    [%s] after %.0fs: %v\n", said.Format("15:04:05"), time.Since(start).Seconds(), err)
+			}
+		}()
 		for _, c := range e.members {
 			m, err := e.membership(c)
 			if err != nil {
