@@ -335,9 +335,47 @@ func (r *MemberClusterReconciler) reconcileNamespace(ctx context.Context, s *mem
 			return ctrl.Result{}, err
 		}
 	}
+	res, err := r.refreshUncountedQuota(ctx, quota)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
 	m.Status.Namespace = nsName
 	m.Status.ServiceAccount = MemberServiceAccount
-	return ctrl.Result{}, nil
+	return res, nil
+}
+
+// quotaUncountedAfter is how long a gateway quota may stay without usage
+// before the hub replaces it.
+const quotaUncountedAfter = 20 * time.Second
+
+// refreshUncountedQuota replaces a gateway quota that the quota controller
+// took in but cannot count. The controller counts a custom resource only
+// once it watches it, and it discovers new resources every 30 s; a quota it
+// first saw before then has the limit in status.hard but no status.used, and
+// it does not look at that quota again until its full resync (5 minutes by
+// default). Meanwhile the API server refuses every TunnelGateway create
+// ("status unknown for quota"): a member that joins a freshly installed hub
+// would wait minutes for its first gateway. A quota that is replaced once
+// the controller watches the resource is counted at once.
+func (r *MemberClusterReconciler) refreshUncountedQuota(ctx context.Context, quota *corev1.ResourceQuota) (ctrl.Result, error) {
+	if _, limited := quota.Status.Hard[GatewayQuotaResource]; !limited {
+		// Not taken in yet, or no quota controller runs at all: the API
+		// server does not enforce a quota without status.
+		return ctrl.Result{}, nil
+	}
+	if _, counted := quota.Status.Used[GatewayQuotaResource]; counted {
+		return ctrl.Result{}, nil
+	}
+	if wait := quota.CreationTimestamp.Add(quotaUncountedAfter).Sub(r.now()); wait > 0 {
+		return ctrl.Result{RequeueAfter: wait + time.Second}, nil
+	}
+	uid, rv := quota.UID, quota.ResourceVersion
+	if err := r.Client.Delete(ctx, quota, client.Preconditions{UID: &uid, ResourceVersion: &rv}); err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+		return ctrl.Result{}, fmt.Errorf("replace the uncounted quota %s: %w", client.ObjectKeyFromObject(quota), err)
+	}
+	logf.FromContext(ctx).Info("Replaced a gateway quota the quota controller did not count", "quota", client.ObjectKeyFromObject(quota))
+	// The next pass creates it anew.
+	return ctrl.Result{RequeueAfter: time.Second}, nil
 }
 
 // ensure creates obj or patches it to carry labels and what mutate sets.

@@ -9,7 +9,9 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -422,5 +424,73 @@ func TestReconcileDeleteDrainTimeout(t *testing.T) {
 	reconcileMember(t, r, "east")
 	if err := c.Get(ctx, client.ObjectKey{Name: "east"}, &meshv1.MemberCluster{}); err == nil {
 		t.Error("member still there after the drain timeout")
+	}
+}
+
+// A quota the quota controller took in before it watched TunnelGateways
+// (status.hard without status.used) refuses every gateway create until the
+// controller's next full resync. The hub replaces it once it is older than
+// quotaUncountedAfter, and leaves counted and young quotas alone.
+func TestReconcileReplacesUncountedQuota(t *testing.T) {
+	c, r, now := newFakeHub(t, prodSet(),
+		&meshv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: "east"}, Spec: meshv1.MemberClusterSpec{ClusterSet: "prod"}})
+	ctx := context.Background()
+	reconcileMember(t, r, "east")
+	key := client.ObjectKey{Namespace: "member-east", Name: memberRoleName}
+	get := func() *corev1.ResourceQuota {
+		q := &corev1.ResourceQuota{}
+		if err := c.Get(ctx, key, q); err != nil {
+			t.Fatal(err)
+		}
+		return q
+	}
+	limit := *resource.NewQuantity(MaxGatewaysPerMember, resource.DecimalSI)
+	setStatus := func(used bool) {
+		q := get()
+		q.CreationTimestamp = metav1.NewTime(*now)
+		q.Status = corev1.ResourceQuotaStatus{Hard: corev1.ResourceList{GatewayQuotaResource: limit}}
+		if used {
+			q.Status.Used = corev1.ResourceList{GatewayQuotaResource: *resource.NewQuantity(1, resource.DecimalSI)}
+		}
+		if err := c.Update(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// No status at all (no quota controller): left alone.
+	first := get().UID
+	*now = now.Add(time.Hour)
+	reconcileMember(t, r, "east")
+	if get().UID != first {
+		t.Fatal("a quota without status was replaced")
+	}
+
+	// Counted: left alone however old.
+	setStatus(true)
+	*now = now.Add(time.Hour)
+	reconcileMember(t, r, "east")
+	if get().UID != first {
+		t.Fatal("a counted quota was replaced")
+	}
+
+	// Taken in but not counted, and young: a pass comes back for it.
+	setStatus(false)
+	if res := reconcileMember(t, r, "east"); res.RequeueAfter <= 0 || res.RequeueAfter > quotaUncountedAfter+time.Second {
+		t.Errorf("young uncounted quota: requeue after %v, want within %v", res.RequeueAfter, quotaUncountedAfter+time.Second)
+	}
+	if get().UID != first {
+		t.Fatal("a young uncounted quota was replaced")
+	}
+	// Older than quotaUncountedAfter: deleted, and created anew by the next
+	// pass with the same limit (and no status: the controller counts it).
+	*now = now.Add(quotaUncountedAfter + time.Second)
+	reconcileMember(t, r, "east")
+	if err := c.Get(ctx, key, &corev1.ResourceQuota{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("an uncounted quota older than quotaUncountedAfter was kept (get: %v)", err)
+	}
+	reconcileMember(t, r, "east")
+	q := get()
+	if n, ok := q.Spec.Hard[GatewayQuotaResource]; !ok || n.Value() != MaxGatewaysPerMember || len(q.Status.Hard) != 0 {
+		t.Errorf("replacement quota %+v", q)
 	}
 }
