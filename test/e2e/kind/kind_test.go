@@ -4,6 +4,7 @@ package kind
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/signal"
@@ -622,7 +623,43 @@ func (e *env) testFailover(t *testing.T, probes map[string][]probe) {
 		t.Fatalf("node %s did not come back: %v", stopped, err)
 	}
 	e.waitAgentReady(t, c2, stopped)
+	e.waitStandbyReady(t, c2, stopped)
 	e.failover(t, probes, "kill")
+}
+
+// waitStandbyReady waits until a candidate that came back can take over: its
+// device pod (the userspace WireGuard device and the liveness responder) is
+// ready, and its agent reports role standby with the device up.
+func (e *env) waitStandbyReady(t *testing.T, cluster, node string) {
+	start := time.Now()
+	if err := eventually(3*time.Minute, time.Second, func() error {
+		out, err := e.kubectl(cluster, "-n", agentNS, "get", "pods", "-l", deviceLabel, "--field-selector", "spec.nodeName="+node,
+			"-o", "jsonpath={range .items[*]}{.metadata.deletionTimestamp}/{range .status.containerStatuses[*]}{.ready}{end}{\"\\n\"}{end}")
+		if err != nil {
+			return err
+		}
+		if l := strings.TrimSpace(out); l != "/true" {
+			return fmt.Errorf("device pod on %s not ready: %q", node, out)
+		}
+		raw, err := e.kubectl(cluster, "get", "node", node, "-o", `jsonpath={.metadata.annotations.archipelago\.dev/datapath}`)
+		if err != nil {
+			return err
+		}
+		var r struct {
+			Role        string `json:"role"`
+			InterfaceUp bool   `json:"interfaceUp"`
+		}
+		if err := json.Unmarshal([]byte(raw), &r); err != nil {
+			return fmt.Errorf("node %s report %q: %v", node, raw, err)
+		}
+		if r.Role != "standby" || !r.InterfaceUp {
+			return fmt.Errorf("node %s reports role %q, interface up %v", node, r.Role, r.InterfaceUp)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s: %s is a ready standby %.1fs after its agent pod was ready", cluster, node, time.Since(start).Seconds())
 }
 
 // failover stops c2's active gateway node with `docker HOW` and returns its name.
@@ -673,6 +710,13 @@ func (e *env) failover(t *testing.T, probes map[string][]probe, how string) stri
 		how, stopped, how, stopTook.Seconds(), from.pod, to.pod, took.Seconds())
 	fmt.Println("==> " + msg)
 	t.Log(msg)
+	if took > 5*time.Second {
+		// Slower than the target: show what the standby did meanwhile.
+		for _, l := range []string{agentLabel, deviceLabel} {
+			out, _ := e.kubectl(c2, "-n", agentNS, "logs", "-l", l, "--field-selector", "spec.nodeName="+standby, "--tail=60", "--prefix", "--all-containers")
+			t.Logf("slow failover: %s logs on %s:\n%s", l, standby, out)
+		}
+	}
 	if err := eventually(time.Minute, time.Second, func() error {
 		m2, err := e.membership(c2)
 		if err != nil {
