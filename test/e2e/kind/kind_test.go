@@ -713,7 +713,8 @@ func (e *env) failover(t *testing.T, probes map[string][]probe, how string) stri
 	if took > 5*time.Second {
 		// Slower than the target: show what the standby did meanwhile.
 		for _, l := range []string{agentLabel, deviceLabel} {
-			out, _ := e.kubectl(c2, "-n", agentNS, "logs", "-l", l, "--field-selector", "spec.nodeName="+standby, "--tail=60", "--prefix", "--all-containers")
+			pod, _ := e.kubectl(c2, "-n", agentNS, "get", "pods", "-l", l, "--field-selector", "spec.nodeName="+standby, "-o", "name")
+			out, _ := e.kubectl(c2, "-n", agentNS, "logs", strings.TrimSpace(pod), "--tail=60", "--all-containers")
 			t.Logf("slow failover: %s logs on %s:\n%s", l, standby, out)
 		}
 	}
