@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -61,15 +62,7 @@ func (a *Agent) localDirectory(m *meshv1.ClusterSetMembership) (*directory, erro
 		}
 		d.peers = append(d.peers, peer)
 	}
-	slices.SortFunc(d.peers, func(x, y plan.Peer) int {
-		switch {
-		case x.Cluster < y.Cluster:
-			return -1
-		case x.Cluster > y.Cluster:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(d.peers, func(x, y plan.Peer) int { return strings.Compare(x.Cluster, y.Cluster) })
 	return d, nil
 }
 
