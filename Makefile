@@ -108,7 +108,7 @@ e2e: ## Run the lab end-to-end suite (root; builds what it needs).
 	go test -tags e2e -count=1 -timeout 20m -v ./test/e2e/lab/
 
 .PHONY: bench-lab
-bench-lab: ## Run the lab benchmarks: join -> first packet, tunnel throughput, gateway takeover, API writes idle vs traffic (root).
+bench-lab: ## Run the lab benchmarks: join -> first packet, tunnel throughput, power-loss failover, rollout loss, API writes idle vs traffic (root).
 	hack/install-packages.sh
 	$(MAKE) --no-print-directory test-binaries lab-binaries
 	go test -tags e2e -count=1 -timeout 20m -run '^$$' -bench . -benchtime 1x -v ./test/e2e/lab/

@@ -13,11 +13,13 @@ import (
 
 	"github.com/go-logr/logr"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
+	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -60,6 +62,12 @@ type Datapath interface {
 	Cleanup(ctx context.Context) error
 }
 
+// peerRestarter is a Datapath that can restart WireGuard sessions
+// (*dataplane.Dataplane is one).
+type peerRestarter interface {
+	RestartPeers(keys []wgtypes.Key) error
+}
+
 // Config configures an Agent.
 type Config struct {
 	// NodeName is this node.
@@ -72,16 +80,35 @@ type Config struct {
 	LeaseName string
 	// MembershipName is the ClusterSetMembership to follow.
 	MembershipName string
-	// LeaseDuration, RenewDeadline and RetryPeriod tune the election.
+	// LeaseDuration, RenewDeadline and RetryPeriod tune the election:
+	// the leader renews every RetryPeriod and steps down when it could not
+	// for RenewDeadline; standbys try every RetryPeriod.
 	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
+	// TakeoverGrace is how long past its expiry a Lease whose holder still
+	// answers liveness probes (its agent restarts, its device forwards) is
+	// left alone (default 30s).
+	TakeoverGrace time.Duration
+	// ProbePort is the UDP port of the liveness responder on candidate
+	// nodes (it runs in the WireGuard device process); 0 turns probing
+	// off, and failover waits for the Lease to expire.
+	ProbePort int
+	// ProbeInterval and ProbeMisses: a holder that answered before is dead
+	// after ProbeMisses probes in a row, one every ProbeInterval, went
+	// unanswered (defaults 200ms and 5).
+	ProbeInterval time.Duration
+	ProbeMisses   int
+	// KeySecret names the Secret (in Namespace) with the member's shared
+	// WireGuard private key (default archipelago-wireguard).
+	KeySecret string
 	// TunnelInterface is the WireGuard interface name on this node.
 	TunnelInterface string
 	// PublicEndpoint is host:port published for this node when it is a
 	// candidate; "" means InternalIP and the ClusterSet's port, EndpointNone
 	// means behind NAT.
 	PublicEndpoint string
-	// Key returns this node's private key; called only on gateway
-	// candidates (the key is created on first use).
+	// Key returns the key that seeds the shared key Secret when a candidate
+	// finds none (this node's existing key when upgrading from per-node
+	// keys); nil or a zero key means a new random key.
 	Key func() (wgtypes.Key, error)
 	// Datapath applies plans.
 	Datapath Datapath
@@ -100,6 +127,8 @@ type Config struct {
 	Log                logr.Logger
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
+	// Clock drives the election (real clock when nil).
+	Clock clock.Clock
 }
 
 func (c *Config) defaults() {
@@ -113,13 +142,22 @@ func (c *Config) defaults() {
 		c.MembershipName = DefaultMembershipName
 	}
 	if c.LeaseDuration == 0 {
-		c.LeaseDuration = 15 * time.Second
+		c.LeaseDuration = 4 * time.Second
 	}
 	if c.RenewDeadline == 0 {
-		c.RenewDeadline = c.LeaseDuration * 2 / 3
+		c.RenewDeadline = c.LeaseDuration * 3 / 4
 	}
 	if c.RetryPeriod == 0 {
-		c.RetryPeriod = c.LeaseDuration / 6
+		c.RetryPeriod = c.LeaseDuration / 4
+	}
+	if c.TakeoverGrace == 0 {
+		c.TakeoverGrace = 30 * time.Second
+	}
+	if c.KeySecret == "" {
+		c.KeySecret = DefaultKeySecret
+	}
+	if c.Clock == nil {
+		c.Clock = clock.RealClock{}
 	}
 	if c.Resync == 0 {
 		c.Resync = 30 * time.Second
@@ -167,12 +205,18 @@ type Agent struct {
 	trigger chan struct{}
 	// hubRetryPending is true while a retry pass for a failing hub is scheduled.
 	hubRetryPending atomic.Bool
+	// hubConnecting is true while a hub connection is set up in the
+	// background; hubErr is how the last attempt failed.
+	hubConnecting atomic.Bool
+	hubErr        error
 
 	// renewal is the hub token's renewal schedule (elected agent only).
 	renewal tokenRenewal
 
 	mu        sync.Mutex
-	elector   *elector
+	elect     *election
+	resolver  *endpointResolver
+	roaming   map[string]roamed
 	hub       *hubConn
 	directory *directory // last good hub read, kept through hub outages
 	key       wgtypes.Key
@@ -208,8 +252,13 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("member client: %w", err)
 	}
-	return &Agent{cfg: cfg, log: cfg.Log.WithValues("node", cfg.NodeName), kube: kube, trigger: make(chan struct{}, 1),
-		renewal: tokenRenewal{fraction: cfg.TokenRenewFraction}}, nil
+	if cfg.RenewDeadline >= cfg.LeaseDuration {
+		return nil, fmt.Errorf("renew deadline %s must be shorter than the lease duration %s", cfg.RenewDeadline, cfg.LeaseDuration)
+	}
+	a := &Agent{cfg: cfg, log: cfg.Log.WithValues("node", cfg.NodeName), kube: kube, trigger: make(chan struct{}, 1),
+		renewal: tokenRenewal{fraction: cfg.TokenRenewFraction}}
+	a.resolver = newEndpointResolver(a.Trigger)
+	return a, nil
 }
 
 // Trigger asks for a pass soon.
@@ -246,16 +295,24 @@ func (a *Agent) Healthy() error {
 // Run runs the agent until ctx is done.
 func (a *Agent) Run(ctx context.Context) error {
 	scheme := newScheme()
-	c, err := cache.New(a.cfg.Member, cache.Options{Scheme: scheme})
+	// The gateway Lease is watched by every agent (workers take their
+	// next hop from its holder); RBAC allows it in one namespace only.
+	c, err := cache.New(a.cfg.Member, cache.Options{Scheme: scheme, ByObject: map[client.Object]cache.ByObject{
+		&coordinationv1.Lease{}: {Namespaces: map[string]cache.Config{a.cfg.Namespace: {}}},
+	}})
 	if err != nil {
 		return fmt.Errorf("member cache: %w", err)
 	}
-	for _, obj := range []client.Object{&corev1.Node{}, &meshv1.ClusterSetMembership{}} {
+	for _, obj := range []client.Object{&corev1.Node{}, &meshv1.ClusterSetMembership{}, &coordinationv1.Lease{}} {
 		inf, err := c.GetInformer(ctx, obj)
 		if err != nil {
 			return fmt.Errorf("member informer: %w", err)
 		}
-		if _, err := inf.AddEventHandler(a.handler()); err != nil {
+		h := a.handler()
+		if _, ok := obj.(*coordinationv1.Lease); ok {
+			h = a.leaseHandler()
+		}
+		if _, err := inf.AddEventHandler(h); err != nil {
 			return err
 		}
 	}
@@ -277,7 +334,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			a.stopElection()
+			// A planned stop (SIGTERM, a rollout) keeps the Lease: the
+			// next agent on this node takes it back, the gateway stays.
+			a.stopElection(context.Background(), false)
 			a.stopHub()
 			return nil
 		case <-a.trigger:
@@ -340,6 +399,7 @@ func (a *Agent) Pass(ctx context.Context) error {
 		a.gatewaySync,
 		a.readStatus,
 		a.applyPlan,
+		a.publishHub,
 		a.publishStatus,
 		a.publishReport,
 	} {
@@ -366,6 +426,8 @@ type scope struct {
 	candidate  bool
 	membership *meshv1.ClusterSetMembership
 	role       string
+	holder     string        // the Lease holder the election saw
+	restart    []wgtypes.Key // peers whose sessions to restart after the apply
 	dir        *directory
 	plan       plan.NodePlan
 	applied    bool
@@ -373,6 +435,8 @@ type scope struct {
 	join       joinState
 	cred       *credState
 	ownGateway *meshv1.TunnelGateway
+	hub        *hubConn   // the hub connection this pass read from
+	hubDir     *directory // what it read (nil when the hub was not read)
 	hold       string
 	cidrsOK    bool
 	cidrsMsg   string
@@ -430,7 +494,7 @@ func (a *Agent) leave(ctx context.Context) error {
 func (a *Agent) publishCandidate(ctx context.Context, s *scope) error {
 	want := map[string]*string{meshv1.AnnotationPublicKey: nil, meshv1.AnnotationEndpoint: nil}
 	if s.candidate {
-		key, err := a.loadKey()
+		key, err := a.loadKey(ctx)
 		if err != nil {
 			return err
 		}
@@ -443,23 +507,6 @@ func (a *Agent) publishCandidate(ctx context.Context, s *scope) error {
 		want[meshv1.AnnotationEndpoint] = &ep
 	}
 	return a.patchNodeAnnotations(ctx, s.node, want)
-}
-
-func (a *Agent) loadKey() (wgtypes.Key, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.key != (wgtypes.Key{}) {
-		return a.key, nil
-	}
-	if a.cfg.Key == nil {
-		return wgtypes.Key{}, errors.New("this node is a gateway candidate but the agent has no key store")
-	}
-	k, err := a.cfg.Key()
-	if err != nil {
-		return wgtypes.Key{}, fmt.Errorf("load WireGuard key: %w", err)
-	}
-	a.key = k
-	return k, nil
 }
 
 func (a *Agent) endpoint(ctx context.Context, node *corev1.Node) (string, error) {

@@ -2,125 +2,231 @@ package controlplane
 
 import (
 	"context"
+	"net/netip"
 	"sync"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/tools/leaderelection"
-	"k8s.io/client-go/tools/leaderelection/resourcelock"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	toolscache "k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/archipelago-mesh/archipelago/agent/liveness"
 	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
 )
 
-// elector runs the gateway election among candidates. Its identity is the
-// node name, so a restarted agent on the leader's node finds its own name in
-// the Lease and renews it instead of waiting for it to expire: the tunnels
-// stay on the same node across agent restarts.
-type elector struct {
-	cancel context.CancelFunc
-	done   chan struct{}
-
-	mu      sync.Mutex
-	le      *leaderelection.LeaderElector
-	stopped bool // leadership was lost and not yet re-acquired
-}
-
-// state reports whether this node leads, and whether the election has
-// observed any holder yet (until then the role is unknown and the data
-// path is left alone, so that a restart never tears down a live tunnel).
-func (e *elector) state() (leading, observed bool) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.le == nil {
-		return false, false
-	}
-	return e.le.IsLeader() && !e.stopped, e.le.GetLeader() != ""
+// election is the running gateway election of a candidate: the elector on
+// the Lease and the prober of the holder's node.
+type election struct {
+	elector *gatewayElector
+	prober  *liveness.Prober
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
 }
 
 func (a *Agent) election(ctx context.Context, s *scope) error {
 	if !s.candidate {
-		a.stopElection()
+		// No candidate (any more): give the Lease up so that a standby
+		// takes over at once.
+		a.stopElection(ctx, true)
 		s.role = meshv1.RoleWorker
 		return nil
 	}
-	e, err := a.ensureElection(ctx)
-	if err != nil {
-		return err
-	}
-	leading, observed := e.state()
+	e := a.ensureElection(ctx)
+	leading, observed, holder := e.elector.state()
 	if !observed {
 		a.log.V(1).Info("Gateway election has not observed the lease yet")
 		return errStop
 	}
 	s.role = meshv1.RoleStandby
+	s.holder = holder
 	if leading {
 		s.role = meshv1.RoleGateway
+	}
+	if e.prober != nil {
+		target := netip.AddrPort{}
+		if !leading && holder != "" && holder != a.cfg.NodeName {
+			if ip := a.nodeIPByName(ctx, holder); ip.IsValid() {
+				target = netip.AddrPortFrom(ip, uint16(a.cfg.ProbePort))
+			}
+		}
+		e.prober.SetTarget(holder, target)
 	}
 	return nil
 }
 
-func (a *Agent) ensureElection(ctx context.Context) (*elector, error) {
+func (a *Agent) ensureElection(ctx context.Context) *election {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.elector != nil {
-		return a.elector, nil
+	if a.elect != nil {
+		return a.elect
 	}
-	lock := &resourcelock.LeaseLock{
-		LeaseMeta:  metav1.ObjectMeta{Namespace: a.cfg.Namespace, Name: a.cfg.LeaseName},
-		Client:     a.kube.CoordinationV1(),
-		LockConfig: resourcelock.ResourceLockConfig{Identity: a.cfg.NodeName},
-	}
-	e := &elector{done: make(chan struct{})}
-	le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
-		Lock:            lock,
-		LeaseDuration:   a.cfg.LeaseDuration,
-		RenewDeadline:   a.cfg.RenewDeadline,
-		RetryPeriod:     a.cfg.RetryPeriod,
-		ReleaseOnCancel: true,
-		Name:            a.cfg.LeaseName,
-		Callbacks: leaderelection.LeaderCallbacks{
-			OnStartedLeading: func(context.Context) {
-				a.log.Info("Elected active gateway")
-				a.Trigger()
-			},
-			OnStoppedLeading: func() {
-				e.mu.Lock()
-				e.stopped = true
-				e.mu.Unlock()
-				a.log.Info("Lost the gateway election")
-				a.Trigger()
-			},
-			OnNewLeader: func(id string) {
-				a.log.Info("Active gateway observed", "leader", id)
-				a.Trigger()
-			},
-		},
-	})
-	if err != nil {
-		return nil, err
-	}
-	e.le = le
 	ectx, cancel := context.WithCancel(ctx)
-	e.cancel = cancel
-	go func() {
-		defer close(e.done)
-		for ectx.Err() == nil {
-			e.mu.Lock()
-			e.stopped = false
-			e.mu.Unlock()
-			le.Run(ectx) // returns when leadership is lost or ectx ends
+	el := &election{cancel: cancel}
+	if a.cfg.ProbePort > 0 {
+		el.prober = &liveness.Prober{
+			Interval: a.cfg.ProbeInterval, Misses: a.cfg.ProbeMisses,
+			Log: a.log.WithName("liveness"),
 		}
+	}
+	el.elector = newGatewayElector(electorConfig{
+		Identity: a.cfg.NodeName, Name: a.cfg.LeaseName,
+		Leases:        a.kube.CoordinationV1().Leases(a.cfg.Namespace),
+		Clock:         a.cfg.Clock,
+		LeaseDuration: a.cfg.LeaseDuration, RenewPeriod: a.cfg.RetryPeriod, RenewDeadline: a.cfg.RenewDeadline,
+		RetryPeriod: a.cfg.RetryPeriod, Grace: a.cfg.TakeoverGrace,
+		Liveness: func(holder string) liveness.State {
+			if el.prober == nil {
+				return liveness.Unknown
+			}
+			return el.prober.State(holder)
+		},
+		OnChange: a.Trigger,
+		Log:      a.log.WithName("election"),
+	})
+	if el.prober != nil {
+		el.prober.OnDead = func(string) { el.elector.Wake() }
+	}
+	if el.prober != nil {
+		el.wg.Add(1)
+		go func() {
+			defer el.wg.Done()
+			if err := el.prober.Run(ectx); err != nil {
+				a.log.Error(err, "Liveness prober stopped")
+			}
+		}()
+	}
+	el.wg.Add(1)
+	go func() {
+		defer el.wg.Done()
+		el.elector.Run(ectx)
 	}()
-	a.elector = e
-	return e, nil
+	a.elect = el
+	return el
 }
 
-func (a *Agent) stopElection() {
+// stopElection ends the election; release hands the Lease over (a node
+// that is no candidate any more), otherwise the Lease stays with this node
+// (a restart: the next agent takes it back).
+func (a *Agent) stopElection(ctx context.Context, release bool) {
 	a.mu.Lock()
-	e := a.elector
-	a.elector = nil
+	e := a.elect
+	a.elect = nil
+	a.mu.Unlock()
+	if e == nil {
+		return
+	}
+	e.cancel()
+	e.wg.Wait()
+	if release {
+		e.elector.Release(ctx)
+	}
+}
+
+// wakeElection makes the elector look at the Lease now (its watch saw
+// another holder).
+func (a *Agent) wakeElection() {
+	a.mu.Lock()
+	e := a.elect
 	a.mu.Unlock()
 	if e != nil {
-		e.cancel()
-		<-e.done
+		e.elector.Wake()
 	}
+}
+
+// leaseHandler wakes the agent when the Lease's holder changes; renewals
+// (every retry period) do not cause passes.
+func (a *Agent) leaseHandler() toolscache.ResourceEventHandler {
+	holder := func(obj any) (string, bool) {
+		l, ok := obj.(*coordinationv1.Lease)
+		if !ok || l.Name != a.cfg.LeaseName || l.Namespace != a.cfg.Namespace {
+			return "", false
+		}
+		if l.Spec.HolderIdentity == nil {
+			return "", true
+		}
+		return *l.Spec.HolderIdentity, true
+	}
+	changed := func() {
+		a.wakeElection()
+		a.Trigger()
+	}
+	return toolscache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) {
+			if _, ok := holder(obj); ok {
+				changed()
+			}
+		},
+		UpdateFunc: func(oldObj, newObj any) {
+			o, ok1 := holder(oldObj)
+			n, ok2 := holder(newObj)
+			if ok1 && ok2 && o != n {
+				changed()
+			}
+		},
+		DeleteFunc: func(obj any) {
+			if _, ok := holder(obj); ok {
+				changed()
+			}
+		},
+	}
+}
+
+// leaseHolder is the gateway Lease's holder as the member cache has it
+// ("" when there is none).
+func (a *Agent) leaseHolder(ctx context.Context) string {
+	l := &coordinationv1.Lease{}
+	if err := a.member.Get(ctx, client.ObjectKey{Namespace: a.cfg.Namespace, Name: a.cfg.LeaseName}, l); err != nil {
+		return ""
+	}
+	if l.Spec.HolderIdentity == nil {
+		return ""
+	}
+	return *l.Spec.HolderIdentity
+}
+
+// nodeIPByName is a Node's InternalIP from the member cache.
+func (a *Agent) nodeIPByName(ctx context.Context, name string) netip.Addr {
+	n := &corev1.Node{}
+	if err := a.member.Get(ctx, client.ObjectKey{Name: name}, n); err != nil {
+		return netip.Addr{}
+	}
+	return nodeIP(n)
+}
+
+// activeGatewayIP is the next hop of remote ranges on a node that is not the
+// gateway: the Lease holder's InternalIP, straight from the member cluster
+// (the Lease, the Nodes), so that workers follow a takeover the moment the
+// new holder writes the Lease, not after it rewrote the membership status.
+// The status' activeGatewayIP is the fallback when the Lease names no known
+// node.
+func (a *Agent) activeGatewayIP(ctx context.Context, s *scope) netip.Addr {
+	holder := s.holder
+	if holder == "" {
+		holder = a.leaseHolder(ctx)
+	}
+	if holder != "" {
+		if ip := a.nodeIPByName(ctx, holder); ip.IsValid() {
+			return ip
+		}
+	}
+	if s.membership == nil {
+		return netip.Addr{}
+	}
+	ip, err := netip.ParseAddr(s.membership.Status.ActiveGatewayIP)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ip
+}
+
+// stillLeading reports whether this node leads right now.
+func (a *Agent) stillLeading() bool {
+	a.mu.Lock()
+	e := a.elect
+	a.mu.Unlock()
+	if e == nil {
+		return false
+	}
+	leading, _, _ := e.elector.state()
+	return leading
 }

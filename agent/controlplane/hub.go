@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"slices"
 	"time"
@@ -209,7 +208,9 @@ func (a *Agent) gatewaySync(ctx context.Context, s *scope) error {
 		a.stopHub()
 		return nil
 	}
-	hub, err := a.ensureHub(ctx, s.membership)
+	// Connecting (and reconnecting) runs beside the pass: the data path
+	// of a new active gateway must not wait for a hub that may be down.
+	hub, err := a.connectHub(ctx, s.membership)
 	var secretErr *SecretError
 	if errors.As(err, &secretErr) {
 		// Keep what works (the last directory, a connection made with the
@@ -219,9 +220,6 @@ func (a *Agent) gatewaySync(ctx context.Context, s *scope) error {
 		s.errs = append(s.errs, err)
 		s.dir = a.currentDirectory()
 		return nil
-	}
-	if err == nil && hub.degraded {
-		hub, err = a.reconnectHub(ctx, hub, s.membership)
 	}
 	if err == nil {
 		a.renewToken(ctx, hub, s)
@@ -233,15 +231,10 @@ func (a *Agent) gatewaySync(ctx context.Context, s *scope) error {
 			a.mu.Lock()
 			a.directory = dir
 			a.mu.Unlock()
-			if err := a.publishGateways(ctx, hub, s, dir); err != nil {
-				s.errs = append(s.errs, err)
-				if hubDown(err) {
-					hub.degraded = true
-				}
-			}
+			s.hub, s.hubDir = hub, dir
 		}
 	}
-	if err != nil {
+	if err != nil && !errors.Is(err, errHubConnecting) {
 		s.join = joinState{reason: "HubUnreachable", message: err.Error()}
 		s.errs = append(s.errs, err)
 		if hub != nil && hubDown(err) {
@@ -321,7 +314,7 @@ func (a *Agent) readDirectory(ctx context.Context, hub *hubConn, m *meshv1.Clust
 	if err := hub.reader.List(ctx, list, client.InNamespace(meshv1.ClusterSetNamespace(m.Spec.ClusterSet))); err != nil {
 		return nil, joinState{}, fmt.Errorf("list the peer directory of ClusterSet %s: %w", m.Spec.ClusterSet, err)
 	}
-	peers, invalid, withdrawn := plan.PeersFromDirectory(self.Name, list.Items, resolve)
+	peers, invalid, withdrawn := plan.PeersFromDirectory(self.Name, list.Items, a.resolver.Lookup)
 	d := &directory{
 		clusterName: self.Name, namespace: self.Status.Namespace,
 		local: local, localRaw: slices.Clone(self.Status.PodCIDRs),
@@ -339,19 +332,6 @@ func (a *Agent) readDirectory(ctx context.Context, hub *hubConn, m *meshv1.Clust
 	}
 	return d, joinState{ok: true, reason: "Joined",
 		message: fmt.Sprintf("member %s of ClusterSet %s, hub namespace %s", self.Name, self.Spec.ClusterSet, self.Status.Namespace)}, nil
-}
-
-func resolve(host string) (netip.Addr, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-	if err != nil {
-		return netip.Addr{}, err
-	}
-	if len(addrs) == 0 {
-		return netip.Addr{}, errors.New("no address")
-	}
-	return addrs[0].Unmap(), nil
 }
 
 // publishGateways makes the TunnelGateway objects in the hub namespace match the

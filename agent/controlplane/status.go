@@ -22,34 +22,23 @@ import (
 )
 
 // readStatus is the non-elected agents' view: everything comes from the
-// local membership status the elected agent wrote; the hub is not read.
+// local membership status the elected agent wrote; the hub is not read. A
+// new active gateway that has not read the hub yet (it took over while the
+// hub is unreachable, or just started) uses the same view: the status holds
+// every peer's ranges, public key and endpoint.
 func (a *Agent) readStatus(_ context.Context, s *scope) error {
-	if s.role == meshv1.RoleGateway {
+	if s.role == meshv1.RoleGateway && s.dir != nil {
 		return nil
 	}
-	st := s.membership.Status
-	if len(st.PodCIDRs) == 0 {
-		return nil // not joined yet: nothing to route
-	}
-	local, err := plan.ParsePrefixes(st.PodCIDRs)
-	if err != nil {
-		return fmt.Errorf("membership status: %w", err)
-	}
-	d := &directory{local: local, localRaw: st.PodCIDRs,
-		tunnel: plan.Tunnel{Interface: a.cfg.TunnelInterface}}
-	for _, p := range st.Peers {
-		if p.State == meshv1.PeerInvalid || len(p.PodCIDRs) == 0 {
-			continue
-		}
-		ranges, err := plan.ParsePrefixes(p.PodCIDRs)
-		if err != nil {
-			continue
-		}
-		d.peers = append(d.peers, plan.Peer{Cluster: p.Cluster, PodCIDRs: ranges, Gateway: p.Gateway})
+	d, err := a.localDirectory(s.membership)
+	if err != nil || d == nil {
+		return err
 	}
 	s.dir = d
-	if c := meta.FindStatusCondition(st.Conditions, meshv1.MembershipCIDRsMatch); c != nil && c.Status == metav1.ConditionFalse {
-		s.hold = c.Message
+	if s.role != meshv1.RoleGateway {
+		if c := meta.FindStatusCondition(s.membership.Status.Conditions, meshv1.MembershipCIDRsMatch); c != nil && c.Status == metav1.ConditionFalse {
+			s.hold = c.Message
+		}
 	}
 	return nil
 }
@@ -114,18 +103,30 @@ func (a *Agent) applyPlan(ctx context.Context, s *scope) error {
 		if !ok {
 			in.Hold = msg
 		}
-		key, err := a.loadKey()
+		key, err := a.loadKey(ctx)
 		if err != nil {
 			return err
 		}
 		in.PrivateKey = key
-	} else if ip, err := netip.ParseAddr(s.membership.Status.ActiveGatewayIP); err == nil && ip != nodeIP(s.node) {
-		// The status may still name this node as the gateway right after it
-		// lost the election; routing to itself would loop until the new
-		// gateway rewrites the status.
+		in.Peers, s.restart = a.followRoaming(s.dir.peers)
+	} else if ip := a.activeGatewayIP(ctx, s); ip.IsValid() && ip != nodeIP(s.node) {
+		// Right after this node lost the election the holder may not be
+		// known yet; routing to itself would loop.
 		in.ActiveGatewayIP = ip
 	}
-	s.plan = plan.Compute(in)
+	if s.role == meshv1.RoleStandby {
+		key, err := a.loadKey(ctx)
+		if err != nil {
+			return err
+		}
+		in.PrivateKey = key
+	}
+	s.plan = plan.WithStandbyDevice(plan.Compute(in), in)
+	if s.role == meshv1.RoleGateway && !a.stillLeading() {
+		// Stepped down while this pass ran: never apply a gateway plan
+		// after that; the pass the elector triggered applies the standby's.
+		return errStop
+	}
 	a.mu.Lock()
 	a.peerClusters = s.plan.PeerClusters
 	a.mu.Unlock()
@@ -140,6 +141,10 @@ func (a *Agent) applyPlan(ctx context.Context, s *scope) error {
 	}
 	if err != nil {
 		s.errs = append(s.errs, fmt.Errorf("apply data path: %w", err))
+	} else if r, ok := a.cfg.Datapath.(peerRestarter); ok && len(s.restart) > 0 {
+		if err := r.RestartPeers(s.restart); err != nil {
+			s.errs = append(s.errs, err)
+		}
 	}
 	return nil
 }
@@ -306,6 +311,10 @@ func (a *Agent) peerStates(s *scope, d *directory, dev *wgtypes.Device) ([]meshv
 		}
 		if p.Endpoint.IsValid() {
 			mp.Endpoint = p.Endpoint.String()
+			mp.DirectoryEndpoint = mp.Endpoint
+		}
+		if p.PublicKey != (wgtypes.Key{}) {
+			mp.PublicKey = p.PublicKey.String()
 		}
 		if msg, ok := skipped[p.Cluster]; ok {
 			mp.State, mp.Message = meshv1.PeerInvalid, msg

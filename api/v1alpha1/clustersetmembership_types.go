@@ -71,6 +71,15 @@ type MembershipPeer struct {
 	// Endpoint is the address the tunnel sends to (or last received from).
 	// +optional
 	Endpoint string `json:"endpoint,omitempty"`
+	// PublicKey is the WireGuard public key of the peer's gateway, from the
+	// hub's directory. With DirectoryEndpoint it lets a standby gateway
+	// candidate build the same tunnel without the hub.
+	// +optional
+	PublicKey string `json:"publicKey,omitempty"`
+	// DirectoryEndpoint is the endpoint the hub's directory gives for the
+	// peer's active gateway (resolved); empty for a peer behind NAT.
+	// +optional
+	DirectoryEndpoint string `json:"directoryEndpoint,omitempty"`
 	// State: Up, Connecting, Invalid.
 	State string `json:"state"`
 	// LatestHandshake is the time of the latest WireGuard handshake.

@@ -16,6 +16,7 @@ import (
 	"flag"
 	"fmt"
 	"io/fs"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -34,6 +35,7 @@ import (
 
 	"github.com/archipelago-mesh/archipelago/agent/controlplane"
 	"github.com/archipelago-mesh/archipelago/agent/dataplane"
+	"github.com/archipelago-mesh/archipelago/agent/liveness"
 	"github.com/archipelago-mesh/archipelago/agent/netfilter"
 	"github.com/archipelago-mesh/archipelago/agent/routing"
 	"github.com/archipelago-mesh/archipelago/agent/wireguard"
@@ -94,14 +96,18 @@ func runAgent(args []string) error {
 		namespace      = fs.String("namespace", controlplane.DefaultNamespace, "Namespace of the gateway election Lease.")
 		membership     = fs.String("membership", controlplane.DefaultMembershipName, "Name of the ClusterSetMembership to follow.")
 		leaseName      = fs.String("lease-name", controlplane.DefaultLeaseName, "Name of the gateway election Lease.")
-		leaseDuration  = fs.Duration("lease-duration", 15*time.Second, "How long the active gateway's Lease is valid without renewal (failover time).")
-		renewDeadline  = fs.Duration("renew-deadline", 10*time.Second, "How long the active gateway retries renewing before it steps down.")
-		retryPeriod    = fs.Duration("retry-period", 2*time.Second, "How often candidates try to take the Lease.")
+		leaseDuration  = fs.Duration("lease-duration", 4*time.Second, "How long the active gateway's Lease is valid without renewal (failover time when liveness probes cannot tell).")
+		renewDeadline  = fs.Duration("renew-deadline", 3*time.Second, "How long the active gateway retries renewing before it steps down (shorter than --lease-duration).")
+		retryPeriod    = fs.Duration("retry-period", time.Second, "How often the active gateway renews its Lease and standbys look at it.")
+		grace          = fs.Duration("takeover-grace", 30*time.Second, "How long past its expiry a Lease whose holder still answers liveness probes (its agent restarts, its device forwards) is left alone.")
+		probePort      = fs.Int("probe-port", liveness.DefaultPort, "UDP port of the gateway liveness probes between candidates (the responder runs in the WireGuard device process); 0 turns probing off.")
+		probeInterval  = fs.Duration("probe-interval", 200*time.Millisecond, "Period of the liveness probes a standby sends to the active gateway's node.")
+		probeMisses    = fs.Int("probe-misses", 5, "Probes in a row the active gateway's node may miss before a standby takes over.")
 		iface          = fs.String("interface", defaultInterface, "WireGuard interface name (at most 15 bytes); must be unique per UAPI socket directory.")
 		stateDir       = fs.String("state-dir", defaultStateDir, "Host directory for the private key (private.key, mode 0600) and device logs.")
 		endpoint       = fs.String("public-endpoint", "", "host:port other clusters send tunnel traffic to when this node is the gateway; empty: InternalIP and the ClusterSet's port; \"none\": behind NAT, dial out only.")
 		wgKind         = fs.String("wireguard", "auto", "WireGuard implementation: auto (kernel if the module exists, else userspace), kernel or userspace.")
-		deviceMode     = fs.String("userspace-device", "detached", "How the userspace device runs: detached (the agent starts 'wireguard-device' in its own session) or sidecar (a 'wireguard-device --supervise' container starts it on request).")
+		deviceMode     = fs.String("userspace-device", "detached", "How the userspace device runs: detached (the agent starts 'wireguard-device' in its own session) or supervised (a 'wireguard-device --supervise' process of its own, e.g. the archipelago-device DaemonSet, starts it on request; 'sidecar' is the same).")
 		resync         = fs.Duration("resync", 30*time.Second, "Period of full passes and of the data path resync that repairs drift.")
 		reportInterval = fs.Duration("report-interval", time.Minute, "Minimum period between rewrites of unchanged reports (Node annotation, Gateway lastSeen): the heartbeat the CLI reads (stale after 5m).")
 		metricsAddr    = fs.String("metrics-bind-address", ":9473", "Address of the Prometheus /metrics endpoint; \"0\" turns it off.")
@@ -127,7 +133,7 @@ func runAgent(args []string) error {
 	ctx, cancel := signalContext()
 	defer cancel()
 
-	driver, err := newDriver(kind, *deviceMode, *stateDir, log)
+	driver, err := newDriver(kind, *deviceMode, *stateDir, *probePort, log)
 	if err != nil {
 		return err
 	}
@@ -142,8 +148,12 @@ func runAgent(args []string) error {
 	agent, err := controlplane.New(controlplane.Config{
 		NodeName: *nodeName, Member: cfg, Namespace: *namespace, LeaseName: *leaseName,
 		MembershipName: *membership, LeaseDuration: *leaseDuration, RenewDeadline: *renewDeadline,
-		RetryPeriod: *retryPeriod, TunnelInterface: *iface, PublicEndpoint: *endpoint,
-		Key:      func() (wgtypes.Key, error) { return wireguard.LoadOrCreateKey(*stateDir) },
+		RetryPeriod: *retryPeriod, TakeoverGrace: *grace, ProbePort: *probePort,
+		ProbeInterval: *probeInterval, ProbeMisses: *probeMisses,
+		TunnelInterface: *iface, PublicEndpoint: *endpoint,
+		// The node key of an earlier version seeds the shared key, so that
+		// an upgrade keeps the identity remotes know.
+		Key:      func() (wgtypes.Key, error) { return existingKey(*stateDir) },
 		Datapath: dp, Resync: *resync, ReportInterval: *reportInterval, Log: log,
 	})
 	if err != nil {
@@ -178,7 +188,16 @@ func parseKind(s string) (wireguard.Kind, error) {
 	return "", fmt.Errorf("--wireguard=%q: want auto, kernel or userspace", s)
 }
 
-func newDriver(kind wireguard.Kind, mode, stateDir string, log logr.Logger) (*dataplane.WireGuardDriver, error) {
+// existingKey is the node key an earlier version kept in the state
+// directory, or the zero key when there is none.
+func existingKey(stateDir string) (wgtypes.Key, error) {
+	if _, err := os.Stat(filepath.Join(stateDir, wireguard.KeyFileName)); errors.Is(err, fs.ErrNotExist) {
+		return wgtypes.Key{}, nil
+	}
+	return wireguard.LoadOrCreateKey(stateDir)
+}
+
+func newDriver(kind wireguard.Kind, mode, stateDir string, probePort int, log logr.Logger) (*dataplane.WireGuardDriver, error) {
 	d := &dataplane.WireGuardDriver{Kind: kind, Log: log}
 	switch mode {
 	case "detached":
@@ -187,13 +206,15 @@ func newDriver(kind wireguard.Kind, mode, stateDir string, log logr.Logger) (*da
 			return nil, err
 		}
 		d.Userspace = func(name string, mtu int) wireguard.UserspaceProcess {
+			// The device process answers the liveness probes: it outlives
+			// agent restarts, so a restart is not taken for a dead node.
 			return wireguard.UserspaceProcess{
 				Path:    exe,
-				Args:    []string{"wireguard-device", "--name", name, "--mtu", strconv.Itoa(mtu)},
+				Args:    []string{"wireguard-device", "--name", name, "--mtu", strconv.Itoa(mtu), "--probe-port", strconv.Itoa(probePort)},
 				LogPath: filepath.Join(stateDir, name+".log"),
 			}
 		}
-	case "sidecar":
+	case "sidecar", "supervised":
 		d.Userspace = func(name string, mtu int) wireguard.UserspaceProcess {
 			return wireguard.UserspaceProcess{
 				StartTimeout: 30 * time.Second,
@@ -212,7 +233,7 @@ func newDriver(kind wireguard.Kind, mode, stateDir string, log logr.Logger) (*da
 			return nil
 		}
 	default:
-		return nil, fmt.Errorf("--userspace-device=%q: want detached or sidecar", mode)
+		return nil, fmt.Errorf("--userspace-device=%q: want detached, supervised or sidecar", mode)
 	}
 	return d, nil
 }
@@ -275,6 +296,7 @@ func runDevice(args []string) error {
 		supervise  = fs.Bool("supervise", false, "Run as a sidecar: start the device whenever the agent requests it (<state-dir>/<name>.wanted exists), again after it is torn down, until terminated.")
 		stateDir   = fs.String("state-dir", defaultStateDir, "Directory shared with the agent (with --supervise).")
 		noOffloads = fs.Bool("no-offloads", false, "Create the TUN without GSO/GRO offloads (for comparisons only).")
+		probePort  = fs.Int("probe-port", 0, "Answer gateway liveness probes on this UDP port (all addresses) while the process runs; 0: do not.")
 	)
 	logger := newLogger(fs)
 	fs.Usage = usage(fs, "wireguard-device", "Runs a userspace WireGuard (wireguard-go) device until its interface is deleted or the process is terminated.")
@@ -282,6 +304,13 @@ func runDevice(args []string) error {
 	log := logger()
 	ctx, cancel := signalContext()
 	defer cancel()
+	if *probePort > 0 {
+		go func() {
+			if err := liveness.Serve(ctx, net.JoinHostPort("", strconv.Itoa(*probePort)), log); err != nil {
+				log.Error(err, "Liveness responder stopped")
+			}
+		}()
+	}
 	var opts []wireguard.DeviceOption
 	if *noOffloads {
 		opts = append(opts, wireguard.WithoutOffloads())
@@ -332,7 +361,7 @@ func runCleanup(args []string) error {
 	log := logger()
 	ctx, cancel := signalContext()
 	defer cancel()
-	driver, err := newDriver(wireguard.KindAuto, "sidecar", *stateDir, log)
+	driver, err := newDriver(wireguard.KindAuto, "supervised", *stateDir, 0, log)
 	if err != nil {
 		return err
 	}

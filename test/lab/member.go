@@ -77,6 +77,7 @@ type Pod struct {
 	IP   netip.Addr
 	Node *Node
 	ln   net.Listener
+	udp  net.PacketConn
 }
 
 // Pods returns the member's pods.
@@ -407,6 +408,9 @@ func (l *Lab) wireCNI(m *Member, rng netip.Prefix) error {
 			if err := p.serve(); err != nil {
 				return err
 			}
+			if err := p.serveUDP(); err != nil {
+				return err
+			}
 		}
 		// kindnet's masquerade: pod traffic to anything outside the
 		// cluster's pod range leaves with the node's address unless the
@@ -508,19 +512,40 @@ func (l *Lab) SetLinks(n *Node, up bool) error {
 	return ipBatch(n.NS, lines)
 }
 
-// ActiveGateway returns the member's active gateway as its membership
-// status names it ("" when none).
+// ActiveGateway returns the member's active gateway: the holder of its
+// gateway Lease (nil when none).
 func (l *Lab) ActiveGateway(ctx context.Context, m *Member) (*Node, error) {
-	var cm meshv1.ClusterSetMembership
-	if err := m.Cluster.Client.Get(ctx, types.NamespacedName{Name: "membership"}, &cm); err != nil {
+	holder, err := l.LeaseHolder(ctx, m)
+	if err != nil {
 		return nil, err
 	}
 	for _, n := range m.Nodes {
-		if n.Name == cm.Status.ActiveGateway {
+		if n.Name == holder {
 			return n, nil
 		}
 	}
 	return nil, nil
+}
+
+// PowerOff is a node losing power: its links go down first (nothing leaves
+// it any more), then its agent and its WireGuard device process die.
+func (l *Lab) PowerOff(n *Node) error {
+	if err := l.SetLinks(n, false); err != nil {
+		return err
+	}
+	l.KillAgent(n)
+	if n.Candidate {
+		return l.RemoveTunnel(n)
+	}
+	return nil
+}
+
+// PowerOn brings a node back: links up, agent started.
+func (l *Lab) PowerOn(n *Node) error {
+	if err := l.SetLinks(n, true); err != nil {
+		return err
+	}
+	return l.StartAgent(n)
 }
 
 // RemoveMember makes the member leave with "kubectl archipelago leave"
@@ -559,6 +584,9 @@ func (m *Member) teardown(l *Lab) {
 		for _, p := range n.Pods {
 			if p.ln != nil {
 				_ = p.ln.Close()
+			}
+			if p.udp != nil {
+				_ = p.udp.Close()
 			}
 		}
 	}

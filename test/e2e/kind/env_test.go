@@ -27,6 +27,7 @@ const (
 	streamPort  = 7071
 	gatewayKey  = "archipelago.dev/gateway"
 	agentLabel  = "app.kubernetes.io/name=archipelago-agent"
+	deviceLabel = "app.kubernetes.io/name=archipelago-device"
 	agentNS     = "archipelago-system"
 	routeTable  = "2684"
 	routeProto  = "167"
@@ -319,6 +320,7 @@ func dumpOnFailure(e *env) {
 			{"get", "pods", "-A", "-o", "wide"},
 			{"get", "clustersetmemberships.mesh.archipelago.dev", "-o", "yaml"},
 			{"-n", agentNS, "logs", "-l", agentLabel, "-c", "agent", "--tail=40", "--prefix"},
+			{"-n", agentNS, "logs", "-l", deviceLabel, "--tail=20", "--prefix"},
 			{"-n", agentNS, "logs", "-l", "app.kubernetes.io/name=archipelago-hub", "--tail=40", "--prefix"},
 		} {
 			out, _ := e.kubectl(c, args...)

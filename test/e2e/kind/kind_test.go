@@ -4,6 +4,7 @@ package kind
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/signal"
@@ -206,24 +207,20 @@ func (e *env) clustersExist() bool {
 }
 
 // deleteAll deletes every kind cluster with the suite's prefix, the suite's
-// Docker network and its kubeconfig.
+// Docker network and its kubeconfig. One cluster after the other: kind
+// locks the shared kubeconfig while it removes a cluster's entry, and a
+// second delete at the same time fails on that lock.
 func (e *env) deleteAll() {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	out, _ := run(ctx, "", "kind", "get", "clusters")
-	var wg sync.WaitGroup
 	for _, c := range strings.Fields(out) {
 		if strings.HasPrefix(c, prefix) {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				if _, err := run(ctx, "", "kind", "delete", "cluster", "--name", c); err != nil {
-					fmt.Printf("delete cluster %s: %v\n", c, err)
-				}
-			}()
+			if _, err := run(ctx, "", "kind", "delete", "cluster", "--name", c); err != nil {
+				fmt.Printf("delete cluster %s: %v\n", c, err)
+			}
 		}
 	}
-	wg.Wait()
 	_, _ = run(ctx, "", "docker", "network", "rm", dockerNet)
 	_ = os.Remove(e.kubeconfig)
 }
@@ -284,7 +281,15 @@ func (e *env) archipelago(args ...string) (string, error) {
 
 func (e *env) waitTunnels(timeout time.Duration) {
 	e.t.Helper()
-	err := eventually(timeout, 2*time.Second, func() error {
+	start, said := time.Now(), time.Now()
+	err := eventually(timeout, 2*time.Second, func() (err error) {
+		defer func() {
+			// A slow start shows what it waits for, not only a timeout.
+			if err != nil && time.Since(said) > 20*time.Second {
+				said = time.Now()
+				fmt.Printf("    [%s] after %.0fs: %v\n", said.Format("15:04:05"), time.Since(start).Seconds(), err)
+			}
+		}()
 		for _, c := range e.members {
 			m, err := e.membership(c)
 			if err != nil {
@@ -499,9 +504,10 @@ func (s *stream) growing(within time.Duration) error {
 
 // testAgentRestart: an established TCP connection through both active
 // gateways survives (1) a restart of the agent container on the active
-// gateway (the WireGuard device lives in the sidecar) and (2) the deletion of
-// the whole agent pod there (the DaemonSet recreates it; the device is
-// recreated with the node's key and TCP retransmits bridge the gap).
+// gateway, (2) the deletion of the whole agent pod there (the WireGuard
+// device and the liveness responder live in the archipelago-device
+// DaemonSet's pod) and (3) `kubectl rollout restart` of the agent DaemonSets;
+// the gateway stays on its node throughout (SIGTERM keeps the Lease).
 func (e *env) testAgentRestart(t *testing.T, probes map[string][]probe) {
 	c1, c2 := e.members[0], e.members[1]
 	m2, err := e.membership(c2)
@@ -539,11 +545,24 @@ func (e *env) testAgentRestart(t *testing.T, probes map[string][]probe) {
 		} else {
 			t.Logf("%s: agent pod recreated on %s in %.1fs; the TCP connection survived", c, m.ActiveGateway, time.Since(start).Seconds())
 		}
-		// The agent releases its Lease on SIGTERM, so where a standby
-		// exists the deleted pod hands the gateway over to it; either way the
-		// connection above must have survived.
-		if m2, err := e.membership(c); err == nil {
-			t.Logf("%s: active gateway after the restarts: %s (was %s)", c, m2.ActiveGateway, m.ActiveGateway)
+		start = time.Now()
+		// Workers' and candidates' agents (the device DaemonSet is not
+		// touched: OnDelete).
+		for _, ds := range []string{"daemonset/archipelago-agent", "daemonset/archipelago-gateway"} {
+			e.mustKubectl(c, "-n", agentNS, "rollout", "restart", ds)
+			e.mustKubectl(c, "-n", agentNS, "rollout", "status", ds, "--timeout=4m")
+		}
+		if err := s.growing(30 * time.Second); err != nil {
+			t.Errorf("%s: kubectl rollout restart of the agents broke the connection: %v", c, err)
+		} else {
+			t.Logf("%s: agent DaemonSet rolled out in %.1fs; the TCP connection survived", c, time.Since(start).Seconds())
+		}
+		// SIGTERM keeps the Lease and the device pod answers the standby's
+		// probes: the gateway must not have moved.
+		if m2, err := e.membership(c); err != nil {
+			t.Error(err)
+		} else if m2.ActiveGateway != m.ActiveGateway {
+			t.Errorf("%s: active gateway moved from %s to %s during agent restarts", c, m.ActiveGateway, m2.ActiveGateway)
 		}
 		e.waitTunnels(time.Minute)
 	}
@@ -574,7 +593,8 @@ func (e *env) waitAgentReady(t *testing.T, cluster, node string) {
 		if err != nil {
 			return err
 		}
-		if strings.TrimSpace(out) != "/truetrue" {
+		// One pod, not being deleted, every container ready.
+		if l := strings.TrimSpace(out); !strings.HasPrefix(l, "/true") || strings.Trim(strings.TrimPrefix(l, "/"), "true") != "" {
 			return fmt.Errorf("agent pod on %s not ready: %q", node, out)
 		}
 		return nil
@@ -603,7 +623,43 @@ func (e *env) testFailover(t *testing.T, probes map[string][]probe) {
 		t.Fatalf("node %s did not come back: %v", stopped, err)
 	}
 	e.waitAgentReady(t, c2, stopped)
+	e.waitStandbyReady(t, c2, stopped)
 	e.failover(t, probes, "kill")
+}
+
+// waitStandbyReady waits until a candidate that came back can take over: its
+// device pod (the userspace WireGuard device and the liveness responder) is
+// ready, and its agent reports role standby with the device up.
+func (e *env) waitStandbyReady(t *testing.T, cluster, node string) {
+	start := time.Now()
+	if err := eventually(3*time.Minute, time.Second, func() error {
+		out, err := e.kubectl(cluster, "-n", agentNS, "get", "pods", "-l", deviceLabel, "--field-selector", "spec.nodeName="+node,
+			"-o", "jsonpath={range .items[*]}{.metadata.deletionTimestamp}/{range .status.containerStatuses[*]}{.ready}{end}{\"\\n\"}{end}")
+		if err != nil {
+			return err
+		}
+		if l := strings.TrimSpace(out); l != "/true" {
+			return fmt.Errorf("device pod on %s not ready: %q", node, out)
+		}
+		raw, err := e.kubectl(cluster, "get", "node", node, "-o", `jsonpath={.metadata.annotations.archipelago\.dev/datapath}`)
+		if err != nil {
+			return err
+		}
+		var r struct {
+			Role        string `json:"role"`
+			InterfaceUp bool   `json:"interfaceUp"`
+		}
+		if err := json.Unmarshal([]byte(raw), &r); err != nil {
+			return fmt.Errorf("node %s report %q: %v", node, raw, err)
+		}
+		if r.Role != "standby" || !r.InterfaceUp {
+			return fmt.Errorf("node %s reports role %q, interface up %v", node, r.Role, r.InterfaceUp)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s: %s is a ready standby %.1fs after its agent pod was ready", cluster, node, time.Since(start).Seconds())
 }
 
 // failover stops c2's active gateway node with `docker HOW` and returns its name.
@@ -654,6 +710,14 @@ func (e *env) failover(t *testing.T, probes map[string][]probe, how string) stri
 		how, stopped, how, stopTook.Seconds(), from.pod, to.pod, took.Seconds())
 	fmt.Println("==> " + msg)
 	t.Log(msg)
+	if took > 5*time.Second {
+		// Slower than the target: show what the standby did meanwhile.
+		for _, l := range []string{agentLabel, deviceLabel} {
+			pod, _ := e.kubectl(c2, "-n", agentNS, "get", "pods", "-l", l, "--field-selector", "spec.nodeName="+standby, "-o", "name")
+			out, _ := e.kubectl(c2, "-n", agentNS, "logs", strings.TrimSpace(pod), "--tail=60", "--all-containers")
+			t.Logf("slow failover: %s logs on %s:\n%s", l, standby, out)
+		}
+	}
 	if err := eventually(time.Minute, time.Second, func() error {
 		m2, err := e.membership(c2)
 		if err != nil {

@@ -182,46 +182,72 @@ func BenchmarkTunnelThroughput(b *testing.B) {
 		secs, g(tunnel), g(direct), 100*tunnel/direct, g(noOffloads), tunnel/noOffloads)
 }
 
-// BenchmarkGatewayTakeover: kill the active gateway's agent, remove its
-// device and take its links down; time until traffic flows again both ways
-// (p50 over several takeovers). Target (DESIGN.md): 3 s; the agent's
-// failover is lease-driven today.
-func BenchmarkGatewayTakeover(b *testing.B) {
+// BenchmarkGatewayPowerLoss: the active gateway's node loses power (links
+// down, agent and device killed) during a UDP stream at 20 ms from a worker
+// pod to a remote pod; the loss window (longest run of lost datagrams) over
+// several failovers, p50 and p99. Targets (DESIGN.md): <= 1 s p50, <= 2 s
+// p99.
+func BenchmarkGatewayPowerLoss(b *testing.B) {
 	l := needBench(b)
 	ctx := context.Background()
 	m := l.Member("alpha")
 	if len(m.Candidates()) < 2 {
 		b.Skip("alpha has one gateway candidate")
 	}
-	src, dst := podB(b, l, "alpha-w1-p1"), podB(b, l, "bravo-w1-p1")
-	var took []time.Duration
-	for i := 0; i < 3; i++ {
-		if _, err := lab.WaitTCP(ctx, src, dst, 60*time.Second); err != nil {
+	const failovers = 6
+	var windows []time.Duration
+	for i := 0; i < failovers; i++ {
+		r, old, now, err := failover(ctx, b, l, m, 20*time.Millisecond, false)
+		if err != nil {
+			b.Fatalf("failover %d: %v", i+1, err)
+		}
+		windows = append(windows, r.stream.LossWindow)
+		b.Logf("failover %d: %s -> %s: %s, TCP connection kept: %v", i+1, old.Name, now.Name, r.stream, r.tcpErr == nil)
+		if err := l.PowerOn(old); err != nil {
 			b.Fatal(err)
 		}
-		old, err := l.ActiveGateway(ctx, m)
-		if err != nil || old == nil {
-			b.Fatalf("active gateway: %v", err)
-		}
-		start := time.Now()
-		l.KillAgent(old)
-		_ = l.RemoveTunnel(old)
-		_ = l.SetLinks(old, false)
-		if _, err := lab.WaitTCP(ctx, src, dst, 60*time.Second); err != nil {
-			b.Fatalf("takeover %d (%s stopped at %s): %v", i+1, old.Name, start.Format("15:04:05"), err)
-		}
-		if _, err := lab.WaitTCP(ctx, dst, src, 60*time.Second); err != nil {
-			b.Fatalf("takeover %d (%s stopped at %s): %v", i+1, old.Name, start.Format("15:04:05"), err)
-		}
-		took = append(took, time.Since(start))
-		_ = l.SetLinks(old, true)
-		if err := l.StartAgent(old); err != nil {
+		if err := l.WaitConverged(ctx, 90*time.Second); err != nil {
 			b.Fatal(err)
 		}
+		// The old gateway, a standby again, must have heard the new
+		// active answer its probes before the next power loss.
 		time.Sleep(3 * time.Second)
 	}
-	b.ReportMetric(p50(took).Seconds(), "s-p50")
-	b.Logf("takeover (lease %s): %v (p50 %.2fs)", l.LeaseDuration, took, p50(took).Seconds())
+	p50, p99 := lab.Percentile(windows, 50), lab.Percentile(windows, 99)
+	b.ReportMetric(p50.Seconds(), "s-loss-p50")
+	b.ReportMetric(p99.Seconds(), "s-loss-p99")
+	b.Logf("power-loss failover, loss windows %v: p50 %s, p99 %s", windows, p50, p99)
+}
+
+// BenchmarkRolloutLoss: SIGTERM of the active gateway's agent, back one
+// second later (an agent rollout on that node), during a UDP stream at
+// 50 ms, several times; datagrams lost in total. Target: 0, and the gateway
+// stays.
+func BenchmarkRolloutLoss(b *testing.B) {
+	l := needBench(b)
+	ctx := context.Background()
+	m := l.Member("alpha")
+	const restarts = 3
+	lost, sent, moved := 0, 0, 0
+	for i := 0; i < restarts; i++ {
+		gw, err := l.ActiveGateway(ctx, m)
+		if err != nil || gw == nil {
+			b.Fatalf("active gateway: %v %v", gw, err)
+		}
+		r, err := restartActive(ctx, l, m, gw, 50*time.Millisecond)
+		if err != nil {
+			b.Fatal(err)
+		}
+		lost += r.Lost
+		sent += r.Sent
+		if now, _ := l.ActiveGateway(ctx, m); now != gw {
+			moved++
+		}
+		b.Logf("restart %d of the agent on %s: %s", i+1, gw.Name, r)
+	}
+	b.ReportMetric(float64(lost), "lost")
+	b.ReportMetric(float64(moved), "gateway-moves")
+	b.Logf("rollout: %d restarts of the active agent, %d of %d datagrams lost, gateway moved %d times", restarts, lost, sent, moved)
 }
 
 // BenchmarkAPIWrites: member alpha's apiserver writes per minute, idle and

@@ -326,60 +326,170 @@ func countFailed(cells []lab.Cell) int {
 	return n
 }
 
-// 9. Gateway takeover: stopping the active of two candidates moves the
-// tunnel to the other and traffic resumes.
-func TestGatewayTakeover(t *testing.T) {
+// 9. Gateway failover: the active gateway's node loses power during a UDP
+// stream at 20 ms. A standby's liveness probes notice, it takes the Lease,
+// configures the member's shared identity with the peers from the local
+// status, and handshakes; workers follow the Lease. The loss window is
+// printed (benchmarks measure it; the bound here only catches regressions),
+// and an established TCP connection survives.
+func TestGatewayPowerLoss(t *testing.T) { powerLoss(t, false) }
+
+// 9b. The same with the hub stopped first: nothing of the takeover needs it.
+func TestGatewayPowerLossHubDown(t *testing.T) { powerLoss(t, true) }
+
+func powerLoss(t *testing.T, hubDown bool) {
 	l := need(t)
 	ctx := context.Background()
 	m := l.Member("alpha")
 	if len(m.Candidates()) < 2 {
 		t.Skip("alpha has one gateway candidate in this lab")
 	}
-	old, err := l.ActiveGateway(ctx, m)
-	if err != nil || old == nil {
-		t.Fatalf("active gateway: %v %v", old, err)
-	}
-	src := pod(t, l, "alpha-w1-p1")
-	dsts := []*lab.Pod{pod(t, l, "bravo-w1-p1"), pod(t, l, "charlie-w1-p1")}
-	if _, err := lab.WaitTCP(ctx, src, dsts[0], 10*time.Second); err != nil {
+	res, old, now, err := failover(ctx, t, l, m, 20*time.Millisecond, hubDown)
+	if err != nil {
 		t.Fatal(err)
 	}
-	start := time.Now()
-	l.KillAgent(old)
-	if err := l.RemoveTunnel(old); err != nil {
-		t.Fatal(err)
+	what := "power loss"
+	if hubDown {
+		what = "power loss, hub down"
 	}
-	if err := l.SetLinks(old, false); err != nil {
-		t.Fatal(err)
+	t.Logf("FAILOVER (%s): %s -> %s: %s (loss window starts %s after the power went)", what, old.Name, now.Name, res.stream,
+		res.stream.WindowStart.Sub(res.off).Round(time.Millisecond))
+	if res.stream.LossWindow > 10*time.Second {
+		t.Errorf("loss window %s, want well under 10s", res.stream.LossWindow)
 	}
-	defer func() {
-		_ = l.SetLinks(old, true)
-		_ = l.StartAgent(old)
-	}()
-	var times []string
-	for _, d := range dsts {
-		for _, pr := range [][2]*lab.Pod{{src, d}, {d, src}} {
-			if _, err := lab.WaitTCP(ctx, pr[0], pr[1], 60*time.Second-time.Since(start)); err != nil {
-				t.Fatal(err)
-			}
-			times = append(times, fmt.Sprintf("%s->%s %.1fs", pr[0].Name, pr[1].Name, time.Since(start).Seconds()))
+	if !res.stream.LastEcho.After(res.off.Add(res.stream.LossWindow)) {
+		t.Errorf("no echo after the power loss: %s", res.stream)
+	}
+	if res.tcpErr != nil {
+		t.Errorf("established TCP connection %s -> %s did not survive the failover: %v", res.src.Name, res.dst.Name, res.tcpErr)
+	}
+	if hubDown {
+		if err := l.StartHub(ctx); err != nil {
+			t.Fatal(err)
 		}
 	}
-	took := time.Since(start)
-	now, _ := l.ActiveGateway(ctx, m)
-	if now == nil || now == old {
-		t.Errorf("active gateway is %v, want the other candidate", now)
+	if err := l.PowerOn(old); err != nil {
+		t.Fatal(err)
 	}
-	t.Logf("TAKEOVER: %s stopped -> traffic through %v after %.1fs (lease %s) [%s]", old.Name, now.Name, took.Seconds(), l.LeaseDuration, strings.Join(times, ", "))
+	waitPairs(t, l.Pods(), 90*time.Second)
+	if h, _ := l.ActiveGateway(ctx, m); h != now {
+		t.Errorf("after %s came back the gateway is %v, want %s (it must stand by)", old.Name, h, now.Name)
+	}
+}
 
-	// The old gateway comes back as a standby; everything keeps working.
-	if err := l.SetLinks(old, true); err != nil {
+type failoverResult struct {
+	src, dst *lab.Pod
+	off      time.Time
+	stream   lab.StreamResult
+	tcpErr   error
+}
+
+// failover powers off m's active gateway during a stream from m's worker
+// pod to bravo's, and returns what the stream saw; the old gateway stays off
+// (and the hub stopped when hubDown).
+func failover(ctx context.Context, tb testing.TB, l *lab.Lab, m *lab.Member, interval time.Duration, hubDown bool) (failoverResult, *lab.Node, *lab.Node, error) {
+	var r failoverResult
+	r.src, r.dst = lab.PodByName(l, m.Name+"-w1-p1"), lab.PodByName(l, "bravo-w1-p1")
+	for _, pr := range [][2]*lab.Pod{{r.src, r.dst}, {r.dst, r.src}} {
+		if _, err := lab.WaitTCP(ctx, pr[0], pr[1], 60*time.Second); err != nil {
+			return r, nil, nil, err
+		}
+	}
+	old, err := l.ActiveGateway(ctx, m)
+	if err != nil || old == nil {
+		return r, nil, nil, fmt.Errorf("active gateway of %s: %v %v", m.Name, old, err)
+	}
+	conn, err := lab.Dial(ctx, r.src, r.dst)
+	if err != nil {
+		return r, nil, nil, err
+	}
+	defer conn.Close()
+	if err := conn.Check(5 * time.Second); err != nil {
+		return r, nil, nil, err
+	}
+	if hubDown {
+		l.StopHub()
+		time.Sleep(2 * time.Second)
+	}
+	st, err := lab.StartStream(ctx, r.src, r.dst, interval)
+	if err != nil {
+		return r, nil, nil, err
+	}
+	time.Sleep(time.Second)
+	r.off = time.Now()
+	if err := l.PowerOff(old); err != nil {
+		st.Stop()
+		return r, nil, nil, err
+	}
+	var now *lab.Node
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if n, _ := l.ActiveGateway(ctx, m); n != nil && n != old {
+			now = n
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Let the stream run on well past the takeover.
+	time.Sleep(6 * time.Second)
+	r.tcpErr = conn.Check(20 * time.Second)
+	r.stream = st.Stop()
+	if now == nil {
+		return r, old, nil, fmt.Errorf("no new gateway of %s 20s after %s lost power (%s)", m.Name, old.Name, r.stream)
+	}
+	return r, old, now, nil
+}
+
+// 9c. A rollout: SIGTERM of the active agent during a stream at 50 ms, the
+// agent back a second later. The Lease is not released, the device process
+// lives on and keeps answering the standby's probes: nothing is lost and the
+// gateway stays.
+func TestActiveAgentSIGTERMLosesNothing(t *testing.T) {
+	l := need(t)
+	ctx := context.Background()
+	m := l.Member("alpha")
+	if len(m.Candidates()) < 2 {
+		t.Skip("alpha has one gateway candidate in this lab")
+	}
+	src, dst := pod(t, l, "alpha-w1-p1"), pod(t, l, "bravo-w1-p1")
+	if _, err := lab.WaitTCP(ctx, src, dst, 60*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.StartAgent(old); err != nil {
+	gw, err := l.ActiveGateway(ctx, m)
+	if err != nil || gw == nil {
+		t.Fatalf("active gateway: %v %v", gw, err)
+	}
+	lost, err := restartActive(ctx, l, m, gw, 50*time.Millisecond)
+	if err != nil {
 		t.Fatal(err)
 	}
-	waitPairs(t, l.Pods(), 60*time.Second)
+	t.Logf("ROLLOUT: SIGTERM of the agent on %s, back after 1s: %s", gw.Name, lost)
+	if lost.Lost != 0 {
+		t.Errorf("%d datagrams lost across the agent restart, want 0", lost.Lost)
+	}
+	if now, _ := l.ActiveGateway(ctx, m); now != gw {
+		t.Errorf("the gateway moved to %v, want it to stay on %s", now, gw.Name)
+	}
+}
+
+// restartActive stops gw's agent with SIGTERM during a stream, starts it a
+// second later, and returns what the stream saw.
+func restartActive(ctx context.Context, l *lab.Lab, m *lab.Member, gw *lab.Node, interval time.Duration) (lab.StreamResult, error) {
+	src, dst := lab.PodByName(l, m.Name+"-w1-p1"), lab.PodByName(l, "bravo-w1-p1")
+	st, err := lab.StartStream(ctx, src, dst, interval)
+	if err != nil {
+		return lab.StreamResult{}, err
+	}
+	time.Sleep(time.Second)
+	l.StopAgent(gw)
+	time.Sleep(time.Second)
+	if err := l.StartAgent(gw); err != nil {
+		st.Stop()
+		return lab.StreamResult{}, err
+	}
+	// Longer than the Lease: the new agent must have renewed it.
+	time.Sleep(6 * time.Second)
+	return st.Stop(), nil
 }
 
 // 5. A fourth member joins a running archipelago: time from the

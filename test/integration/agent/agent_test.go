@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -26,6 +29,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/util/retry"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/archipelago-mesh/archipelago/agent/controlplane"
@@ -113,11 +117,22 @@ type runningAgent struct {
 	kernel *dpfake.Kernel
 	agent  *controlplane.Agent
 	keyDir string
+	stop   func()
 }
+
+// hubUnreachable makes every hub connection an agent sets up from now on
+// point at a closed port (the hub is "down" for agents that connect anew).
+var hubUnreachable atomic.Bool
 
 func startAgent(t *testing.T, nodeName string) *runningAgent {
 	t.Helper()
-	ra := &runningAgent{kernel: dpfake.NewKernel(), keyDir: filepath.Join(t.TempDir(), "key")}
+	return startAgentOn(t, nodeName, dpfake.NewKernel(), filepath.Join(t.TempDir(), "key"))
+}
+
+// startAgentOn starts an agent on an existing fake kernel (a restart).
+func startAgentOn(t *testing.T, nodeName string, kernel *dpfake.Kernel, keyDir string) *runningAgent {
+	t.Helper()
+	ra := &runningAgent{kernel: kernel, keyDir: keyDir}
 	dp := ra.kernel.Dataplane("arch0", testr.New(t))
 	a, err := controlplane.New(controlplane.Config{
 		NodeName: nodeName, Member: member.Config, TunnelInterface: "arch0",
@@ -127,7 +142,14 @@ func startAgent(t *testing.T, nodeName string) *runningAgent {
 		// Renew after 5 % of the token's lifetime (30 s of the 10 minutes
 		// below) instead of 75 %, so that the test sees renewals.
 		TokenRenewFraction: 0.05,
-		Log:                testr.NewWithOptions(t, testr.Options{Verbosity: 0}).WithValues("agent", nodeName),
+		HubConfig: func(m *meshv1.ClusterSetMembership, s *corev1.Secret) (*rest.Config, error) {
+			c, err := controlplane.DefaultHubConfig(m, s)
+			if err == nil && hubUnreachable.Load() {
+				c.Host = "https://127.0.0.1:1"
+			}
+			return c, err
+		},
+		Log: testr.NewWithOptions(t, testr.Options{Verbosity: 0}).WithValues("agent", nodeName),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -141,12 +163,17 @@ func startAgent(t *testing.T, nodeName string) *runningAgent {
 			t.Errorf("agent %s: %v", nodeName, err)
 		}
 	}()
-	t.Cleanup(func() { cancel(); <-done })
+	var once sync.Once
+	ra.stop = func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(ra.stop)
 	return ra
 }
 
 func TestAgentJoinsAndPeers(t *testing.T) {
 	needAPIServers(t)
+	// Agents restarted inside a subtest live on after it: they belong to
+	// the whole test (its cleanup stops them, its log takes their lines).
+	parent := t
 	// A long drain timeout: a deleted peer must be released by the agent's
 	// acknowledgement, not by the timeout.
 	framework.StartHub(t, hub.Config, controllers.Options{PeerDrainTimeout: 2 * time.Minute})
@@ -439,6 +466,137 @@ func TestAgentJoinsAndPeers(t *testing.T) {
 		})
 	})
 
+	t.Run("standbys hold the peer directory and the shared key", func(t *testing.T) {
+		var b meshv1.MembershipPeer
+		for _, p := range getMS().Status.Peers {
+			if p.Cluster == "b" {
+				b = p
+			}
+		}
+		if b.PublicKey != bKey.PublicKey().String() || b.DirectoryEndpoint != "192.0.2.2:51820" {
+			t.Errorf("peer b in the membership status: key %q endpoint %q, want b's key and 192.0.2.2:51820", b.PublicKey, b.DirectoryEndpoint)
+		}
+		keys := map[string]string{}
+		for _, name := range []string{"n1", "n2"} {
+			n := &corev1.Node{}
+			if err := mc.Get(ctx, client.ObjectKey{Name: name}, n); err != nil {
+				t.Fatal(err)
+			}
+			keys[name] = n.Annotations[meshv1.AnnotationPublicKey]
+		}
+		if keys["n1"] == "" || keys["n1"] != keys["n2"] {
+			t.Errorf("candidates publish public keys %v, want one shared key", keys)
+		}
+	})
+
+	t.Run("restart of the active agent keeps the gateway", func(t *testing.T) {
+		lease := func() (string, int32) {
+			l := &coordinationv1.Lease{}
+			if err := mc.Get(ctx, client.ObjectKey{Namespace: controlplane.DefaultNamespace, Name: controlplane.DefaultLeaseName}, l); err != nil {
+				t.Fatal(err)
+			}
+			return ptr.Deref(l.Spec.HolderIdentity, ""), ptr.Deref(l.Spec.LeaseTransitions, 0)
+		}
+		holder, transitions := lease()
+		if holder != active {
+			t.Fatalf("Lease holder %q, status says %q", holder, active)
+		}
+		old := agents[active]
+		old.stop() // SIGTERM: the Lease is not released
+		if h, _ := lease(); h != active {
+			t.Fatalf("Lease holder after the stop: %q, want %q (not released)", h, active)
+		}
+		agents[active] = startAgentOn(parent, active, old.kernel, old.keyDir)
+		// Longer than the Lease: the new agent renews it, nobody takes over.
+		time.Sleep(4 * time.Second)
+		if h, n := lease(); h != active || n != transitions {
+			t.Errorf("after the restart: holder %q transitions %d, want %q and %d", h, n, active, transitions)
+		}
+		dev, err := old.kernel.WG.Device("arch0")
+		if err != nil || len(dev.Peers) != 1 {
+			t.Errorf("device after the restart: %v %v", dev, err)
+		}
+	})
+
+	t.Run("takeover while the hub is unreachable", func(t *testing.T) {
+		hubUnreachable.Store(true)
+		defer hubUnreachable.Store(false)
+		standby := "n1"
+		if active == "n1" {
+			standby = "n2"
+		}
+		start := time.Now()
+		agents[active].stop() // the node dies: no renewals, no release
+		eventually(t, "standby's device has peer b from the local directory", func() (bool, string) {
+			dev, err := agents[standby].kernel.WG.Device("arch0")
+			if err != nil {
+				return false, err.Error()
+			}
+			if len(dev.Peers) != 1 || dev.Peers[0].PublicKey != bKey.PublicKey() || dev.Peers[0].Endpoint == nil || dev.Peers[0].Endpoint.String() != "192.0.2.2:51820" {
+				return false, fmt.Sprintf("%+v", dev.Peers)
+			}
+			return true, ""
+		})
+		took := time.Since(start)
+		var standbyIP string
+		n := &corev1.Node{}
+		_ = mc.Get(ctx, client.ObjectKey{Name: standby}, n)
+		for _, a := range n.Status.Addresses {
+			standbyIP = a.Address
+		}
+		eventually(t, "worker routes via the new gateway", func() (bool, string) {
+			rs := agents["n3"].kernel.Netlink.Routes(routing.DefaultTable)
+			via := 0
+			for _, r := range rs {
+				if r.Gw != nil {
+					if r.Gw.String() != standbyIP {
+						return false, fmt.Sprintf("%v", rs)
+					}
+					via++
+				}
+			}
+			return via == 1, fmt.Sprintf("%v", rs)
+		})
+		t.Logf("takeover without the hub: %s's tunnel up %.1fs after %s stopped (lease 3s, no probes)", standby, took.Seconds(), active)
+		// The old gateway comes back: it finds another holder and keeps its
+		// device without peers (a standby sends nothing with the shared
+		// key).
+		old := agents[active]
+		agents[active] = startAgentOn(parent, active, old.kernel, old.keyDir)
+		eventually(t, "old gateway stands by with a device without peers", func() (bool, string) {
+			dev, err := old.kernel.WG.Device("arch0")
+			if err != nil {
+				return false, err.Error()
+			}
+			return len(dev.Peers) == 0, fmt.Sprintf("%d peers", len(dev.Peers))
+		})
+		active = standby
+	})
+
+	t.Run("the shared private key is in one member Secret only", func(t *testing.T) {
+		sec := &corev1.Secret{}
+		if err := mc.Get(ctx, client.ObjectKey{Namespace: controlplane.DefaultNamespace, Name: controlplane.DefaultKeySecret}, sec); err != nil {
+			t.Fatal(err)
+		}
+		s := strings.TrimSpace(string(sec.Data[controlplane.KeySecretKey]))
+		if _, err := wgtypes.ParseKey(s); err != nil {
+			t.Fatalf("key Secret: %v", err)
+		}
+		raw, _ := base64.StdEncoding.DecodeString(s)
+		secrets := []string{s, base64.StdEncoding.EncodeToString([]byte(s)), fmt.Sprintf("%x", raw)}
+		hubHits, n := scanAll(t, hub.Config, secrets)
+		t.Logf("hub: scanned %d objects", n)
+		if len(hubHits) != 0 {
+			t.Errorf("the hub holds the private key in %v", hubHits)
+		}
+		memberHits, n := scanAll(t, member.Config, secrets)
+		t.Logf("member: scanned %d objects", n)
+		want := "secrets " + controlplane.DefaultNamespace + "/" + controlplane.DefaultKeySecret
+		if len(memberHits) != 1 || memberHits[0] != want {
+			t.Errorf("the member holds the private key in %v, want only %s", memberHits, want)
+		}
+	})
+
 	t.Run("a deleted peer is dropped, acknowledged, then released", func(t *testing.T) {
 		if err := hc.Delete(ctx, &meshv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: "b"}}); err != nil {
 			t.Fatal(err)
@@ -465,27 +623,6 @@ func TestAgentJoinsAndPeers(t *testing.T) {
 			}
 			return len(tgw.Status.DroppedPeers) == 0, fmt.Sprintf("%+v", tgw.Status)
 		})
-	})
-
-	t.Run("no API object holds a private key", func(t *testing.T) {
-		var secrets []string
-		for _, ra := range agents {
-			k, err := os.ReadFile(filepath.Join(ra.keyDir, wireguard.KeyFileName))
-			if err != nil {
-				continue // workers never create a key
-			}
-			s := strings.TrimSpace(string(k))
-			secrets = append(secrets, s, base64.StdEncoding.EncodeToString([]byte(s)))
-			raw, _ := base64.StdEncoding.DecodeString(s)
-			secrets = append(secrets, fmt.Sprintf("%x", raw))
-		}
-		if len(secrets) != 6 {
-			t.Fatalf("expected 2 candidate keys, found %d", len(secrets)/3)
-		}
-		for name, srv := range map[string]*rest.Config{"hub": hub.Config, "member": member.Config} {
-			scanned := scanAll(t, srv, secrets)
-			t.Logf("%s: scanned %d objects", name, scanned)
-		}
 	})
 
 	// Last: leave. Only leaving lifts fail-closed: the membership goes,
@@ -634,9 +771,10 @@ func askHub(token string) error {
 	return c.Get(context.Background(), client.ObjectKey{Name: "a"}, &meshv1.MemberCluster{})
 }
 
-// scanAll lists every object of every listable resource and fails when one
-// contains any of secrets.
-func scanAll(t *testing.T, cfg *rest.Config, secrets []string) int {
+// scanAll lists every object of every listable resource and returns those
+// ("resource namespace/name") that contain any of secrets, and how many
+// objects it scanned.
+func scanAll(t *testing.T, cfg *rest.Config, secrets []string) ([]string, int) {
 	t.Helper()
 	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
 	if err != nil {
@@ -651,6 +789,7 @@ func scanAll(t *testing.T, cfg *rest.Config, secrets []string) int {
 		t.Fatal(err)
 	}
 	n := 0
+	var hits []string
 	for _, l := range lists {
 		gv, err := schema.ParseGroupVersion(l.GroupVersion)
 		if err != nil {
@@ -669,7 +808,8 @@ func scanAll(t *testing.T, cfg *rest.Config, secrets []string) int {
 				b, _ := json.Marshal(o.Object)
 				for _, s := range secrets {
 					if strings.Contains(string(b), s) {
-						t.Errorf("%s %s/%s contains a private key", r.Name, o.GetNamespace(), o.GetName())
+						hits = append(hits, fmt.Sprintf("%s %s/%s", r.Name, o.GetNamespace(), o.GetName()))
+						break
 					}
 				}
 			}
@@ -678,7 +818,7 @@ func scanAll(t *testing.T, cfg *rest.Config, secrets []string) int {
 	if n == 0 {
 		t.Error("scanned nothing")
 	}
-	return n
+	return hits, n
 }
 
 func contains(ss []string, s string) bool {

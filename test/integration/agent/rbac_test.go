@@ -151,6 +151,14 @@ func TestAgentDaemonSetsDifferOnlyInIdentity(t *testing.T) {
 		if err := yaml.Unmarshal(b, ds); err != nil {
 			t.Fatal(err)
 		}
+		if ds.Name == "archipelago-device" {
+			// Not an agent: the long-lived WireGuard device and liveness
+			// responder on candidates (no ServiceAccount token at all).
+			if ds.Spec.Template.Spec.AutomountServiceAccountToken == nil || *ds.Spec.Template.Spec.AutomountServiceAccountToken {
+				t.Error("archipelago-device mounts a ServiceAccount token; it needs none")
+			}
+			continue
+		}
 		byName[ds.Name] = ds
 	}
 	worker, gateway := byName["archipelago-agent"], byName["archipelago-gateway"]
