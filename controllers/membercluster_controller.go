@@ -346,18 +346,24 @@ func (r *MemberClusterReconciler) reconcileNamespace(ctx context.Context, s *mem
 }
 
 // quotaUncountedAfter is how long a gateway quota may stay without usage
-// before the hub replaces it.
+// before the hub makes the quota controller look at it again, and how long
+// it waits between two such nudges.
 const quotaUncountedAfter = 20 * time.Second
 
-// refreshUncountedQuota replaces a gateway quota that the quota controller
+// annotationQuotaNudged records when the hub last nudged a quota.
+const annotationQuotaNudged = "archipelago.dev/quota-nudged"
+
+// refreshUncountedQuota makes the quota controller count a gateway quota it
 // took in but cannot count. The controller counts a custom resource only
 // once it watches it, and it discovers new resources every 30 s; a quota it
 // first saw before then has the limit in status.hard but no status.used, and
 // it does not look at that quota again until its full resync (5 minutes by
 // default). Meanwhile the API server refuses every TunnelGateway create
 // ("status unknown for quota"): a member that joins a freshly installed hub
-// would wait minutes for its first gateway. A quota that is replaced once
-// the controller watches the resource is counted at once.
+// would wait minutes for its first gateway. The controller recounts a quota
+// whose spec.hard changed, so the hub lowers the limit by one and the next
+// pass (ensure) restores it: two changes, each stricter than or equal to
+// the limit, so the quota is enforced throughout.
 func (r *MemberClusterReconciler) refreshUncountedQuota(ctx context.Context, quota *corev1.ResourceQuota) (ctrl.Result, error) {
 	if _, limited := quota.Status.Hard[GatewayQuotaResource]; !limited {
 		// Not taken in yet, or no quota controller runs at all: the API
@@ -367,15 +373,26 @@ func (r *MemberClusterReconciler) refreshUncountedQuota(ctx context.Context, quo
 	if _, counted := quota.Status.Used[GatewayQuotaResource]; counted {
 		return ctrl.Result{}, nil
 	}
-	if wait := quota.CreationTimestamp.Add(quotaUncountedAfter).Sub(r.now()); wait > 0 {
+	since := quota.CreationTimestamp.Time
+	if t, err := time.Parse(time.RFC3339, quota.Annotations[annotationQuotaNudged]); err == nil && t.After(since) {
+		since = t
+	}
+	if wait := since.Add(quotaUncountedAfter).Sub(r.now()); wait > 0 {
 		return ctrl.Result{RequeueAfter: wait + time.Second}, nil
 	}
-	uid, rv := quota.UID, quota.ResourceVersion
-	if err := r.Client.Delete(ctx, quota, client.Preconditions{UID: &uid, ResourceVersion: &rv}); err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
-		return ctrl.Result{}, fmt.Errorf("replace the uncounted quota %s: %w", client.ObjectKeyFromObject(quota), err)
+	nudged := quota.DeepCopy()
+	nudged.Spec.Hard = corev1.ResourceList{GatewayQuotaResource: *resource.NewQuantity(MaxGatewaysPerMember-1, resource.DecimalSI)}
+	if nudged.Annotations == nil {
+		nudged.Annotations = map[string]string{}
 	}
-	logf.FromContext(ctx).Info("Replaced a gateway quota the quota controller did not count", "quota", client.ObjectKeyFromObject(quota))
-	// The next pass creates it anew.
+	nudged.Annotations[annotationQuotaNudged] = r.now().UTC().Format(time.RFC3339)
+	// Update carries the resourceVersion read: a quota changed meanwhile is
+	// left for the next pass.
+	if err := r.Client.Update(ctx, nudged); err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+		return ctrl.Result{}, fmt.Errorf("nudge the uncounted quota %s: %w", client.ObjectKeyFromObject(quota), err)
+	}
+	logf.FromContext(ctx).Info("Nudged a gateway quota the quota controller did not count", "quota", client.ObjectKeyFromObject(quota))
+	// The next pass restores the limit.
 	return ctrl.Result{RequeueAfter: time.Second}, nil
 }
 

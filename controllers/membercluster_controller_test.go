@@ -4,12 +4,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
+	"slices"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -429,9 +429,12 @@ func TestReconcileDeleteDrainTimeout(t *testing.T) {
 
 // A quota the quota controller took in before it watched TunnelGateways
 // (status.hard without status.used) refuses every gateway create until the
-// controller's next full resync. The hub replaces it once it is older than
-// quotaUncountedAfter, and leaves counted and young quotas alone.
-func TestReconcileReplacesUncountedQuota(t *testing.T) {
+// controller's next full resync. Once it is older than quotaUncountedAfter
+// the hub lowers its limit by one (a spec change makes the controller
+// recount) and the next pass restores it; the quota is never deleted, so it
+// is enforced throughout. Counted and young quotas are left alone, and
+// nudges are spaced by quotaUncountedAfter.
+func TestReconcileNudgesUncountedQuota(t *testing.T) {
 	c, r, now := newFakeHub(t, prodSet(),
 		&meshv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: "east"}, Spec: meshv1.MemberClusterSpec{ClusterSet: "prod"}})
 	ctx := context.Background()
@@ -443,6 +446,10 @@ func TestReconcileReplacesUncountedQuota(t *testing.T) {
 			t.Fatal(err)
 		}
 		return q
+	}
+	limitOf := func(q *corev1.ResourceQuota) int64 {
+		n := q.Spec.Hard[GatewayQuotaResource]
+		return n.Value()
 	}
 	limit := *resource.NewQuantity(MaxGatewaysPerMember, resource.DecimalSI)
 	setStatus := func(used bool) {
@@ -456,41 +463,45 @@ func TestReconcileReplacesUncountedQuota(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-
-	// No status at all (no quota controller): left alone.
-	first := get().UID
-	*now = now.Add(time.Hour)
-	reconcileMember(t, r, "east")
-	if get().UID != first {
-		t.Fatal("a quota without status was replaced")
+	// watchLimits records every limit the quota had, pass by pass.
+	var limits []int64
+	pass := func() {
+		reconcileMember(t, r, "east")
+		limits = append(limits, limitOf(get()))
 	}
 
+	// No status at all (no quota controller): left alone.
+	*now = now.Add(time.Hour)
+	pass()
 	// Counted: left alone however old.
 	setStatus(true)
 	*now = now.Add(time.Hour)
-	reconcileMember(t, r, "east")
-	if get().UID != first {
-		t.Fatal("a counted quota was replaced")
-	}
-
+	pass()
 	// Taken in but not counted, and young: a pass comes back for it.
 	setStatus(false)
 	if res := reconcileMember(t, r, "east"); res.RequeueAfter <= 0 || res.RequeueAfter > quotaUncountedAfter+time.Second {
 		t.Errorf("young uncounted quota: requeue after %v, want within %v", res.RequeueAfter, quotaUncountedAfter+time.Second)
 	}
-	if get().UID != first {
-		t.Fatal("a young uncounted quota was replaced")
+	limits = append(limits, limitOf(get()))
+	if !slices.Equal(limits, []int64{MaxGatewaysPerMember, MaxGatewaysPerMember, MaxGatewaysPerMember}) {
+		t.Fatalf("limits %v before the quota was old enough, want %d each time", limits, MaxGatewaysPerMember)
 	}
-	// Older than quotaUncountedAfter: deleted, and created anew by the next
-	// pass with the same limit (and no status: the controller counts it).
+	// Older than quotaUncountedAfter: lowered by one, then restored; a
+	// further pass within quotaUncountedAfter does not nudge again.
 	*now = now.Add(quotaUncountedAfter + time.Second)
-	reconcileMember(t, r, "east")
-	if err := c.Get(ctx, key, &corev1.ResourceQuota{}); !apierrors.IsNotFound(err) {
-		t.Fatalf("an uncounted quota older than quotaUncountedAfter was kept (get: %v)", err)
+	limits = nil
+	pass()
+	pass()
+	pass()
+	if want := []int64{MaxGatewaysPerMember - 1, MaxGatewaysPerMember, MaxGatewaysPerMember}; !slices.Equal(limits, want) {
+		t.Errorf("limits pass by pass %v, want %v", limits, want)
 	}
-	reconcileMember(t, r, "east")
-	q := get()
-	if n, ok := q.Spec.Hard[GatewayQuotaResource]; !ok || n.Value() != MaxGatewaysPerMember || len(q.Status.Hard) != 0 {
-		t.Errorf("replacement quota %+v", q)
+	// Still uncounted a while later: nudged again.
+	*now = now.Add(quotaUncountedAfter + time.Second)
+	limits = nil
+	pass()
+	pass()
+	if want := []int64{MaxGatewaysPerMember - 1, MaxGatewaysPerMember}; !slices.Equal(limits, want) {
+		t.Errorf("second nudge: limits %v, want %v", limits, want)
 	}
 }
