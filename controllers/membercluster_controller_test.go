@@ -505,3 +505,30 @@ func TestReconcileNudgesUncountedQuota(t *testing.T) {
 		t.Errorf("second nudge: limits %v, want %v", limits, want)
 	}
 }
+
+// A gateway's droppedPeers are written by its member: the hub follows only
+// the names of members being deleted in the gateway's own ClusterSet, so a
+// member listing every name it can guess makes the hub reconcile no one else.
+func TestDrainAcknowledgementsOnlyForOwnSetWithdrawals(t *testing.T) {
+	deleting := func(name, set string) *meshv1.MemberCluster {
+		return &meshv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: name, Finalizers: []string{"test"}, DeletionTimestamp: &metav1.Time{Time: time.Now()}},
+			Spec: meshv1.MemberClusterSpec{ClusterSet: set}}
+	}
+	other := &meshv1.ClusterSet{ObjectMeta: metav1.ObjectMeta{Name: "other"}}
+	_, r, _ := newFakeHub(t, prodSet(), other,
+		&meshv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: "east"}, Spec: meshv1.MemberClusterSpec{ClusterSet: "prod"}},
+		&meshv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: "north"}, Spec: meshv1.MemberClusterSpec{ClusterSet: "prod"}},
+		deleting("leaving", "prod"),
+		deleting("elsewhere", "other"),
+	)
+	reconcileMember(t, r, "east") // its namespace, labelled with its name
+	gw := &meshv1.TunnelGateway{ObjectMeta: metav1.ObjectMeta{Name: "gw", Namespace: MemberNamespace("east")}}
+	got := r.drainsAcknowledged(context.Background(), gw, []string{"leaving", "north", "elsewhere", "nobody", "east"})
+	if !slices.Equal(got, []string{"leaving"}) {
+		t.Errorf("drains followed: %v, want only [leaving] (being deleted, same set)", got)
+	}
+	// A gateway outside any member's namespace is followed for no one.
+	if got := r.drainsAcknowledged(context.Background(), &meshv1.TunnelGateway{ObjectMeta: metav1.ObjectMeta{Name: "gw", Namespace: "default"}}, []string{"leaving"}); len(got) != 0 {
+		t.Errorf("gateway outside member namespaces: %v", got)
+	}
+}

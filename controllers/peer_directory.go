@@ -259,13 +259,47 @@ func (r *MemberClusterReconciler) gatewayEvents() handler.EventHandler {
 			// at about the same time: a short delay lets the queue fold
 			// them into a few drain passes (each reads every peer's
 			// gateway) instead of one per peer.
+			var newly []string
 			for _, name := range gw.Status.DroppedPeers {
 				if !slices.Contains(old.Status.DroppedPeers, name) {
-					q.AddAfter(reconcile.Request{NamespacedName: types.NamespacedName{Name: name}}, drainAckDelay)
+					newly = append(newly, name)
 				}
+			}
+			for _, name := range r.drainsAcknowledged(ctx, gw, newly) {
+				q.AddAfter(reconcile.Request{NamespacedName: types.NamespacedName{Name: name}}, drainAckDelay)
 			}
 		},
 	}
+}
+
+// drainsAcknowledged keeps of names (a gateway's newly dropped peers) the
+// members whose drain can wait for that gateway: members being deleted, in
+// the ClusterSet of the gateway's own member. A member writes its
+// gateways' status itself, so a list of other names (every member of every
+// set, flipped a few times a second) must not make the hub reconcile them.
+func (r *MemberClusterReconciler) drainsAcknowledged(ctx context.Context, gw *meshv1.TunnelGateway, names []string) []string {
+	if len(names) == 0 {
+		return nil
+	}
+	owners := r.memberOfNamespacedObject(ctx, gw)
+	if len(owners) != 1 {
+		return nil
+	}
+	owner := &meshv1.MemberCluster{}
+	if err := r.Client.Get(ctx, owners[0].NamespacedName, owner); err != nil {
+		return nil
+	}
+	var out []string
+	for _, name := range names {
+		m := &meshv1.MemberCluster{}
+		if err := r.Client.Get(ctx, types.NamespacedName{Name: name}, m); err != nil {
+			continue
+		}
+		if !m.DeletionTimestamp.IsZero() && m.Spec.ClusterSet == owner.Spec.ClusterSet {
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 // gatewayChangeMatters is false for a heartbeat alone (only status.lastSeen

@@ -53,6 +53,8 @@ type TunnelGatewayStatus struct {
 	// recent handshake with (normally empty).
 	// +optional
 	// +listType=set
+	// +kubebuilder:validation:MaxItems=4096
+	// +kubebuilder:validation:items:MaxLength=63
 	DownPeers []string `json:"downPeers,omitempty"`
 
 	// DroppedPeers are the withdrawn peers (ClusterSetPeer spec.withdrawn)
@@ -60,6 +62,8 @@ type TunnelGatewayStatus struct {
 	// deleted member's ranges once every live peer lists it here.
 	// +optional
 	// +listType=set
+	// +kubebuilder:validation:MaxItems=4096
+	// +kubebuilder:validation:items:MaxLength=63
 	DroppedPeers []string `json:"droppedPeers,omitempty"`
 
 	// LastSeen is the agent's heartbeat: when it last refreshed this object
