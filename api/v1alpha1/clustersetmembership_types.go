@@ -125,9 +125,10 @@ type ClusterSetMembershipStatus struct {
 	// +listType=map
 	// +listMapKey=cluster
 	Peers []MembershipPeer `json:"peers,omitempty"`
-	// ReadyPeers is how many peers have their tunnel up.
+	// ReadyPeers is how many peers have their tunnel up. (Earlier versions
+	// wrote a "k/n" string to status.readyPeers; the API server prunes it.)
 	// +optional
-	ReadyPeers int32 `json:"readyPeers"`
+	ReadyPeers int32 `json:"readyPeerCount"`
 	// TotalPeers is how many peers this cluster has.
 	// +optional
 	TotalPeers int32 `json:"totalPeers"`
@@ -149,7 +150,7 @@ type ClusterSetMembershipStatus struct {
 // +kubebuilder:printcolumn:name="ClusterSet",type=string,JSONPath=`.spec.clusterSet`
 // +kubebuilder:printcolumn:name="Pod CIDRs",type=string,JSONPath=`.status.podCIDRs`
 // +kubebuilder:printcolumn:name="Gateway",type=string,JSONPath=`.status.activeGateway`
-// +kubebuilder:printcolumn:name="Ready Peers",type=integer,JSONPath=`.status.readyPeers`
+// +kubebuilder:printcolumn:name="Ready Peers",type=integer,JSONPath=`.status.readyPeerCount`
 // +kubebuilder:printcolumn:name="Peers",type=integer,JSONPath=`.status.totalPeers`
 // +kubebuilder:printcolumn:name="Joined",type=string,JSONPath=`.status.conditions[?(@.type=="Joined")].status`
 // +kubebuilder:printcolumn:name="CIDRs Match",type=string,priority=1,JSONPath=`.status.conditions[?(@.type=="CIDRsMatch")].status`

@@ -121,9 +121,10 @@ type MemberClusterStatus struct {
 	ActiveGateway string `json:"activeGateway,omitempty"`
 
 	// ConnectedPeers is how many peers the active gateway reports a tunnel
-	// up to (its TunnelGateway's status.peersUp).
+	// up to (its TunnelGateway's status.peersUp). (Earlier versions wrote a
+	// "k/n" string to status.connectedPeers; the API server prunes it.)
 	// +optional
-	ConnectedPeers int32 `json:"connectedPeers"`
+	ConnectedPeers int32 `json:"connectedPeerCount"`
 
 	// TotalPeers is how many peers the active gateway's directory holds
 	// (status.peersUp plus its status.downPeers).
@@ -147,7 +148,7 @@ type MemberClusterStatus struct {
 // +kubebuilder:printcolumn:name="ClusterSet",type=string,JSONPath=`.spec.clusterSet`
 // +kubebuilder:printcolumn:name="Pod CIDRs",type=string,JSONPath=`.status.podCIDRs`
 // +kubebuilder:printcolumn:name="Gateway",type=string,JSONPath=`.status.activeGateway`
-// +kubebuilder:printcolumn:name="Connected",type=integer,JSONPath=`.status.connectedPeers`
+// +kubebuilder:printcolumn:name="Connected",type=integer,JSONPath=`.status.connectedPeerCount`
 // +kubebuilder:printcolumn:name="Peers",type=integer,JSONPath=`.status.totalPeers`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Reason",type=string,priority=1,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`

@@ -94,7 +94,6 @@ func runAgent(args []string) error {
 		nodeName       = fs.String("node-name", os.Getenv("NODE_NAME"), "This node's name (default $NODE_NAME).")
 		kubeconfig     = fs.String("kubeconfig", os.Getenv("KUBECONFIG"), "Kubeconfig of the member cluster; empty means in-cluster.")
 		namespace      = fs.String("namespace", controlplane.DefaultNamespace, "Namespace of the gateway election Lease.")
-		membership     = fs.String("membership", controlplane.DefaultMembershipName, "Name of the ClusterSetMembership to follow.")
 		leaseName      = fs.String("lease-name", controlplane.DefaultLeaseName, "Name of the gateway election Lease.")
 		leaseDuration  = fs.Duration("lease-duration", 4*time.Second, "How long the active gateway's Lease is valid without renewal (failover time when liveness probes cannot tell).")
 		renewDeadline  = fs.Duration("renew-deadline", 3*time.Second, "How long the active gateway retries renewing before it steps down (shorter than --lease-duration).")
@@ -147,7 +146,7 @@ func runAgent(args []string) error {
 	controlplane.RegisterMetrics()
 	agent, err := controlplane.New(controlplane.Config{
 		NodeName: *nodeName, Member: cfg, Namespace: *namespace, LeaseName: *leaseName,
-		MembershipName: *membership, LeaseDuration: *leaseDuration, RenewDeadline: *renewDeadline,
+		MembershipName: controlplane.DefaultMembershipName, LeaseDuration: *leaseDuration, RenewDeadline: *renewDeadline,
 		RetryPeriod: *retryPeriod, TakeoverGrace: *grace, ProbePort: *probePort,
 		ProbeInterval: *probeInterval, ProbeMisses: *probeMisses,
 		TunnelInterface: *iface, PublicEndpoint: *endpoint,

@@ -209,7 +209,7 @@ func (e *env) nodes(cluster string) []nodeInfo {
 type membership struct {
 	ActiveGateway   string `json:"activeGateway"`
 	ActiveGatewayIP string `json:"activeGatewayIP"`
-	ReadyPeers      int32  `json:"readyPeers"`
+	ReadyPeers      int32  `json:"readyPeerCount"`
 	TotalPeers      int32  `json:"totalPeers"`
 	PodCIDRs        []string
 	Peers           []struct {

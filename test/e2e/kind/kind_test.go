@@ -174,7 +174,7 @@ spec:
 		}
 	})
 
-	e.phase("tunnels up (membership readyPeers 1/1 in both members)", func() { e.waitTunnels(3 * time.Minute) })
+	e.phase("tunnels up (membership readyPeerCount 1/1 in both members)", func() { e.waitTunnels(3 * time.Minute) })
 
 	e.phase("standby candidate in c2 published its key", func() {
 		if err := eventually(time.Minute, time.Second, func() error {
@@ -296,7 +296,7 @@ func (e *env) waitTunnels(timeout time.Duration) {
 				return err
 			}
 			if m.ReadyPeers != 1 || m.TotalPeers != 1 {
-				return fmt.Errorf("%s: readyPeers %d/%d, active gateway %q, peers %+v", c, m.ReadyPeers, m.TotalPeers, m.ActiveGateway, m.Peers)
+				return fmt.Errorf("%s: readyPeerCount %d/%d, active gateway %q, peers %+v", c, m.ReadyPeers, m.TotalPeers, m.ActiveGateway, m.Peers)
 			}
 		}
 		return nil
@@ -606,9 +606,9 @@ func (e *env) waitAgentReady(t *testing.T, cluster, node string) {
 // testFailover stops the node of c2's active gateway and measures how long
 // until a pod of c1 reaches a pod of c2 again; c2's other candidate must then
 // be the active gateway. First with `docker stop` (systemd shuts the node
-// down, the agent gets SIGTERM and releases its Lease), then, with that node
-// started again as the standby, with `docker kill` (a crash: the Lease has to
-// expire, --lease-duration).
+// down; the agent gets SIGTERM and keeps its Lease), then, with that node
+// started again as the standby, with `docker kill` (a crash). Either way the
+// standby's liveness probes find the node gone and it takes the Lease.
 func (e *env) testFailover(t *testing.T, probes map[string][]probe) {
 	c2 := e.members[1]
 	stopped := e.failover(t, probes, "stop")
