@@ -229,6 +229,8 @@ type Agent struct {
 	// held back by the debounce.
 	lastReport    time.Time
 	reportPending atomic.Bool
+	// underlayRead is the last read of the interface under the tunnel.
+	underlayRead underlayCache
 	// peerClusters names the tunnel's peers (the last plan's), for metrics.
 	peerClusters map[wgtypes.Key]string
 	// left is true once the data path was removed after the membership

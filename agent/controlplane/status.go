@@ -121,6 +121,9 @@ func (a *Agent) applyPlan(ctx context.Context, s *scope) error {
 		}
 		in.PrivateKey = key
 	}
+	if s.role == meshv1.RoleGateway || s.role == meshv1.RoleStandby {
+		in.Underlay = a.underlay(s, in.Peers)
+	}
 	s.plan = plan.WithStandbyDevice(plan.Compute(in), in)
 	if s.role == meshv1.RoleGateway && !a.stillLeading() {
 		// Stepped down while this pass ran: never apply a gateway plan
@@ -149,6 +152,62 @@ func (a *Agent) applyPlan(ctx context.Context, s *scope) error {
 	return nil
 }
 
+// underlayProber is a Datapath that finds the interface under the tunnel
+// (*dataplane.Dataplane is one).
+type underlayProber interface {
+	Underlay(local netip.Addr, endpoints []netip.Addr) (plan.Underlay, error)
+}
+
+// underlayCache is the last underlay read: it is read again once per
+// Resync (an interface's MTU rarely changes) or when the peers' endpoints
+// change, not on every event.
+type underlayCache struct {
+	ip        netip.Addr
+	endpoints []netip.Addr
+	at        time.Time
+	u         plan.Underlay
+	err       string
+}
+
+// underlay is the interface that carries this node's tunnel (towards the
+// peers' endpoints, else the one with its InternalIP), for the derived
+// tunnel MTU; the zero value when the data path cannot say.
+func (a *Agent) underlay(s *scope, peers []plan.Peer) plan.Underlay {
+	p, ok := a.cfg.Datapath.(underlayProber)
+	if !ok {
+		return plan.Underlay{}
+	}
+	ip := nodeIP(s.node)
+	var eps []netip.Addr
+	for _, peer := range peers {
+		if peer.Endpoint.IsValid() {
+			eps = append(eps, peer.Endpoint.Addr().Unmap())
+		}
+	}
+	slices.SortFunc(eps, netip.Addr.Compare)
+	eps = slices.Compact(eps)
+	a.mu.Lock()
+	c := a.underlayRead
+	a.mu.Unlock()
+	if !c.at.IsZero() && c.ip == ip && slices.Equal(c.endpoints, eps) && s.now.Sub(c.at) < a.cfg.Resync {
+		return c.u
+	}
+	u, err := p.Underlay(ip, eps)
+	n := underlayCache{ip: ip, endpoints: eps, at: s.now, u: u}
+	if err != nil {
+		n.err = err.Error()
+		if n.err != c.err {
+			a.log.Info("Cannot find the interface under the tunnel; the tunnel MTU is the default", "address", ip, "error", n.err)
+		}
+	} else if u != c.u {
+		a.log.Info("Interface under the tunnel", "interface", u.Interface, "mtu", u.MTU, "ipv6", u.IPv6)
+	}
+	a.mu.Lock()
+	a.underlayRead = n
+	a.mu.Unlock()
+	return u
+}
+
 // publishStatus is the elected agent's write of ClusterSetMembership.status
 // and of its TunnelGateway's status on the hub.
 func (a *Agent) publishStatus(ctx context.Context, s *scope) error {
@@ -175,6 +234,11 @@ func (a *Agent) publishStatus(ctx context.Context, s *scope) error {
 	st.ActiveGateway = a.cfg.NodeName
 	if ip := nodeIP(s.node); ip.IsValid() {
 		st.ActiveGatewayIP = ip.String()
+	}
+	if s.applied {
+		d := s.plan.MTU
+		st.TunnelMTU = &meshv1.TunnelMTUStatus{Effective: int32(d.MTU), Source: d.Source, UnderlayInterface: d.Underlay.Interface,
+			UnderlayMTU: int32(d.Underlay.MTU), Message: d.Message}
 	}
 	var summary tunnelSummary
 	if d := s.dir; d != nil {

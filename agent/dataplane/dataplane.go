@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"sync"
 	"time"
@@ -69,6 +70,8 @@ type Options struct {
 	Netlink routing.Netlink
 	Filter  netfilter.Conn
 	Sysctl  routing.Sysctl
+	// Links finds the interface under the tunnel (Underlay); optional.
+	Links routing.Links
 	// TunnelInterface is the device name Cleanup removes.
 	TunnelInterface string
 	Log             logr.Logger
@@ -321,7 +324,7 @@ func (d *Dataplane) applyTunnelOnce(ctx context.Context, p plan.NodePlan, res *R
 }
 
 func sameFilter(a, b netfilter.FilterPlan) bool {
-	return a.TunnelInterface == b.TunnelInterface && a.MSSClamp == b.MSSClamp &&
+	return a.TunnelInterface == b.TunnelInterface && a.MSSClamp == b.MSSClamp && a.MTU == b.MTU &&
 		slices.Equal(a.LocalPodCIDRs, b.LocalPodCIDRs) && slices.Equal(a.RemotePodCIDRs, b.RemotePodCIDRs)
 }
 
@@ -356,6 +359,42 @@ func (d *Dataplane) removeTunnel(ctx context.Context, name string, res *Result) 
 	d.staleChecked = true
 	res.TunnelRemoved = had
 	return nil
+}
+
+// Underlay finds the interface under the tunnel, the input of the derived
+// tunnel MTU: of the paths to the peers' endpoints (route lookups, no
+// packets), the one that leaves the least room for WireGuard; with no
+// endpoint to look up, the interface that holds local (the node's address).
+// Endpoints whose lookup fails are left out.
+func (d *Dataplane) Underlay(local netip.Addr, endpoints []netip.Addr) (plan.Underlay, error) {
+	if d.o.Links == nil {
+		return plan.Underlay{}, errors.New("the data path reads no links")
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var (
+		best plan.Underlay
+		errs []error
+	)
+	for _, ep := range endpoints {
+		name, mtu, err := routing.PathTo(d.o.Links, ep)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		u := plan.Underlay{Interface: name, MTU: mtu, IPv6: ep.Unmap().Is6()}
+		if best.MTU == 0 || u.MTU-plan.WireGuardOverhead(u.IPv6) < best.MTU-plan.WireGuardOverhead(best.IPv6) {
+			best = u
+		}
+	}
+	if best.MTU > 0 {
+		return best, nil
+	}
+	name, mtu, err := routing.Underlay(d.o.Links, local)
+	if err != nil {
+		return plan.Underlay{}, errors.Join(append(errs, err)...)
+	}
+	return plan.Underlay{Interface: name, MTU: mtu, IPv6: local.Unmap().Is6()}, nil
 }
 
 // RunResync runs Resync every period until ctx is done, so that drift (a
@@ -484,6 +523,8 @@ func (d *Dataplane) Report() meshv1.NodeReport {
 	}
 	r.Interface = p.TunnelInterface
 	r.MTU = p.Tunnel.MTU
+	r.MTUSource = p.MTU.Source
+	r.UnderlayInterface, r.UnderlayMTU = p.MTU.Underlay.Interface, p.MTU.Underlay.MTU
 	if d.tunnel == nil {
 		return r
 	}

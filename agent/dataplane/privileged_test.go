@@ -196,7 +196,7 @@ func (n *node) open() {
 				Env: []string{envDevice + "=" + name}, LogPath: n.logPath}
 		},
 	}
-	n.dp = dataplane.New(dataplane.Options{Tunnels: driver, Netlink: nl, Filter: nft, Sysctl: nsSysctl{n.nsh},
+	n.dp = dataplane.New(dataplane.Options{Tunnels: driver, Netlink: nl, Links: nl, Filter: nft, Sysctl: nsSysctl{n.nsh},
 		TunnelInterface: n.iface, Log: testr.New(t).WithName(n.name)})
 	n.closeFn = func() {
 		_ = n.dp.Close()

@@ -11,7 +11,11 @@ type FilterPlan struct {
 	RemotePodCIDRs []netip.Prefix
 	// TunnelInterface is the WireGuard interface; empty on non-gateway nodes.
 	TunnelInterface string
-	// MSSClamp clamps the MSS of TCP SYNs through TunnelInterface to the
-	// route MTU. Ignored when TunnelInterface is empty.
+	// MSSClamp clamps the MSS of TCP SYNs through TunnelInterface (both
+	// ways) to MTU less the IP and TCP headers, or to the route's MTU when
+	// MTU is 0. Ignored when TunnelInterface is empty. The kernel only
+	// ever lowers an MSS.
 	MSSClamp bool
+	// MTU is the tunnel's effective MTU that MSSClamp clamps to.
+	MTU int
 }

@@ -373,3 +373,48 @@ func equalU64(a, b []uint64) bool {
 	}
 	return true
 }
+
+// TestMSSClampToTunnelMTU: with the tunnel's MTU in the plan, SYNs both
+// ways are clamped to it (1340 - 40 for IPv4, 1340 - 60 for IPv6) on links
+// that are all 1500 bytes, where "rt mtu" would leave them at 1460.
+func TestMSSClampToTunnelMTU(t *testing.T) {
+	requireRoot(t)
+	tp := newTopology(t)
+	conn := connIn(t, tp.nodeAH, int(tp.nodeAH))
+	p := testPlan()
+	p.MTU = 1340
+	if _, err := netfilter.Apply(conn, p); err != nil {
+		t.Fatal(err)
+	}
+	listing := listTable(t, tp.nodeA)
+	for _, want := range []string{
+		`meta nfproto ipv4 oifname "` + tunnelIf + `" tcp flags syn / syn,rst tcp option maxseg size set 1300`,
+		`meta nfproto ipv6 iifname "` + tunnelIf + `" tcp flags syn / syn,rst tcp option maxseg size set 1280`,
+	} {
+		if !strings.Contains(listing, want) {
+			t.Fatalf("listing lacks %q:\n%s", want, listing)
+		}
+	}
+	for _, tc := range []struct {
+		dst string
+		max int
+	}{{podBIP4, 1300}, {podBIP6, 1280}} {
+		s, clientMSS, err := tp.connect(t, tc.dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("Clamped to the tunnel MTU 1340 (%s): server MSS %d, client MSS %d", tc.dst, s.mss, clientMSS)
+		if s.mss > tc.max || clientMSS > tc.max {
+			t.Errorf("%s: MSS server %d client %d; want ≤ %d both ways", tc.dst, s.mss, clientMSS, tc.max)
+		}
+	}
+	// A larger MTU raises nothing the kernel has not seen (it only lowers),
+	// and the rules follow the plan.
+	p.MTU = 1420
+	if changed, err := netfilter.Apply(conn, p); err != nil || !changed {
+		t.Fatalf("Apply with MTU 1420: changed %v, err %v", changed, err)
+	}
+	if l := listTable(t, tp.nodeA); !strings.Contains(l, "maxseg size set 1380") || strings.Contains(l, "maxseg size set 1300") {
+		t.Fatalf("after MTU 1420 the clamp is not at 1380:\n%s", l)
+	}
+}

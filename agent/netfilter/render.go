@@ -5,6 +5,7 @@ import (
 	"github.com/archipelago-mesh/archipelago/internal/prefix"
 
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"net/netip"
@@ -133,8 +134,8 @@ func Render(plan FilterPlan) (Ruleset, error) {
 		return Ruleset{}, fmt.Errorf("tunnel interface name %q is longer than %d bytes", plan.TunnelInterface, unix.IFNAMSIZ-1)
 	}
 
-	v4 := family{proto: unix.NFPROTO_IPV4, saddrOff: 12, daddrOff: 16, alen: 4, local: SetLocal4, remote: SetRemote4, name: "v4"}
-	v6 := family{proto: unix.NFPROTO_IPV6, saddrOff: 8, daddrOff: 24, alen: 16, local: SetLocal6, remote: SetRemote6, name: "v6"}
+	v4 := family{proto: unix.NFPROTO_IPV4, saddrOff: 12, daddrOff: 16, alen: 4, hdr: 20, local: SetLocal4, remote: SetRemote4, name: "v4"}
+	v6 := family{proto: unix.NFPROTO_IPV6, saddrOff: 8, daddrOff: 24, alen: 16, hdr: 40, local: SetLocal6, remote: SetRemote6, name: "v6"}
 
 	noSNAT := Chain{Name: ChainNoSNAT, Type: nftables.ChainTypeNAT, Hook: *nftables.ChainHookPostrouting, Priority: PriorityNoSNAT}
 	fwd := Chain{Name: ChainForward, Type: nftables.ChainTypeFilter, Hook: *nftables.ChainHookForward, Priority: PriorityForward}
@@ -160,16 +161,32 @@ func Render(plan FilterPlan) (Ruleset, error) {
 
 	if plan.MSSClamp && plan.TunnelInterface != "" {
 		mss := Chain{Name: ChainMSS, Type: nftables.ChainTypeFilter, Hook: *nftables.ChainHookForward, Priority: PriorityMSS}
+		if plan.MTU != 0 && (plan.MTU < 1280 || plan.MTU > 65535) {
+			return Ruleset{}, fmt.Errorf("tunnel MTU %d for MSS clamping out of range 1280-65535", plan.MTU)
+		}
 		for _, dir := range []struct {
 			id  string
 			key expr.MetaKey
 		}{{"mss-out", expr.MetaKeyOIFNAME}, {"mss-in", expr.MetaKeyIIFNAME}} {
-			mss.Rules = append(mss.Rules, rule(dir.id,
-				[]expr.Any{
-					&expr.Meta{Key: dir.key, Register: 1},
-					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(plan.TunnelInterface)},
-				},
-				clampMSS()))
+			dev := []expr.Any{
+				&expr.Meta{Key: dir.key, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(plan.TunnelInterface)},
+			}
+			if plan.MTU == 0 {
+				mss.Rules = append(mss.Rules, rule(dir.id, dev, clampMSS()))
+				continue
+			}
+			// The tunnel's MTU in both directions: a SYN that leaves
+			// through the tunnel, and one that arrives from it (whose
+			// sender's gateway may have a larger MTU than this one).
+			for _, f := range []family{v4, v6} {
+				mss.Rules = append(mss.Rules, rule(dir.id+"-"+f.name,
+					[]expr.Any{
+						&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+						&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{f.proto}},
+					},
+					dev, clampMSSTo(plan.MTU-f.hdr-20)))
+			}
 		}
 		rs.Chains = append(rs.Chains, mss)
 	}
@@ -180,6 +197,7 @@ type family struct {
 	proto              byte
 	saddrOff, daddrOff uint32
 	alen               uint32
+	hdr                int // the IP header's length, without options
 	local, remote      string
 	name               string
 }
@@ -222,6 +240,16 @@ func clampMSS() []expr.Any {
 		&expr.Byteorder{SourceRegister: 1, DestRegister: 1, Op: expr.ByteorderHton, Len: 2, Size: 2},
 		&expr.Exthdr{SourceRegister: 1, Type: 2 /* maxseg */, Offset: 2, Len: 2, Op: expr.ExthdrOpTcpopt},
 	}
+}
+
+// clampMSSTo is `tcp flags syn / syn,rst tcp option maxseg size set <mss>`:
+// the kernel lowers the option to mss and never raises it.
+func clampMSSTo(mss int) []expr.Any {
+	c := clampMSS()
+	// Replace the route lookup and its byte order conversion by the value.
+	out := append([]expr.Any{}, c[:5]...)
+	out = append(out, &expr.Immediate{Register: 1, Data: binary.BigEndian.AppendUint16(nil, uint16(mss))})
+	return append(out, c[7:]...)
 }
 
 func ifname(name string) []byte {

@@ -103,6 +103,29 @@ func TestRender(t *testing.T) {
 			t.Errorf("plan %+v: %d chains, want 2", p, len(rs.Chains))
 		}
 	}
+	// With the tunnel's MTU: a rule per direction and family, and the MTU
+	// is part of them.
+	withMTU := plan
+	withMTU.MTU = 1340
+	rsMTU, err := Render(withMTU)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"archipelago:mss-out-v4:`, `"archipelago:mss-out-v6:`, `"archipelago:mss-in-v4:`, `"archipelago:mss-in-v6:`} {
+		if !strings.Contains(rsMTU.Shape(), want) {
+			t.Errorf("shape with MTU lacks %q:\n%s", want, rsMTU.Shape())
+		}
+	}
+	withMTU.MTU = 1420
+	if rs, _ := Render(withMTU); rs.Shape() == rsMTU.Shape() {
+		t.Error("another tunnel MTU did not change the clamp rules")
+	}
+	for _, bad := range []int{1279, 70000} {
+		withMTU.MTU = bad
+		if _, err := Render(withMTU); err == nil || !strings.Contains(err.Error(), "MTU") {
+			t.Errorf("MTU %d: err %v, want an error naming the MTU", bad, err)
+		}
+	}
 	if _, err := Render(FilterPlan{TunnelInterface: strings.Repeat("x", 16)}); err == nil {
 		t.Error("a 16-byte interface name must be rejected")
 	}

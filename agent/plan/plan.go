@@ -37,7 +37,8 @@ type Tunnel struct {
 	Interface string
 	// Port is the UDP listen port.
 	Port int
-	// MTU of the tunnel interface; desired.DefaultMTU when 0.
+	// MTU of the tunnel interface (the ClusterSet's spec.tunnel.mtu); 0
+	// derives it from Inputs.Underlay (TunnelMTU).
 	MTU int
 	// Keepalive is the persistent keepalive sent to every peer.
 	Keepalive time.Duration
@@ -81,6 +82,9 @@ type Inputs struct {
 	ActiveGatewayIP netip.Addr
 	// Tunnel are the tunnel settings.
 	Tunnel Tunnel
+	// Underlay is the interface that carries this node's tunnel traffic;
+	// the zero value when it could not be read.
+	Underlay Underlay
 	// PrivateKey is this node's WireGuard key (gateway only).
 	PrivateKey wgtypes.Key
 	// Hold, when not empty, says why this node must not route (for example
@@ -103,6 +107,8 @@ type NodePlan struct {
 	Routes       desired.RoutePlan
 	Filter       desired.FilterPlan
 	Host         desired.HostSettings
+	// MTU is the tunnel MTU this node uses (device and MSS clamp), and why.
+	MTU MTUDecision
 	// NextHop is the active gateway's address on other nodes.
 	NextHop netip.Addr
 	// Skipped are peers left out, with the reason.
@@ -135,14 +141,12 @@ func Compute(in Inputs) NodePlan {
 
 	d := usablePeers(in, local)
 	p.Skipped = d.skipped
+	p.MTU = TunnelMTU(in.Tunnel.MTU, in.Underlay)
 	if gw {
-		mtu := in.Tunnel.MTU
-		if mtu == 0 {
-			mtu = desired.DefaultMTU
-		}
-		p.Tunnel = &desired.TunnelPlan{PrivateKey: in.PrivateKey, ListenPort: in.Tunnel.Port, MTU: mtu}
+		p.Tunnel = &desired.TunnelPlan{PrivateKey: in.PrivateKey, ListenPort: in.Tunnel.Port, MTU: p.MTU.MTU}
 		p.Filter.TunnelInterface = in.Tunnel.Interface
 		p.Filter.MSSClamp = true
+		p.Filter.MTU = p.MTU.MTU
 		p.Host.TunnelInterface = in.Tunnel.Interface
 	}
 	p.PeerClusters = map[wgtypes.Key]string{}

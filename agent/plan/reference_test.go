@@ -94,14 +94,12 @@ func computeRef(in Inputs) NodePlan {
 
 	peers, skipped := usablePeersRef(in, local)
 	p.Skipped = skipped
+	p.MTU = TunnelMTU(in.Tunnel.MTU, in.Underlay)
 	if in.Role == RoleGateway {
-		mtu := in.Tunnel.MTU
-		if mtu == 0 {
-			mtu = desired.DefaultMTU
-		}
-		p.Tunnel = &desired.TunnelPlan{PrivateKey: in.PrivateKey, ListenPort: in.Tunnel.Port, MTU: mtu}
+		p.Tunnel = &desired.TunnelPlan{PrivateKey: in.PrivateKey, ListenPort: in.Tunnel.Port, MTU: p.MTU.MTU}
 		p.Filter.TunnelInterface = in.Tunnel.Interface
 		p.Filter.MSSClamp = true
+		p.Filter.MTU = p.MTU.MTU
 		p.Host.TunnelInterface = in.Tunnel.Interface
 	}
 	for _, peer := range peers {

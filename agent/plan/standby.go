@@ -15,10 +15,6 @@ func WithStandbyDevice(p NodePlan, in Inputs) NodePlan {
 	if p.Role != RoleStandby || in.PrivateKey == ([32]byte{}) {
 		return p
 	}
-	mtu := in.Tunnel.MTU
-	if mtu == 0 {
-		mtu = desired.DefaultMTU
-	}
-	p.Tunnel = &desired.TunnelPlan{PrivateKey: in.PrivateKey, ListenPort: in.Tunnel.Port, MTU: mtu}
+	p.Tunnel = &desired.TunnelPlan{PrivateKey: in.PrivateKey, ListenPort: in.Tunnel.Port, MTU: p.MTU.MTU}
 	return p
 }

@@ -47,9 +47,11 @@ type TunnelSettings struct {
 	// +optional
 	Port int32 `json:"port,omitempty"`
 
-	// MTU of the tunnel interface. The default leaves room for WireGuard's
-	// 80 bytes of overhead on a 1500-byte path.
-	// +kubebuilder:default=1420
+	// MTU of the tunnel interface on every gateway. Unset, each gateway
+	// derives it from the interface that carries its tunnel: that
+	// interface's MTU less WireGuard's overhead (60 bytes over IPv4, 80
+	// over IPv6), and reports it in its ClusterSetMembership's
+	// status.tunnelMTU.
 	// +kubebuilder:validation:Minimum=1280
 	// +kubebuilder:validation:Maximum=9000
 	// +optional

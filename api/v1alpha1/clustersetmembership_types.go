@@ -90,6 +90,28 @@ type MembershipPeer struct {
 	Message string `json:"message,omitempty"`
 }
 
+// TunnelMTUStatus is the MTU of the active gateway's tunnel device, which
+// its MSS clamping follows.
+type TunnelMTUStatus struct {
+	// Effective is the MTU in use.
+	Effective int32 `json:"effective"`
+	// Source is ClusterSet (spec.tunnel.mtu), Underlay (derived from the
+	// interface that carries the tunnel) or Default (the underlay could
+	// not be read).
+	// +kubebuilder:validation:Enum=ClusterSet;Underlay;Default
+	Source string `json:"source"`
+	// UnderlayInterface is the interface that carries the tunnel (the one
+	// holding the gateway's InternalIP).
+	// +optional
+	UnderlayInterface string `json:"underlayInterface,omitempty"`
+	// UnderlayMTU is that interface's MTU.
+	// +optional
+	UnderlayMTU int32 `json:"underlayMTU,omitempty"`
+	// Message explains the value.
+	// +optional
+	Message string `json:"message,omitempty"`
+}
+
 // Peer states.
 const (
 	PeerUp         = "Up"
@@ -119,6 +141,11 @@ type ClusterSetMembershipStatus struct {
 	// their endpoint port) knows them without reading the hub.
 	// +optional
 	Tunnel *TunnelSettings `json:"tunnel,omitempty"`
+
+	// TunnelMTU is the active gateway's effective tunnel MTU and where it
+	// comes from.
+	// +optional
+	TunnelMTU *TunnelMTUStatus `json:"tunnelMTU,omitempty"`
 
 	// Peers are the other members.
 	// +optional
@@ -150,6 +177,7 @@ type ClusterSetMembershipStatus struct {
 // +kubebuilder:printcolumn:name="ClusterSet",type=string,JSONPath=`.spec.clusterSet`
 // +kubebuilder:printcolumn:name="Pod CIDRs",type=string,JSONPath=`.status.podCIDRs`
 // +kubebuilder:printcolumn:name="Gateway",type=string,JSONPath=`.status.activeGateway`
+// +kubebuilder:printcolumn:name="MTU",type=integer,JSONPath=`.status.tunnelMTU.effective`
 // +kubebuilder:printcolumn:name="Ready Peers",type=integer,JSONPath=`.status.readyPeerCount`
 // +kubebuilder:printcolumn:name="Peers",type=integer,JSONPath=`.status.totalPeers`
 // +kubebuilder:printcolumn:name="Joined",type=string,JSONPath=`.status.conditions[?(@.type=="Joined")].status`

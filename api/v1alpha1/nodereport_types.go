@@ -38,6 +38,12 @@ type NodeReport struct {
 	WireGuard string `json:"wireGuard,omitempty"`
 	// MTU of the tunnel interface.
 	MTU int `json:"mtu,omitempty"`
+	// MTUSource is where the MTU comes from: ClusterSet, Underlay or Default.
+	MTUSource string `json:"mtuSource,omitempty"`
+	// UnderlayInterface and UnderlayMTU are the interface that carries the
+	// tunnel and its MTU, when the agent could read them.
+	UnderlayInterface string `json:"underlayInterface,omitempty"`
+	UnderlayMTU       int    `json:"underlayMTU,omitempty"`
 	// ListenPort of the tunnel.
 	ListenPort int `json:"listenPort,omitempty"`
 	// Peers are the tunnel's peers (gateway only).

@@ -248,7 +248,7 @@ func newDataplane(driver *dataplane.WireGuardDriver, iface string, log logr.Logg
 		return nil, nil, err
 	}
 	dp := dataplane.New(dataplane.Options{
-		Tunnels: driver, Netlink: nl, Filter: nft, Sysctl: routing.ProcSys{},
+		Tunnels: driver, Netlink: nl, Links: nl, Filter: nft, Sysctl: routing.ProcSys{},
 		TunnelInterface: iface, Log: log.WithName("dataplane"),
 	})
 	return dp, func() {

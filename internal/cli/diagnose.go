@@ -61,7 +61,8 @@ func newDiagnoseCommand(o *Options) *cobra.Command {
 ClusterSetMembership and its conditions (Joined, CIDRsMatch, TunnelsReady)
 and peers, the hub Secret, every Node's spec.podCIDRs against the assigned
 ranges, the agent pods, and the data path report each agent writes on its
-Node (annotation archipelago.dev/datapath: role, tunnel interface, MTU,
+Node (annotation archipelago.dev/datapath: role, tunnel interface, MTU and
+the underlay it was derived from,
 peers and handshakes, no-SNAT rule, IP forwarding, last reconcile and error).
 
 Where the agents do not run as pods (the lab runs them as processes), it
@@ -442,13 +443,24 @@ func (d *diagnosis) checkNode(m *meshv1.ClusterSetMembership, s nodeState, podsR
 		switch {
 		case r.MTU == 0:
 			d.add(name+" MTU", StatusWarn, "MTU not reported", "Update the agent on "+s.node.Name)
-		case r.MTU > 1420:
+		case r.UnderlayMTU > 0 && r.UnderlayMTU-r.MTU < 60:
+			d.add(name+" MTU", StatusWarn, fmt.Sprintf("MTU %d (%s) does not fit the underlay %s (MTU %d) with WireGuard's 60 bytes over IPv4 or 80 over IPv6: large packets are fragmented or dropped", r.MTU, dash(r.MTUSource), r.UnderlayInterface, r.UnderlayMTU),
+				fmt.Sprintf("Unset spec.tunnel.mtu of the ClusterSet (each gateway derives it), or set it to %d or less", r.UnderlayMTU-80))
+		case r.UnderlayMTU == 0 && r.MTU > 1420:
 			d.add(name+" MTU", StatusWarn, fmt.Sprintf("MTU %d leaves less than WireGuard's 80 bytes on a 1500-byte path: large packets may be dropped", r.MTU),
 				"Set spec.tunnel.mtu of the ClusterSet to 1420 or less")
 		case r.MTU < 1280:
 			d.add(name+" MTU", StatusWarn, fmt.Sprintf("MTU %d is below IPv6's minimum of 1280", r.MTU), "Set spec.tunnel.mtu of the ClusterSet to at least 1280")
 		default:
-			d.add(name+" MTU", StatusOK, fmt.Sprintf("MTU %d", r.MTU), "")
+			src := ""
+			switch r.MTUSource {
+			case "":
+			case "Underlay":
+				src = fmt.Sprintf(" (derived from %s, MTU %d)", r.UnderlayInterface, r.UnderlayMTU)
+			default:
+				src = " (" + r.MTUSource + ")"
+			}
+			d.add(name+" MTU", StatusOK, fmt.Sprintf("MTU %d%s", r.MTU, src), "")
 		}
 	case meshv1.RoleWorker, meshv1.RoleStandby:
 		switch {

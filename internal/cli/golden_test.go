@@ -205,7 +205,8 @@ func hubSecret() *corev1.Secret {
 
 func gatewayReport(peers ...meshv1.NodePeerReport) *meshv1.NodeReport {
 	return &meshv1.NodeReport{
-		Role: meshv1.RoleGateway, Interface: "archipelago0", InterfaceUp: true, WireGuard: "kernel", MTU: 1420, ListenPort: 51820,
+		Role: meshv1.RoleGateway, Interface: "archipelago0", InterfaceUp: true, WireGuard: "kernel", MTU: 1440, ListenPort: 51820,
+		MTUSource: "Underlay", UnderlayInterface: "eth0", UnderlayMTU: 1500,
 		Peers: peers, Routes: 2, NoSNAT: true, MSSClamp: true, IPForwarding: true, LastReconcile: *ago(8 * time.Second),
 	}
 }
@@ -231,11 +232,14 @@ func TestDiagnoseGolden(t *testing.T) {
 	broken.Status.Peers[1].Message = "no handshake for 3m4s"
 	broken.Status.Conditions[1] = cond(meshv1.MembershipCIDRsMatch, metav1.ConditionFalse, "Outside", "node alpha-worker2 has 10.244.2.0/24")
 	broken.Status.Conditions[2] = cond(meshv1.MembershipTunnelsReady, metav1.ConditionFalse, "PeersDown", "1/2 peers up; down: charlie")
+	brokenGW := gatewayReport(
+		meshv1.NodePeerReport{Cluster: "bravo", Endpoint: "172.18.1.2:51820", LatestHandshake: ago(12 * time.Second)},
+		meshv1.NodePeerReport{Cluster: "charlie", Endpoint: "172.18.2.2:51820", LatestHandshake: ago(184 * time.Second)})
+	// The ClusterSet's MTU does not fit this gateway's smaller WAN.
+	brokenGW.MTU, brokenGW.MTUSource, brokenGW.UnderlayInterface, brokenGW.UnderlayMTU = 1420, "ClusterSet", "wan", 1400
 	brokenClient := fakeClient(
 		broken, hubSecret(),
-		node("alpha-gw", "10.1.0.0/24", gatewayReport(
-			meshv1.NodePeerReport{Cluster: "bravo", Endpoint: "172.18.1.2:51820", LatestHandshake: ago(12 * time.Second)},
-			meshv1.NodePeerReport{Cluster: "charlie", Endpoint: "172.18.2.2:51820", LatestHandshake: ago(184 * time.Second)})),
+		node("alpha-gw", "10.1.0.0/24", brokenGW),
 		node("alpha-worker", "10.1.1.0/24", nil),
 		node("alpha-worker2", "10.244.2.0/24", workerReport()),
 	)

@@ -50,6 +50,9 @@ type Config struct {
 	// Candidates is the number of gateway candidates of each member, by
 	// member index; missing entries mean 1.
 	Candidates []int
+	// WANMTU is the MTU of each member's WAN links (its gateways' and its
+	// NAT's), by member index; missing entries and 0 mean 1500.
+	WANMTU []int
 	// Workers is the number of worker nodes per member (default 1).
 	Workers int
 	// PodsPerNode is the number of pods on every node (default 1).
@@ -240,6 +243,9 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 			cand = cfg.Candidates[i]
 		}
 		spec := MemberSpec{Name: MemberNames[i], Candidates: cand, Workers: cfg.Workers, NAT: i == *cfg.NATMember}
+		if i < len(cfg.WANMTU) {
+			spec.WANMTU = cfg.WANMTU[i]
+		}
 		go func() {
 			_, err := l.AddMember(ctx, spec)
 			errs <- err
@@ -286,9 +292,10 @@ func (l *Lab) startHub(ctx context.Context) error {
 	cs := &meshv1.ClusterSet{
 		ObjectMeta: metav1.ObjectMeta{Name: ClusterSetName},
 		Spec: meshv1.ClusterSetSpec{
-			PodCIDRPools:      []meshv1.CIDR{Pool},
-			BlockSize:         meshv1.BlockSize{IPv4: 16},
-			Tunnel:            meshv1.TunnelSettings{Port: TunnelPort, MTU: 1420, PersistentKeepaliveSeconds: ptr.To[int32](25)},
+			PodCIDRPools: []meshv1.CIDR{Pool},
+			BlockSize:    meshv1.BlockSize{IPv4: 16},
+			// No MTU: every gateway derives its own from its WAN.
+			Tunnel:            meshv1.TunnelSettings{Port: TunnelPort, PersistentKeepaliveSeconds: ptr.To[int32](25)},
 			QuarantineSeconds: ptr.To(l.QuarantineSeconds),
 		},
 	}

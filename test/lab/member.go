@@ -26,6 +26,7 @@ type MemberSpec struct {
 	Workers    int  // worker nodes (default 1)
 	NAT        bool // gateways behind a NAT namespace
 	Pods       int  // pods per node (default: the lab's PodsPerNode)
+	WANMTU     int  // MTU of the member's WAN links (default 1500)
 }
 
 // Member is one member cluster of the lab.
@@ -33,6 +34,7 @@ type Member struct {
 	Name    string
 	Index   int
 	NAT     bool
+	WANMTU  int // 0: 1500
 	Cluster *Cluster
 	// PodCIDRs are the ranges the hub assigned.
 	PodCIDRs []string
@@ -149,7 +151,7 @@ func (l *Lab) PrepareMember(ctx context.Context, spec MemberSpec) (*Member, erro
 		return nil, err
 	}
 	n := idx + 1
-	m := &Member{Name: spec.Name, Index: idx, NAT: spec.NAT, lanNS: NSPrefix + spec.Name + "-lan"}
+	m := &Member{Name: spec.Name, Index: idx, NAT: spec.NAT, WANMTU: spec.WANMTU, lanNS: NSPrefix + spec.Name + "-lan"}
 	l.mu.Lock()
 	l.members = append(l.members, m)
 	l.mu.Unlock()
@@ -235,6 +237,9 @@ func (l *Lab) addNAT(m *Member) error {
 	if err := l.plugIntoBridge(l.wanNS, "nat-"+m.Name, m.natNS, "wan0", fmt.Sprintf("198.18.0.%d/24", 16*n)); err != nil {
 		return err
 	}
+	if err := l.setWANMTU(m, "nat-"+m.Name, m.natNS); err != nil {
+		return err
+	}
 	if err := ipBatch(m.natNS, []string{fmt.Sprintf("addr add 198.19.%d.1/24 dev br0", n)}); err != nil {
 		return err
 	}
@@ -286,7 +291,23 @@ func (l *Lab) addNode(m *Member, short, lanIP string, candidate bool, j int) (*N
 	}
 	node.WANIP = fmt.Sprintf("198.18.0.%d", 16*n+j)
 	node.Endpoint = fmt.Sprintf("%s:%d", node.WANIP, TunnelPort)
-	return node, l.plugIntoBridge(l.wanNS, m.Name+"-"+short, node.NS, "wan0", node.WANIP+"/24")
+	if err := l.plugIntoBridge(l.wanNS, m.Name+"-"+short, node.NS, "wan0", node.WANIP+"/24"); err != nil {
+		return nil, err
+	}
+	return node, l.setWANMTU(m, m.Name+"-"+short, node.NS)
+}
+
+// setWANMTU gives both ends of a WAN link of m (port on the WAN bridge,
+// wan0 in ns) the member's WAN MTU: frames larger than it are dropped on
+// the way in and out, as on a real link with a smaller MTU.
+func (l *Lab) setWANMTU(m *Member, port, ns string) error {
+	if m.WANMTU == 0 {
+		return nil
+	}
+	if err := ipn(l.wanNS, "link", "set", port, "mtu", fmt.Sprint(m.WANMTU)); err != nil {
+		return err
+	}
+	return ipn(ns, "link", "set", "wan0", "mtu", fmt.Sprint(m.WANMTU))
 }
 
 // JoinMember joins a prepared member with "kubectl archipelago join", then

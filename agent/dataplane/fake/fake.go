@@ -58,7 +58,7 @@ func NewKernel() *Kernel {
 func (k *Kernel) Dataplane(tunnel string, log logr.Logger) *dataplane.Dataplane {
 	return dataplane.New(dataplane.Options{
 		Tunnels: k.Driver, Netlink: readNetlink{k.Netlink, &k.reads}, Filter: readConn{k.NFT, &k.reads},
-		Sysctl: readSysctl{k.Sysctl, &k.reads}, TunnelInterface: tunnel, Log: log,
+		Sysctl: readSysctl{k.Sysctl, &k.reads}, Links: k.Netlink, TunnelInterface: tunnel, Log: log,
 	})
 }
 

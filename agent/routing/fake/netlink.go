@@ -3,6 +3,7 @@ package fake
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"slices"
 	"sort"
 	"sync"
@@ -19,6 +20,7 @@ type Netlink struct {
 	routes []netlink.Route
 	rules  []netlink.Rule
 	links  map[string]netlink.Link
+	addrs  []netlink.Addr
 	writes map[string]int
 	// failures injects errors: op name ("RouteReplace", ...) to error.
 	failures map[string]error
@@ -353,6 +355,101 @@ func (f *Netlink) LinkByName(name string) (netlink.Link, error) {
 		return l, nil
 	}
 	return nil, netlink.LinkNotFoundError{}
+}
+
+// AddAddr puts an address on the device name (made with AddLink if new)
+// and sets the device's MTU, as the node's network setup would.
+func (f *Netlink) AddAddr(name string, p netip.Prefix, mtu int) {
+	idx := f.AddLink(name)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.links[name].Attrs().MTU = mtu
+	ip := net.IP(p.Addr().AsSlice())
+	f.addrs = append(f.addrs, netlink.Addr{IPNet: &net.IPNet{IP: ip, Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}, LinkIndex: idx})
+}
+
+// SetLinkMTU changes the MTU of a device made with AddLink.
+func (f *Netlink) SetLinkMTU(name string, mtu int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if l, ok := f.links[name]; ok {
+		l.Attrs().MTU = mtu
+	}
+}
+
+// AddrList implements routing.Links (link nil: every device's).
+func (f *Netlink) AddrList(link netlink.Link, family int) ([]netlink.Addr, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.fail("AddrList"); err != nil {
+		return nil, err
+	}
+	var out []netlink.Addr
+	for _, a := range f.addrs {
+		if link != nil && link.Attrs().Index != a.LinkIndex {
+			continue
+		}
+		if is4 := a.IP.To4() != nil; (family == netlink.FAMILY_V4 && !is4) || (family == netlink.FAMILY_V6 && is4) {
+			continue
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+// LinkByIndex implements routing.Links.
+func (f *Netlink) LinkByIndex(index int) (netlink.Link, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, l := range f.links {
+		if l.Attrs().Index == index {
+			return l, nil
+		}
+	}
+	return nil, netlink.LinkNotFoundError{}
+}
+
+// RouteGet implements routing.Links: the most specific route of the main
+// table that holds dst (Seed them), as "ip route get" would find it.
+func (f *Netlink) RouteGet(dst net.IP) ([]netlink.Route, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ip, ok := netip.AddrFromSlice(dst)
+	if !ok {
+		return nil, unix.EINVAL
+	}
+	ip = ip.Unmap()
+	var best *netlink.Route
+	bestBits := -1
+	for i := range f.routes {
+		r := &f.routes[i]
+		if r.Table != unix.RT_TABLE_MAIN || r.Type == unix.RTN_UNREACHABLE {
+			continue
+		}
+		bits, want := 0, netip.Prefix{}
+		if r.Dst != nil {
+			p, err := netip.ParsePrefix(r.Dst.String())
+			if err != nil {
+				continue
+			}
+			bits, want = p.Bits(), p
+		} else {
+			if r.Family != 0 && (r.Family == netlink.FAMILY_V6) != ip.Is6() {
+				continue
+			}
+			want = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+			if ip.Is6() {
+				want = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+			}
+		}
+		if want.Contains(ip) && bits > bestBits {
+			best, bestBits = r, bits
+		}
+	}
+	if best == nil {
+		return nil, unix.ENETUNREACH
+	}
+	return []netlink.Route{clone(*best)}, nil
 }
 
 func (f *Netlink) hasIndex(idx int) bool {

@@ -20,9 +20,10 @@ var (
 )
 
 // config is the suite's lab: three members, the first with two gateway
-// candidates (takeover), the last behind a NAT.
+// candidates (takeover), the second with a WAN of 1400 bytes (its tunnel
+// MTU is smaller), the last behind a NAT.
 func config() lab.Config {
-	return lab.Config{Members: 3, Candidates: []int{2, 1, 1}, Progress: os.Stderr, Keep: os.Getenv("ARCHIPELAGO_LAB_KEEP") != ""}
+	return lab.Config{Members: 3, Candidates: []int{2, 1, 1}, WANMTU: []int{0, 1400, 0}, Progress: os.Stderr, Keep: os.Getenv("ARCHIPELAGO_LAB_KEEP") != ""}
 }
 
 func TestMain(m *testing.M) {

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -239,8 +240,15 @@ func TestAgentJoinsAndPeers(t *testing.T) {
 	framework.JoinMember(t, mc, hub.Config, "a", "demo", token)
 
 	agents := map[string]*runningAgent{}
-	for _, n := range []string{"n1", "n2", "n3"} {
-		agents[n] = startAgent(t, n)
+	for _, n := range []struct{ name, ip string }{{"n1", "172.18.0.2"}, {"n2", "172.18.0.3"}, {"n3", "172.18.0.4"}} {
+		// Each node: its InternalIP on eth0 (1500 bytes), and the way to
+		// the other members over a WAN of 1400 bytes.
+		k := dpfake.NewKernel()
+		k.Netlink.AddAddr("eth0", netip.MustParsePrefix(n.ip+"/24"), 1500)
+		wan := k.Netlink.AddLink("wan")
+		k.Netlink.SetLinkMTU("wan", 1400)
+		k.Netlink.Seed(netlink.Route{LinkIndex: wan, Family: netlink.FAMILY_V4})
+		agents[n.name] = startAgentOn(t, n.name, k, filepath.Join(t.TempDir(), "key"))
 	}
 
 	var ms meshv1.ClusterSetMembership
@@ -383,6 +391,55 @@ func TestAgentJoinsAndPeers(t *testing.T) {
 			}
 			return true, ""
 		})
+	})
+
+	// Issue 12: the tunnel MTU follows the path to the peers (the WAN of
+	// 1400 bytes less WireGuard's 60 over IPv4), in the status, the device
+	// and the NodeReport; the ClusterSet's spec.tunnel.mtu overrides it.
+	t.Run("tunnel MTU derived from the underlay", func(t *testing.T) {
+		gw := agents[active]
+		check := func(want int32, source string) {
+			t.Helper()
+			eventually(t, fmt.Sprintf("tunnel MTU %d from %s", want, source), func() (bool, string) {
+				m := getMS().Status.TunnelMTU
+				if m == nil || m.Effective != want || m.Source != source || m.UnderlayInterface != "wan" || m.UnderlayMTU != 1400 {
+					return false, fmt.Sprintf("status %+v", m)
+				}
+				if l, ok := gw.kernel.Links.Get("arch0"); !ok || l.MTU != int(want) {
+					return false, fmt.Sprintf("device %+v", l)
+				}
+				n := &corev1.Node{}
+				if err := mc.Get(ctx, client.ObjectKey{Name: active}, n); err != nil {
+					return false, err.Error()
+				}
+				var r meshv1.NodeReport
+				_ = json.Unmarshal([]byte(n.Annotations[meshv1.AnnotationDatapath]), &r)
+				if r.MTU != int(want) || r.MTUSource != source || r.UnderlayInterface != "wan" {
+					return false, fmt.Sprintf("report %+v", r)
+				}
+				return true, ""
+			})
+		}
+		check(1340, "Underlay")
+		m := getMS().Status.TunnelMTU
+		t.Logf("Tunnel MTU %d (%s): %s", m.Effective, m.Source, m.Message)
+		setMTU := func(mtu int32) {
+			t.Helper()
+			if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+				cs := &meshv1.ClusterSet{}
+				if err := hc.Get(ctx, client.ObjectKey{Name: "demo"}, cs); err != nil {
+					return err
+				}
+				cs.Spec.Tunnel.MTU = mtu
+				return hc.Update(ctx, cs)
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		setMTU(1300)
+		check(1300, "ClusterSet")
+		setMTU(0)
+		check(1340, "Underlay")
 	})
 
 	// Issue 9: the member's API writes do not depend on tunnel traffic.

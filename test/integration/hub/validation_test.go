@@ -107,11 +107,12 @@ func TestBadSpecsAreRejected(t *testing.T) {
 		})
 	}
 
-	// Defaults land where a user reads them.
+	// Defaults land where a user reads them. The MTU has none: unset,
+	// every gateway derives it from its underlay.
 	if err := c.Get(ctx, client.ObjectKeyFromObject(cs), cs); err != nil {
 		t.Fatal(err)
 	}
-	if cs.Spec.BlockSize.IPv4 != 16 || cs.Spec.BlockSize.IPv6 != 64 || cs.Spec.Tunnel.MTU != 1420 || cs.Spec.Tunnel.Port != 51820 ||
+	if cs.Spec.BlockSize.IPv4 != 16 || cs.Spec.BlockSize.IPv6 != 64 || cs.Spec.Tunnel.MTU != 0 || cs.Spec.Tunnel.Port != 51820 ||
 		cs.Spec.Quarantine().Seconds() != 300 || cs.Spec.Tunnel.Keepalive().Seconds() != 25 {
 		t.Errorf("defaults not applied: %+v", cs.Spec)
 	}
