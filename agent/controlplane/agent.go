@@ -551,6 +551,41 @@ func (a *Agent) patchNodeAnnotations(ctx context.Context, node *corev1.Node, wan
 	return a.mergePatchNode(ctx, node, patch)
 }
 
+// nodeIPs are a Node's InternalIPs, the first of each family, IPv4 first.
+func nodeIPs(n *corev1.Node) []netip.Addr {
+	var all []netip.Addr
+	for _, addr := range n.Status.Addresses {
+		if addr.Type != corev1.NodeInternalIP {
+			continue
+		}
+		if ip, err := netip.ParseAddr(addr.Address); err == nil {
+			all = append(all, ip.Unmap())
+		}
+	}
+	return firstPerFamily(all)
+}
+
+// firstPerFamily keeps the first IPv4 and the first IPv6 address of ips,
+// IPv4 first.
+func firstPerFamily(ips []netip.Addr) []netip.Addr {
+	var v4, v6 netip.Addr
+	for _, ip := range ips {
+		switch ip = ip.Unmap(); {
+		case ip.Is4() && !v4.IsValid():
+			v4 = ip
+		case ip.Is6() && !v6.IsValid():
+			v6 = ip
+		}
+	}
+	var out []netip.Addr
+	for _, ip := range []netip.Addr{v4, v6} {
+		if ip.IsValid() {
+			out = append(out, ip)
+		}
+	}
+	return out
+}
+
 func nodeIP(n *corev1.Node) netip.Addr {
 	var v6 netip.Addr
 	for _, addr := range n.Status.Addresses {

@@ -3,6 +3,7 @@ package controlplane
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"sync"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -193,30 +194,36 @@ func (a *Agent) nodeIPByName(ctx context.Context, name string) netip.Addr {
 	return nodeIP(n)
 }
 
-// activeGatewayIP is the next hop of remote ranges on a node that is not the
-// gateway: the Lease holder's InternalIP, straight from the member cluster
-// (the Lease, the Nodes), so that workers follow a takeover the moment the
-// new holder writes the Lease, not after it rewrote the membership status.
-// The status' activeGatewayIP is the fallback when the Lease names no known
-// node.
-func (a *Agent) activeGatewayIP(ctx context.Context, s *scope) netip.Addr {
+// activeGatewayIPs are the next hops of remote ranges on a node that is not
+// the gateway, one per family (IPv4 first): the Lease holder's InternalIPs,
+// straight from the member cluster (the Lease, the Nodes), so that workers
+// follow a takeover the moment the new holder writes the Lease, not after it
+// rewrote the membership status. The status' activeGatewayIPs (and
+// activeGatewayIP) are the fallback when the Lease names no known node.
+func (a *Agent) activeGatewayIPs(ctx context.Context, s *scope) []netip.Addr {
 	holder := s.holder
 	if holder == "" {
 		holder = a.leaseHolder(ctx)
 	}
 	if holder != "" {
-		if ip := a.nodeIPByName(ctx, holder); ip.IsValid() {
-			return ip
+		n := &corev1.Node{}
+		if err := a.member.Get(ctx, client.ObjectKey{Name: holder}, n); err == nil {
+			if ips := nodeIPs(n); len(ips) > 0 {
+				return ips
+			}
 		}
 	}
 	if s.membership == nil {
-		return netip.Addr{}
+		return nil
 	}
-	ip, err := netip.ParseAddr(s.membership.Status.ActiveGatewayIP)
-	if err != nil {
-		return netip.Addr{}
+	st := s.membership.Status
+	var out []netip.Addr
+	for _, raw := range append(slices.Clone(st.ActiveGatewayIPs), st.ActiveGatewayIP) {
+		if ip, err := netip.ParseAddr(raw); err == nil {
+			out = append(out, ip.Unmap())
+		}
 	}
-	return ip
+	return firstPerFamily(out)
 }
 
 // stillLeading reports whether this node leads right now.

@@ -109,10 +109,14 @@ func (a *Agent) applyPlan(ctx context.Context, s *scope) error {
 		}
 		in.PrivateKey = key
 		in.Peers, s.restart = a.followRoaming(s.dir.peers)
-	} else if ip := a.activeGatewayIP(ctx, s); ip.IsValid() && ip != nodeIP(s.node) {
+	} else if ips := a.activeGatewayIPs(ctx, s); len(ips) > 0 && !slices.ContainsFunc(ips, func(ip netip.Addr) bool { return slices.Contains(nodeIPs(s.node), ip) }) {
 		// Right after this node lost the election the holder may not be
 		// known yet; routing to itself would loop.
-		in.ActiveGatewayIP = ip
+		in.ActiveGatewayIPs = ips
+	}
+	if s.role == meshv1.RoleGateway {
+		// What the other nodes can route via this gateway.
+		in.ActiveGatewayIPs = nodeIPs(s.node)
 	}
 	if s.role == meshv1.RoleStandby {
 		key, err := a.loadKey(ctx)
@@ -150,6 +154,17 @@ func (a *Agent) applyPlan(ctx context.Context, s *scope) error {
 		}
 	}
 	return nil
+}
+
+// cannotRoute is the status form of the plan's unroutable ranges, sorted by
+// range; nil when there are none.
+func cannotRoute(us []plan.Unroutable) []meshv1.UnroutableRange {
+	var out []meshv1.UnroutableRange
+	for _, u := range us {
+		out = append(out, meshv1.UnroutableRange{CIDR: u.Prefix.String(), Cluster: u.Cluster, Reason: u.Reason})
+	}
+	slices.SortStableFunc(out, func(a, b meshv1.UnroutableRange) int { return strings.Compare(a.CIDR, b.CIDR) })
+	return out
 }
 
 // underlayProber is a Datapath that finds the interface under the tunnel
@@ -234,6 +249,13 @@ func (a *Agent) publishStatus(ctx context.Context, s *scope) error {
 	st.ActiveGateway = a.cfg.NodeName
 	if ip := nodeIP(s.node); ip.IsValid() {
 		st.ActiveGatewayIP = ip.String()
+	}
+	st.ActiveGatewayIPs = nil
+	for _, ip := range nodeIPs(s.node) {
+		st.ActiveGatewayIPs = append(st.ActiveGatewayIPs, ip.String())
+	}
+	if s.applied {
+		st.CannotRoute = cannotRoute(append(slices.Clone(s.plan.CannotRoute), s.plan.WorkersCannotRoute...))
 	}
 	if s.applied {
 		d := s.plan.MTU

@@ -507,6 +507,12 @@ func (d *Dataplane) Report() meshv1.NodeReport {
 	if p.NextHop.IsValid() {
 		r.NextHop = p.NextHop.String()
 	}
+	for _, h := range p.NextHops {
+		r.NextHops = append(r.NextHops, h.String())
+	}
+	for _, u := range p.CannotRoute {
+		r.CannotRoute = append(r.CannotRoute, meshv1.UnroutableRange{CIDR: u.Prefix.String(), Cluster: u.Cluster, Reason: u.Reason})
+	}
 	if d.lastErr == nil {
 		r.Routes = len(p.Routes.Routes)
 		r.NoSNAT = len(p.Filter.LocalPodCIDRs) > 0 && len(p.Filter.RemotePodCIDRs) > 0

@@ -80,6 +80,11 @@ type Inputs struct {
 	// ActiveGatewayIP is the active gateway's node address, the next hop of
 	// remote ranges on every other node.
 	ActiveGatewayIP netip.Addr
+	// ActiveGatewayIPs are the active gateway's node addresses, at most one
+	// per family counts (the first): the next hop of remote ranges of that
+	// family. ActiveGatewayIP is one of them when set. On the gateway they
+	// are its own addresses, which decide what the other nodes can route.
+	ActiveGatewayIPs []netip.Addr
 	// Tunnel are the tunnel settings.
 	Tunnel Tunnel
 	// Underlay is the interface that carries this node's tunnel traffic;
@@ -109,13 +114,50 @@ type NodePlan struct {
 	Host         desired.HostSettings
 	// MTU is the tunnel MTU this node uses (device and MSS clamp), and why.
 	MTU MTUDecision
-	// NextHop is the active gateway's address on other nodes.
-	NextHop netip.Addr
+	// NextHop is the active gateway's address on other nodes (IPv4 when it
+	// has one), NextHops its addresses per family (IPv4 first).
+	NextHop  netip.Addr
+	NextHops []netip.Addr
+	// CannotRoute are remote ranges this node does not forward, or whose
+	// pods this cluster's pods cannot reach, and why.
+	CannotRoute []Unroutable
+	// WorkersCannotRoute (gateway only) are the remote ranges the other
+	// nodes cannot route via this gateway's addresses, and why.
+	WorkersCannotRoute []Unroutable
 	// Skipped are peers left out, with the reason.
 	Skipped []InvalidPeer
 	// Hold repeats Inputs.Hold or says why nothing is routed (no active
 	// gateway known yet).
 	Hold string
+}
+
+// Unroutable is a remote range that cannot be reached, and why.
+type Unroutable struct {
+	Prefix  netip.Prefix
+	Cluster string
+	Reason  string
+}
+
+// nextHops returns the first IPv4 and IPv6 address of the active gateway.
+func nextHops(in Inputs) (v4, v6 netip.Addr) {
+	for _, ip := range append([]netip.Addr{in.ActiveGatewayIP}, in.ActiveGatewayIPs...) {
+		ip = ip.Unmap()
+		switch {
+		case !ip.IsValid():
+		case ip.Is4() && !v4.IsValid():
+			v4 = ip
+		case ip.Is6() && !v6.IsValid():
+			v6 = ip
+		}
+	}
+	return v4, v6
+}
+
+func familyName(v4 bool) string {
+	if v4 {
+		return "IPv4"
+	}
+	return "IPv6"
 }
 
 // Compute returns the NodePlan for in. It is pure and deterministic: equal
@@ -181,15 +223,22 @@ func Compute(in Inputs) NodePlan {
 	if in.Hold != "" {
 		return closed()
 	}
-	if !gw && !in.ActiveGatewayIP.IsValid() {
+	hop4, hop6 := nextHops(in)
+	if !gw && !hop4.IsValid() && !hop6.IsValid() {
 		if d.usable > 0 {
 			p.Hold = "no active gateway known yet"
 		}
 		return closed()
 	}
-	if !gw {
-		p.NextHop = in.ActiveGatewayIP.Unmap()
+	for _, h := range []netip.Addr{hop4, hop6} {
+		if h.IsValid() && !gw {
+			p.NextHops = append(p.NextHops, h)
+		}
 	}
+	if len(p.NextHops) > 0 {
+		p.NextHop = p.NextHops[0]
+	}
+	local4, local6 := p.Host.IPv4, p.Host.IPv6
 
 	if gw && d.usable > 0 {
 		// The map of keys that passed the key checks, less the peers that
@@ -217,16 +266,33 @@ func Compute(in Inputs) NodePlan {
 			continue
 		}
 		r := o.p
+		is4 := r.Addr().Is4()
+		cluster := d.peers[o.owner].Cluster
+		if len(local) > 0 && ((is4 && !local4) || (!is4 && !local6)) {
+			p.CannotRoute = append(p.CannotRoute, Unroutable{Prefix: r, Cluster: cluster,
+				Reason: fmt.Sprintf("this cluster has no %s pod range: its pods have no address of that family", familyName(is4))})
+		}
+		hop := hop6
+		if is4 {
+			hop = hop4
+		}
 		route := desired.Route{Dst: r}
 		if gw {
 			route.Dev = in.Tunnel.Interface
+			if !hop.IsValid() {
+				p.WorkersCannotRoute = append(p.WorkersCannotRoute, Unroutable{Prefix: r, Cluster: cluster,
+					Reason: fmt.Sprintf("the active gateway %s has no %s InternalIP: only its own pods reach this range", in.Node, familyName(is4))})
+			}
 		} else {
-			if r.Addr().Is4() != p.NextHop.Is4() {
-				// No next hop of this family: an IPv6 range behind an
-				// IPv4-only gateway address is not routable from here.
+			if !hop.IsValid() {
+				// No next hop of this family: an IPv6 range behind a
+				// gateway with only an IPv4 address is not routable
+				// from here (its unreachable route stays).
+				p.CannotRoute = append(p.CannotRoute, Unroutable{Prefix: r, Cluster: cluster,
+					Reason: fmt.Sprintf("the active gateway has no %s InternalIP", familyName(is4))})
 				continue
 			}
-			route.Via = p.NextHop
+			route.Via = hop
 		}
 		p.Routes.Routes = append(p.Routes.Routes, route)
 		p.Filter.RemotePodCIDRs = append(p.Filter.RemotePodCIDRs, r)

@@ -51,6 +51,9 @@ func TestComputeMatchesReference(t *testing.T) {
 		if r.IntN(3) > 0 {
 			in.ActiveGatewayIP = netip.MustParseAddr([]string{"172.18.0.2", "fd00::2", "::ffff:172.18.0.3"}[r.IntN(3)])
 		}
+		for range r.IntN(3) {
+			in.ActiveGatewayIPs = append(in.ActiveGatewayIPs, netip.MustParseAddr([]string{"172.18.0.4", "fd00::4", "::ffff:172.18.0.5"}[r.IntN(3)]))
+		}
 		if r.IntN(10) == 0 {
 			in.Hold = "hold"
 		}
@@ -106,7 +109,14 @@ func computeRef(in Inputs) NodePlan {
 		p.Routes.Unreachable = append(p.Routes.Unreachable, canonicalRef(peer.PodCIDRs)...)
 	}
 	slices.SortFunc(p.Routes.Unreachable, prefix.Compare)
-	if in.Hold != "" || (in.Role != RoleGateway && !in.ActiveGatewayIP.IsValid()) {
+	// The gateway's address of each family: the first one given.
+	hops := map[bool]netip.Addr{}
+	for _, ip := range append([]netip.Addr{in.ActiveGatewayIP}, in.ActiveGatewayIPs...) {
+		if ip = ip.Unmap(); ip.IsValid() && !hops[ip.Is4()].IsValid() {
+			hops[ip.Is4()] = ip
+		}
+	}
+	if in.Hold != "" || (in.Role != RoleGateway && len(hops) == 0) {
 		if in.Hold == "" && len(peers) > 0 {
 			p.Hold = "no active gateway known yet"
 		}
@@ -114,8 +124,14 @@ func computeRef(in Inputs) NodePlan {
 		return p
 	}
 	if in.Role != RoleGateway {
-		p.NextHop = in.ActiveGatewayIP.Unmap()
+		for _, v4 := range []bool{true, false} {
+			if h, ok := hops[v4]; ok {
+				p.NextHops = append(p.NextHops, h)
+			}
+		}
+		p.NextHop = p.NextHops[0]
 	}
+	fam := map[bool]string{true: "IPv4", false: "IPv6"}
 
 	for _, peer := range peers {
 		ranges := canonicalRef(peer.PodCIDRs)
@@ -129,21 +145,34 @@ func computeRef(in Inputs) NodePlan {
 			p.PeerClusters[peer.PublicKey] = peer.Cluster
 		}
 		for _, r := range ranges {
+			v4 := r.Addr().Is4()
+			if len(local) > 0 && !hasFamily(local, v4) {
+				p.CannotRoute = append(p.CannotRoute, Unroutable{Prefix: r, Cluster: peer.Cluster,
+					Reason: "this cluster has no " + fam[v4] + " pod range: its pods have no address of that family"})
+			}
+			hop, ok := hops[v4]
 			route := desired.Route{Dst: r}
 			if in.Role == RoleGateway {
 				route.Dev = in.Tunnel.Interface
+				if !ok {
+					p.WorkersCannotRoute = append(p.WorkersCannotRoute, Unroutable{Prefix: r, Cluster: peer.Cluster,
+						Reason: "the active gateway " + in.Node + " has no " + fam[v4] + " InternalIP: only its own pods reach this range"})
+				}
 			} else {
-				if r.Addr().Is4() != p.NextHop.Is4() {
-					// No next hop of this family: an IPv6 range behind an
-					// IPv4-only gateway address is not routable from here.
+				if !ok {
+					p.CannotRoute = append(p.CannotRoute, Unroutable{Prefix: r, Cluster: peer.Cluster,
+						Reason: "the active gateway has no " + fam[v4] + " InternalIP"})
 					continue
 				}
-				route.Via = p.NextHop
+				route.Via = hop
 			}
 			p.Routes.Routes = append(p.Routes.Routes, route)
 			p.Filter.RemotePodCIDRs = append(p.Filter.RemotePodCIDRs, r)
 		}
 	}
+	byPrefix := func(a, b Unroutable) int { return prefix.Compare(a.Prefix, b.Prefix) }
+	slices.SortStableFunc(p.CannotRoute, byPrefix)
+	slices.SortStableFunc(p.WorkersCannotRoute, byPrefix)
 	slices.SortFunc(p.Filter.RemotePodCIDRs, prefix.Compare)
 	slices.SortFunc(p.Routes.Routes, func(a, b desired.Route) int { return prefix.Compare(a.Dst, b.Dst) })
 	if in.Role == RoleGateway {

@@ -90,6 +90,16 @@ type MembershipPeer struct {
 	Message string `json:"message,omitempty"`
 }
 
+// UnroutableRange is a remote pod range that cannot be reached, and why.
+type UnroutableRange struct {
+	// CIDR is the remote range.
+	CIDR string `json:"cidr"`
+	// Cluster is the member it belongs to.
+	Cluster string `json:"cluster"`
+	// Reason says why it cannot be reached.
+	Reason string `json:"reason"`
+}
+
 // TunnelMTUStatus is the MTU of the active gateway's tunnel device, which
 // its MSS clamping follows.
 type TunnelMTUStatus struct {
@@ -136,6 +146,19 @@ type ClusterSetMembershipStatus struct {
 	// ActiveGatewayIP is that node's address, the next hop of the other nodes' routes.
 	// +optional
 	ActiveGatewayIP string `json:"activeGatewayIP,omitempty"`
+	// ActiveGatewayIPs are that node's InternalIPs, one per family (IPv4
+	// first): the next hop of the other nodes' routes to remote ranges of
+	// that family.
+	// +optional
+	// +listType=atomic
+	ActiveGatewayIPs []string `json:"activeGatewayIPs,omitempty"`
+	// CannotRoute are the remote ranges that pods of this cluster cannot
+	// reach, and why: a family this cluster has no pod range of, or one
+	// the active gateway has no InternalIP of (the other nodes cannot
+	// route it).
+	// +optional
+	// +listType=atomic
+	CannotRoute []UnroutableRange `json:"cannotRoute,omitempty"`
 	// Tunnel are the ClusterSet's tunnel settings, copied from the hub by
 	// the elected agent so that every node (gateway candidates publishing
 	// their endpoint port) knows them without reading the hub.

@@ -50,6 +50,11 @@ type NodeReport struct {
 	Peers []NodePeerReport `json:"peers,omitempty"`
 	// NextHop is the active gateway's address (worker and standby only).
 	NextHop string `json:"nextHop,omitempty"`
+	// NextHops are the active gateway's addresses, one per family.
+	NextHops []string `json:"nextHops,omitempty"`
+	// CannotRoute are the remote ranges this node does not forward, or
+	// whose pods this cluster's pods cannot reach, and why.
+	CannotRoute []UnroutableRange `json:"cannotRoute,omitempty"`
 	// Routes is the number of forwarding routes the agent owns on the node.
 	Routes int `json:"routes"`
 	// Unreachable is the number of remote ranges the node drops instead of

@@ -471,8 +471,20 @@ func (d *diagnosis) checkNode(m *meshv1.ClusterSetMembership, s nodeState, podsR
 			d.add(name+" next hop", StatusWarn, fmt.Sprintf("Routes via %s, but the active gateway is %s", r.NextHop, m.Status.ActiveGatewayIP),
 				"A failover may be in progress: run diagnose again in a few seconds")
 		default:
-			d.add(name+" next hop", StatusOK, "Remote ranges via "+r.NextHop, "")
+			hops := r.NextHop
+			if len(r.NextHops) > 1 {
+				hops = strings.Join(r.NextHops, " and ")
+			}
+			d.add(name+" next hop", StatusOK, "Remote ranges via "+hops, "")
 		}
+	}
+	if len(r.CannotRoute) > 0 {
+		var parts []string
+		for _, u := range r.CannotRoute {
+			parts = append(parts, fmt.Sprintf("%s (%s): %s", u.CIDR, u.Cluster, u.Reason))
+		}
+		d.add(name+" unreachable ranges", StatusWarn, fmt.Sprintf("%d remote ranges cannot be reached from this node's pods: %s", len(parts), strings.Join(parts, "; ")),
+			"Give the gateway candidates an InternalIP of every family the ClusterSet uses, and the cluster a pod range of each (dual-stack)")
 	}
 }
 

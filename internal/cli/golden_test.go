@@ -237,11 +237,14 @@ func TestDiagnoseGolden(t *testing.T) {
 		meshv1.NodePeerReport{Cluster: "charlie", Endpoint: "172.18.2.2:51820", LatestHandshake: ago(184 * time.Second)})
 	// The ClusterSet's MTU does not fit this gateway's smaller WAN.
 	brokenGW.MTU, brokenGW.MTUSource, brokenGW.UnderlayInterface, brokenGW.UnderlayMTU = 1420, "ClusterSet", "wan", 1400
+	// A worker whose gateway has no IPv6 address.
+	brokenWorker := workerReport()
+	brokenWorker.CannotRoute = []meshv1.UnroutableRange{{CIDR: "fd00:2::/64", Cluster: "bravo", Reason: "the active gateway has no IPv6 InternalIP"}}
 	brokenClient := fakeClient(
 		broken, hubSecret(),
 		node("alpha-gw", "10.1.0.0/24", brokenGW),
 		node("alpha-worker", "10.1.1.0/24", nil),
-		node("alpha-worker2", "10.244.2.0/24", workerReport()),
+		node("alpha-worker2", "10.244.2.0/24", brokenWorker),
 	)
 	for _, tc := range []struct {
 		name   string

@@ -125,18 +125,20 @@ type runningAgent struct {
 // point at a closed port (the hub is "down" for agents that connect anew).
 var hubUnreachable atomic.Bool
 
-func startAgent(t *testing.T, nodeName string) *runningAgent {
+// startAgentOn starts an agent of the shared member on a fake kernel (an
+// existing one for a restart).
+func startAgentOn(t *testing.T, nodeName string, kernel *dpfake.Kernel, keyDir string) *runningAgent {
 	t.Helper()
-	return startAgentOn(t, nodeName, dpfake.NewKernel(), filepath.Join(t.TempDir(), "key"))
+	return startAgentIn(t, member.Config, nodeName, kernel, keyDir)
 }
 
-// startAgentOn starts an agent on an existing fake kernel (a restart).
-func startAgentOn(t *testing.T, nodeName string, kernel *dpfake.Kernel, keyDir string) *runningAgent {
+// startAgentIn starts an agent of the member cluster memberCfg.
+func startAgentIn(t *testing.T, memberCfg *rest.Config, nodeName string, kernel *dpfake.Kernel, keyDir string) *runningAgent {
 	t.Helper()
 	ra := &runningAgent{kernel: kernel, keyDir: keyDir}
 	dp := ra.kernel.Dataplane("arch0", testr.New(t))
 	a, err := controlplane.New(controlplane.Config{
-		NodeName: nodeName, Member: member.Config, TunnelInterface: "arch0",
+		NodeName: nodeName, Member: memberCfg, TunnelInterface: "arch0",
 		LeaseDuration: 3 * time.Second, RenewDeadline: 2 * time.Second, RetryPeriod: 500 * time.Millisecond,
 		Key:      func() (wgtypes.Key, error) { return wireguard.LoadOrCreateKey(ra.keyDir) },
 		Datapath: dp, Resync: time.Second, ReportInterval: 5 * time.Second,
