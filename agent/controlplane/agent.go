@@ -112,6 +112,10 @@ type Config struct {
 	Key func() (wgtypes.Key, error)
 	// Datapath applies plans.
 	Datapath Datapath
+	// Encapsulation of worker → gateway traffic: plan.EncapAuto (VXLAN
+	// when the gateway is off-link), plan.EncapVXLAN, or plan.EncapDirect
+	// ("" is direct).
+	Encapsulation string
 	// Resync is the period of full passes without events (default 30s).
 	Resync time.Duration
 	// ReportInterval bounds how often unchanged reports (NodeReport

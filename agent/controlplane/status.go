@@ -128,7 +128,11 @@ func (a *Agent) applyPlan(ctx context.Context, s *scope) error {
 	if s.role == meshv1.RoleGateway || s.role == meshv1.RoleStandby {
 		in.Underlay = a.underlay(s, in.Peers)
 	}
-	s.plan = plan.WithStandbyDevice(plan.Compute(in), in)
+	p := plan.WithStandbyDevice(plan.Compute(in), in)
+	if mode := a.cfg.Encapsulation; mode != "" && mode != plan.EncapDirect {
+		in.Overlay = a.overlayInputs(s, p)
+	}
+	s.plan = plan.WithOverlay(p, in)
 	if s.role == meshv1.RoleGateway && !a.stillLeading() {
 		// Stepped down while this pass ran: never apply a gateway plan
 		// after that; the pass the elector triggered applies the standby's.
@@ -165,6 +169,44 @@ func cannotRoute(us []plan.Unroutable) []meshv1.UnroutableRange {
 	}
 	slices.SortStableFunc(out, func(a, b meshv1.UnroutableRange) int { return strings.Compare(a.CIDR, b.CIDR) })
 	return out
+}
+
+// linkProber is a Datapath that tells on-link addresses and paths
+// (*dataplane.Dataplane is one).
+type linkProber interface {
+	underlayProber
+	OnLink(ip netip.Addr) (bool, error)
+}
+
+// overlayInputs are the facts the overlay decision needs: this node's
+// address, whether the active gateway's address of that family is on-link,
+// and the path the VXLAN packets take (for the device's MTU). Two route
+// lookups, no packet.
+func (a *Agent) overlayInputs(s *scope, p plan.NodePlan) plan.Overlay {
+	o := plan.Overlay{Mode: a.cfg.Encapsulation, Local: nodeIP(s.node)}
+	lp, ok := a.cfg.Datapath.(linkProber)
+	if !ok || !o.Local.IsValid() {
+		return o
+	}
+	var gw netip.Addr
+	for _, h := range p.NextHops {
+		if h.Is4() == o.Local.Is4() {
+			gw = h
+		}
+	}
+	var eps []netip.Addr
+	if gw.IsValid() {
+		on, err := lp.OnLink(gw)
+		if err != nil {
+			a.log.V(1).Info("Cannot tell whether the gateway is on-link", "gateway", gw, "error", err.Error())
+		}
+		o.GatewayOnLink = on || err != nil && o.Mode == plan.EncapAuto
+		eps = []netip.Addr{gw}
+	}
+	if u, err := lp.Underlay(o.Local, eps); err == nil {
+		o.Underlay = u
+	}
+	return o
 }
 
 // underlayProber is a Datapath that finds the interface under the tunnel

@@ -13,7 +13,9 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/archipelago-mesh/archipelago/agent/desired"
 	"github.com/archipelago-mesh/archipelago/agent/netfilter"
+	"github.com/archipelago-mesh/archipelago/agent/overlay"
 	"github.com/archipelago-mesh/archipelago/agent/plan"
 	"github.com/archipelago-mesh/archipelago/agent/routing"
 	"github.com/archipelago-mesh/archipelago/agent/wireguard"
@@ -72,6 +74,9 @@ type Options struct {
 	Sysctl  routing.Sysctl
 	// Links finds the interface under the tunnel (Underlay); optional.
 	Links routing.Links
+	// Overlay makes the VXLAN device of plans with an Overlay; optional
+	// (nil: such plans fail, and no device is looked for).
+	Overlay overlay.Links
 	// TunnelInterface is the device name Cleanup removes.
 	TunnelInterface string
 	Log             logr.Logger
@@ -90,14 +95,17 @@ type Result struct {
 	Tunnel        wireguard.Changes
 	Routes        routing.Changes
 	FilterChanged bool
-	HostSettings  []string
-	Duration      time.Duration
+	// OverlayChanged is true when the VXLAN device was made, changed or
+	// removed.
+	OverlayChanged bool
+	HostSettings   []string
+	Duration       time.Duration
 }
 
 // Empty reports whether the pass wrote nothing.
 func (r Result) Empty() bool {
 	return !r.TunnelOpened && !r.TunnelRemoved && r.Tunnel.Empty() && r.Routes.Empty() &&
-		!r.FilterChanged && len(r.HostSettings) == 0
+		!r.FilterChanged && !r.OverlayChanged && len(r.HostSettings) == 0
 }
 
 // PeersTouched is the number of WireGuard peers the pass configured.
@@ -139,6 +147,15 @@ type applied struct {
 	filter *netfilter.FilterPlan
 	routes *routing.RoutePlan
 	tunnel *wireguard.TunnelPlan
+	// overlay is set once the overlay layer converged; its plan may be nil
+	// (no device).
+	overlay *overlayMem
+}
+
+type overlayMem struct{ plan *desired.OverlayPlan }
+
+func sameOverlay(a, b *desired.OverlayPlan) bool {
+	return (a == nil) == (b == nil) && (a == nil || *a == *b)
 }
 
 // Apply makes the node match p. It is the event-driven pass: a layer whose
@@ -226,6 +243,9 @@ func (d *Dataplane) apply(ctx context.Context, p plan.NodePlan, full bool) (Resu
 			d.mem.filter = &f
 		}
 	}
+	if err := d.applyOverlay(p, &res); err != nil {
+		errs = append(errs, err)
+	}
 	if m := d.mem.routes; m != nil && sameRoutes(*m, p.Routes) {
 		res.Full = false
 	} else {
@@ -259,6 +279,29 @@ func (d *Dataplane) apply(ctx context.Context, p plan.NodePlan, full bool) (Resu
 			"hostSettings", res.HostSettings, "duration", res.Duration)
 	}
 	return res, err
+}
+
+// applyOverlay makes the VXLAN device match p.Overlay (before the routes
+// that name it), or removes the agent's device when p has none.
+func (d *Dataplane) applyOverlay(p plan.NodePlan, res *Result) error {
+	if d.o.Overlay == nil {
+		if p.Overlay != nil {
+			return fmt.Errorf("overlay %s: the data path has no link handle for VXLAN devices", p.Overlay.Interface)
+		}
+		return nil
+	}
+	if m := d.mem.overlay; m != nil && sameOverlay(m.plan, p.Overlay) {
+		res.Full = false
+		return nil
+	}
+	d.mem.overlay = nil
+	changed, err := overlay.Apply(d.o.Overlay, desired.DefaultOverlayInterface, p.Overlay)
+	res.OverlayChanged = changed
+	if err != nil {
+		return fmt.Errorf("overlay: %w", err)
+	}
+	d.mem.overlay = &overlayMem{plan: p.Overlay}
+	return nil
 }
 
 func (d *Dataplane) applyTunnel(ctx context.Context, p plan.NodePlan, res *Result) error {
@@ -397,6 +440,17 @@ func (d *Dataplane) Underlay(local netip.Addr, endpoints []netip.Addr) (plan.Und
 	return plan.Underlay{Interface: name, MTU: mtu, IPv6: local.Unmap().Is6()}, nil
 }
 
+// OnLink reports whether ip (the active gateway's address) is on one of
+// the node's links, for the automatic choice of the overlay.
+func (d *Dataplane) OnLink(ip netip.Addr) (bool, error) {
+	if d.o.Links == nil {
+		return false, errors.New("the data path reads no links")
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return routing.OnLink(d.o.Links, ip)
+}
+
 // RunResync runs Resync every period until ctx is done, so that drift (a
 // route or rule deleted by hand, a peer removed with wg), which event-driven
 // passes do not look for, is repaired. Passes with nothing to repair write
@@ -468,6 +522,11 @@ func (d *Dataplane) Cleanup(ctx context.Context) error {
 	if err := netfilter.Cleanup(d.o.Filter); err != nil {
 		errs = append(errs, fmt.Errorf("packet filter: %w", err))
 	}
+	if d.o.Overlay != nil {
+		if _, err := overlay.Apply(d.o.Overlay, desired.DefaultOverlayInterface, nil); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	name := d.tunnelName
 	if name == "" {
 		name = d.o.TunnelInterface
@@ -509,6 +568,9 @@ func (d *Dataplane) Report() meshv1.NodeReport {
 	}
 	for _, h := range p.NextHops {
 		r.NextHops = append(r.NextHops, h.String())
+	}
+	if o := p.Overlay; o != nil && o.Remote.IsValid() {
+		r.Encapsulation = fmt.Sprintf("vxlan %s to %s", o.Interface, o.Remote)
 	}
 	for _, u := range p.CannotRoute {
 		r.CannotRoute = append(r.CannotRoute, meshv1.UnroutableRange{CIDR: u.Prefix.String(), Cluster: u.Cluster, Reason: u.Reason})

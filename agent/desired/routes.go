@@ -34,6 +34,9 @@ type Route struct {
 	Src netip.Addr
 	// MTU is the route MTU (RTAX_MTU). Zero means unset.
 	MTU int
+	// OnLink says Via is reachable on Dev without a route to it (the
+	// overlay's gateway address, which no subnet of Dev holds).
+	OnLink bool
 }
 
 // RoutePlan is the complete desired routing state of the agent on one node.

@@ -92,6 +92,9 @@ type Inputs struct {
 	Underlay Underlay
 	// PrivateKey is this node's WireGuard key (gateway only).
 	PrivateKey wgtypes.Key
+	// Overlay says whether and how worker → gateway traffic is
+	// encapsulated (WithOverlay); the zero value routes directly.
+	Overlay Overlay
 	// Hold, when not empty, says why this node must not route (for example
 	// a Node's podCIDR lies outside the assigned ranges): the plan keeps the
 	// gateway's device but has no peers, routes or remote ranges.
@@ -114,6 +117,8 @@ type NodePlan struct {
 	Host         desired.HostSettings
 	// MTU is the tunnel MTU this node uses (device and MSS clamp), and why.
 	MTU MTUDecision
+	// Overlay is the node's VXLAN device (WithOverlay); nil means none.
+	Overlay *desired.OverlayPlan
 	// NextHop is the active gateway's address on other nodes (IPv4 when it
 	// has one), NextHops its addresses per family (IPv4 first).
 	NextHop  netip.Addr

@@ -226,6 +226,9 @@ func desiredRoutes(nl Netlink, plan RoutePlan) (wanted, error) {
 		if r.Src.IsValid() {
 			nr.Src = net.IP(r.Src.Unmap().AsSlice())
 		}
+		if r.OnLink {
+			nr.Flags |= int(netlink.FLAG_ONLINK)
+		}
 		if r.Dev != "" {
 			idx, ok := links[r.Dev]
 			if !ok {
@@ -290,6 +293,9 @@ func ownedRoutes(nl Netlink, fam, table int) ([]netlink.Route, error) {
 // interface), which must not count as drift.
 func sameRoute(cur, want netlink.Route) bool {
 	if !ipEqual(cur.Gw, want.Gw) || !ipEqual(cur.Src, want.Src) || cur.MTU != want.MTU {
+		return false
+	}
+	if onlink := int(netlink.FLAG_ONLINK); cur.Flags&onlink != want.Flags&onlink {
 		return false
 	}
 	if want.LinkIndex != 0 && cur.LinkIndex != want.LinkIndex {

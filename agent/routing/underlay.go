@@ -77,3 +77,17 @@ func PathTo(nl Links, dst netip.Addr) (name string, mtu int, err error) {
 	}
 	return link.Attrs().Name, mtu, nil
 }
+
+// OnLink reports whether dst is on one of the node's links: the kernel's
+// route to it has no gateway (a neighbour, not a hop away).
+func OnLink(nl Links, dst netip.Addr) (bool, error) {
+	dst = dst.Unmap()
+	routes, err := nl.RouteGet(net.IP(dst.AsSlice()))
+	if err != nil {
+		return false, fmt.Errorf("route to %s: %w", dst, err)
+	}
+	if len(routes) == 0 {
+		return false, fmt.Errorf("route to %s: none", dst)
+	}
+	return len(routes[0].Gw) == 0 || routes[0].Gw.IsUnspecified(), nil
+}

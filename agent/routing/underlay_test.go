@@ -79,3 +79,19 @@ func mustNet(s string) *net.IPNet {
 	}
 	return n
 }
+
+func TestOnLink(t *testing.T) {
+	nl := fake.NewNetlink()
+	nl.AddAddr("eth0", netip.MustParsePrefix("192.168.1.5/24"), 1500)
+	eth0, _ := nl.LinkByName("eth0")
+	nl.Seed(netlink.Route{LinkIndex: eth0.Attrs().Index, Dst: mustNet("192.168.1.0/24")})
+	nl.Seed(netlink.Route{LinkIndex: eth0.Attrs().Index, Family: netlink.FAMILY_V4, Gw: net.ParseIP("192.168.1.1")})
+	for dst, want := range map[string]bool{"192.168.1.9": true, "192.168.2.9": false} {
+		if got, err := routing.OnLink(nl, netip.MustParseAddr(dst)); err != nil || got != want {
+			t.Errorf("OnLink(%s) = %v, %v; want %v", dst, got, err, want)
+		}
+	}
+	if _, err := routing.OnLink(nl, netip.MustParseAddr("fd00::1")); err == nil {
+		t.Error("no route: want an error")
+	}
+}

@@ -50,6 +50,9 @@ type NodeReport struct {
 	Peers []NodePeerReport `json:"peers,omitempty"`
 	// NextHop is the active gateway's address (worker and standby only).
 	NextHop string `json:"nextHop,omitempty"`
+	// Encapsulation says how remote ranges reach the gateway when not
+	// routed directly ("vxlan <device> to <gateway address>").
+	Encapsulation string `json:"encapsulation,omitempty"`
 	// NextHops are the active gateway's addresses, one per family.
 	NextHops []string `json:"nextHops,omitempty"`
 	// CannotRoute are the remote ranges this node does not forward, or

@@ -37,6 +37,7 @@ import (
 	"github.com/archipelago-mesh/archipelago/agent/dataplane"
 	"github.com/archipelago-mesh/archipelago/agent/liveness"
 	"github.com/archipelago-mesh/archipelago/agent/netfilter"
+	"github.com/archipelago-mesh/archipelago/agent/plan"
 	"github.com/archipelago-mesh/archipelago/agent/routing"
 	"github.com/archipelago-mesh/archipelago/agent/wireguard"
 )
@@ -104,6 +105,7 @@ func runAgent(args []string) error {
 		probeMisses    = fs.Int("probe-misses", 5, "Probes in a row the active gateway's node may miss before a standby takes over.")
 		iface          = fs.String("interface", defaultInterface, "WireGuard interface name (at most 15 bytes); must be unique per UAPI socket directory.")
 		stateDir       = fs.String("state-dir", defaultStateDir, "Host directory for the private key (private.key, mode 0600) and device logs.")
+		encap          = fs.String("worker-encapsulation", plan.EncapAuto, "How workers reach the active gateway: auto (VXLAN when its InternalIP is not on-link, else routed directly), vxlan or direct.")
 		endpoint       = fs.String("public-endpoint", "", "host:port other clusters send tunnel traffic to when this node is the gateway; empty: InternalIP and the ClusterSet's port; \"none\": behind NAT, dial out only.")
 		wgKind         = fs.String("wireguard", "auto", "WireGuard implementation: auto (kernel if the module exists, else userspace), kernel or userspace.")
 		deviceMode     = fs.String("userspace-device", "detached", "How the userspace device runs: detached (the agent starts 'wireguard-device' in its own session) or supervised (a 'wireguard-device --supervise' process of its own, e.g. the archipelago-device DaemonSet, starts it on request; 'sidecar' is the same).")
@@ -132,6 +134,11 @@ func runAgent(args []string) error {
 	ctx, cancel := signalContext()
 	defer cancel()
 
+	switch *encap {
+	case plan.EncapAuto, plan.EncapVXLAN, plan.EncapDirect:
+	default:
+		return fmt.Errorf("--worker-encapsulation=%q: want auto, vxlan or direct", *encap)
+	}
 	driver, err := newDriver(kind, *deviceMode, *stateDir, *probePort, log)
 	if err != nil {
 		return err
@@ -149,7 +156,7 @@ func runAgent(args []string) error {
 		MembershipName: controlplane.DefaultMembershipName, LeaseDuration: *leaseDuration, RenewDeadline: *renewDeadline,
 		RetryPeriod: *retryPeriod, TakeoverGrace: *grace, ProbePort: *probePort,
 		ProbeInterval: *probeInterval, ProbeMisses: *probeMisses,
-		TunnelInterface: *iface, PublicEndpoint: *endpoint,
+		TunnelInterface: *iface, PublicEndpoint: *endpoint, Encapsulation: *encap,
 		// The node key of an earlier version seeds the shared key, so that
 		// an upgrade keeps the identity remotes know.
 		Key:      func() (wgtypes.Key, error) { return existingKey(*stateDir) },
@@ -248,7 +255,7 @@ func newDataplane(driver *dataplane.WireGuardDriver, iface string, log logr.Logg
 		return nil, nil, err
 	}
 	dp := dataplane.New(dataplane.Options{
-		Tunnels: driver, Netlink: nl, Links: nl, Filter: nft, Sysctl: routing.ProcSys{},
+		Tunnels: driver, Netlink: nl, Links: nl, Overlay: nl, Filter: nft, Sysctl: routing.ProcSys{},
 		TunnelInterface: iface, Log: log.WithName("dataplane"),
 	})
 	return dp, func() {
