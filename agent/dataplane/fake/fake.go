@@ -17,6 +17,7 @@ import (
 	"github.com/archipelago-mesh/archipelago/agent/dataplane"
 	"github.com/archipelago-mesh/archipelago/agent/netfilter"
 	nffake "github.com/archipelago-mesh/archipelago/agent/netfilter/fake"
+	ovfake "github.com/archipelago-mesh/archipelago/agent/overlay/fake"
 	"github.com/archipelago-mesh/archipelago/agent/routing"
 	rtfake "github.com/archipelago-mesh/archipelago/agent/routing/fake"
 	"github.com/archipelago-mesh/archipelago/agent/wireguard"
@@ -31,10 +32,12 @@ type Kernel struct {
 	Netlink *rtfake.Netlink
 	NFT     *nffake.Conn
 	Sysctl  *rtfake.Sysctl
+	Overlay *ovfake.Links
 	Driver  *Driver
 
-	sysctlBase int
-	reads      atomic.Int64
+	sysctlBase  int
+	overlayBase int
+	reads       atomic.Int64
 }
 
 // NewKernel returns an empty fake node with IPv4 forwarding off and strict
@@ -44,6 +47,7 @@ func NewKernel() *Kernel {
 		WG:      wgfake.NewClient(),
 		Links:   wgfake.NewLinks(true),
 		Netlink: rtfake.NewNetlink(),
+		Overlay: ovfake.New(),
 		NFT:     nffake.New(),
 		Sysctl: rtfake.NewSysctl(map[string]string{
 			"net.ipv4.ip_forward": "0", "net.ipv6.conf.all.forwarding": "0",
@@ -51,6 +55,8 @@ func NewKernel() *Kernel {
 		}),
 	}
 	k.Driver = &Driver{k: k}
+	// Routes name the VXLAN device: the routing fake knows it once made.
+	k.Overlay.OnAdd = func(name string) { k.Netlink.AddLink(name) }
 	return k
 }
 
@@ -58,7 +64,7 @@ func NewKernel() *Kernel {
 func (k *Kernel) Dataplane(tunnel string, log logr.Logger) *dataplane.Dataplane {
 	return dataplane.New(dataplane.Options{
 		Tunnels: k.Driver, Netlink: readNetlink{k.Netlink, &k.reads}, Filter: readConn{k.NFT, &k.reads},
-		Sysctl: readSysctl{k.Sysctl, &k.reads}, Links: k.Netlink, TunnelInterface: tunnel, Log: log,
+		Sysctl: readSysctl{k.Sysctl, &k.reads}, Links: k.Netlink, Overlay: k.Overlay, TunnelInterface: tunnel, Log: log,
 	})
 }
 
@@ -73,7 +79,7 @@ func (k *Kernel) ResetReads() { k.reads.Store(0) }
 // Writes is the number of kernel writes since ResetWrites.
 func (k *Kernel) Writes() int {
 	return len(k.WG.ConfigureCalls()) + len(k.Links.Changes()) + k.Netlink.Writes() + k.NFT.Writes() +
-		len(k.Sysctl.Writes()) - k.sysctlBase + k.Driver.Writes()
+		len(k.Sysctl.Writes()) - k.sysctlBase + k.Driver.Writes() + k.Overlay.Writes() - k.overlayBase
 }
 
 // ResetWrites zeroes the write counters; the state stays.
@@ -83,6 +89,7 @@ func (k *Kernel) ResetWrites() {
 	k.Netlink.ResetWrites()
 	k.NFT.ResetCounts()
 	k.sysctlBase = len(k.Sysctl.Writes())
+	k.overlayBase = k.Overlay.Writes()
 	k.Driver.mu.Lock()
 	k.Driver.writes = 0
 	k.Driver.mu.Unlock()

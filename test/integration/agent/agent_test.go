@@ -133,11 +133,11 @@ func startAgentOn(t *testing.T, nodeName string, kernel *dpfake.Kernel, keyDir s
 }
 
 // startAgentIn starts an agent of the member cluster memberCfg.
-func startAgentIn(t *testing.T, memberCfg *rest.Config, nodeName string, kernel *dpfake.Kernel, keyDir string) *runningAgent {
+func startAgentIn(t *testing.T, memberCfg *rest.Config, nodeName string, kernel *dpfake.Kernel, keyDir string, opts ...func(*controlplane.Config)) *runningAgent {
 	t.Helper()
 	ra := &runningAgent{kernel: kernel, keyDir: keyDir}
 	dp := ra.kernel.Dataplane("arch0", testr.New(t))
-	a, err := controlplane.New(controlplane.Config{
+	cfg := controlplane.Config{
 		NodeName: nodeName, Member: memberCfg, TunnelInterface: "arch0",
 		LeaseDuration: 3 * time.Second, RenewDeadline: 2 * time.Second, RetryPeriod: 500 * time.Millisecond,
 		Key:      func() (wgtypes.Key, error) { return wireguard.LoadOrCreateKey(ra.keyDir) },
@@ -153,7 +153,11 @@ func startAgentIn(t *testing.T, memberCfg *rest.Config, nodeName string, kernel 
 			return c, err
 		},
 		Log: testr.NewWithOptions(t, testr.Options{Verbosity: 0}).WithValues("agent", nodeName),
-	})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	a, err := controlplane.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,18 +4,24 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/netip"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/archipelago-mesh/archipelago/agent/controlplane"
 	dpfake "github.com/archipelago-mesh/archipelago/agent/dataplane/fake"
+	"github.com/archipelago-mesh/archipelago/agent/desired"
+	"github.com/archipelago-mesh/archipelago/agent/plan"
 	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
 	"github.com/archipelago-mesh/archipelago/controllers"
 	"github.com/archipelago-mesh/archipelago/test/framework"
@@ -79,10 +85,22 @@ func TestAgentDualStack(t *testing.T) {
 	}
 	createNode(t, mc, dualNode("gw", "172.18.0.2", "fd00:ffff::2", "10.64.1.0/24", "fd00:64:0:1:1::/80", true))
 	createNode(t, mc, dualNode("w1", "172.18.0.4", "fd00:ffff::4", "10.64.3.0/24", "fd00:64:0:1:3::/80", false))
+	// w2 sits on another subnet: its kernel's route to the gateway has a
+	// router as next hop, so it reaches the gateway through the VXLAN.
+	createNode(t, mc, dualNode("w2", "172.18.1.5", "fd00:ffff:1::5", "10.64.4.0/24", "fd00:64:0:1:4::/80", false))
 	framework.JoinMember(t, mc, hubAPI.Config, "a", "ds", framework.MemberHubTokenTTL(t, hubAPI.Config, "a", tokenTTL))
+	auto := func(c *controlplane.Config) { c.Encapsulation = plan.EncapAuto }
 	agents := map[string]*runningAgent{}
-	for _, n := range []string{"gw", "w1"} {
-		agents[n] = startAgentIn(t, memberAPI.Config, n, dpfake.NewKernel(), filepath.Join(t.TempDir(), "key-"+n))
+	for _, n := range []string{"gw", "w1", "w2"} {
+		k := dpfake.NewKernel()
+		if n == "w2" {
+			k.Netlink.AddAddr("eth0", netip.MustParsePrefix("172.18.1.5/24"), 1500)
+			eth0, _ := k.Netlink.LinkByName("eth0")
+			_, sub, _ := net.ParseCIDR("172.18.1.0/24")
+			k.Netlink.Seed(netlink.Route{LinkIndex: eth0.Attrs().Index, Dst: sub})
+			k.Netlink.Seed(netlink.Route{LinkIndex: eth0.Attrs().Index, Family: netlink.FAMILY_V4, Gw: net.ParseIP("172.18.1.1")})
+		}
+		agents[n] = startAgentIn(t, memberAPI.Config, n, k, filepath.Join(t.TempDir(), "key-"+n), auto)
 	}
 
 	getMS := func() meshv1.ClusterSetMembershipStatus {
@@ -107,6 +125,32 @@ func TestAgentDualStack(t *testing.T) {
 		got := routesOf(agents["w1"])
 		return slices.Equal(got, []string{"10.65.0.0/16 via 172.18.0.2", "10.66.0.0/16 via 172.18.0.2", "fd00:64:0:2::/64 via fd00:ffff::2", "fd00:64:0:6::/64 via fd00:ffff::2"}), fmt.Sprint(got)
 	})
+	vxRoutes := func(ra *runningAgent) []string {
+		var out []string
+		for _, r := range forwarding(ra) {
+			l, _ := ra.kernel.Netlink.LinkByName(desired.DefaultOverlayInterface)
+			if l != nil && r.LinkIndex == l.Attrs().Index {
+				out = append(out, r.Dst.String()+" via "+r.Gw.String())
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	wantVX := []string{"10.65.0.0/16 via 169.254.167.1", "10.66.0.0/16 via 169.254.167.1", "fd00:64:0:2::/64 via fe80::a7c", "fd00:64:0:6::/64 via fe80::a7c"}
+	eventually(t, "off-link worker routes every remote range through the VXLAN to the gateway", func() (bool, string) {
+		dev, ok := agents["w2"].kernel.Overlay.Device(desired.DefaultOverlayInterface)
+		if !ok || dev.Group.String() != "172.18.0.2" || dev.SrcAddr.String() != "172.18.1.5" || dev.MTU != 1450 || dev.VxlanId != desired.DefaultOverlayVNI {
+			return false, fmt.Sprintf("device %+v (exists %v)", dev, ok)
+		}
+		got := vxRoutes(agents["w2"])
+		return slices.Equal(got, wantVX), fmt.Sprint(got)
+	})
+	if dev, ok := agents["gw"].kernel.Overlay.Device(desired.DefaultOverlayInterface); !ok || len(dev.Group) != 0 || dev.HardwareAddr.String() != "02:a7:c0:00:0a:7c" {
+		t.Errorf("gateway's receiving side %+v (exists %v)", dev, ok)
+	}
+	if _, ok := agents["w1"].kernel.Overlay.Device(desired.DefaultOverlayInterface); ok {
+		t.Error("the on-link worker made a VXLAN device")
+	}
 	report := func(name string) meshv1.NodeReport {
 		n := &corev1.Node{}
 		_ = mc.Get(ctx, client.ObjectKey{Name: name}, n)
@@ -135,6 +179,13 @@ func TestAgentDualStack(t *testing.T) {
 	eventually(t, "worker routes IPv4 only", func() (bool, string) {
 		got, un := routesOf(agents["w1"]), unreachable(agents["w1"])
 		return slices.Equal(got, []string{"10.65.0.0/16 via 172.18.0.2", "10.66.0.0/16 via 172.18.0.2"}) && len(un) == 4, fmt.Sprintf("routes %v unreachable %v", got, un)
+	})
+	// Over the VXLAN the outer packets need only the gateway's IPv4
+	// address: the off-link worker keeps routing the IPv6 ranges.
+	eventually(t, "off-link worker keeps both families", func() (bool, string) {
+		got, r := vxRoutes(agents["w2"]), report("w2")
+		return slices.Equal(got, wantVX) && len(r.CannotRoute) == 0 && strings.HasPrefix(r.Encapsulation, "vxlan archipelago-vx to 172.18.0.2"),
+			fmt.Sprintf("routes %v report %+v", got, r)
 	})
 	eventually(t, "worker report and membership say what cannot be routed", func() (bool, string) {
 		r, st := report("w1"), getMS()
