@@ -34,7 +34,11 @@ import (
 // +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=mesh.archipelago.dev,resources=clustersetmemberships,verbs=get;list;watch
 // +kubebuilder:rbac:groups=mesh.archipelago.dev,resources=clustersetmemberships/status,verbs=get;update;patch
-// +kubebuilder:rbac:groups=coordination.k8s.io,namespace=archipelago-system,resources=leases,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups=coordination.k8s.io,namespace=archipelago-system,resources=leases,verbs=get;list;watch
+// Writing the gateway Lease is not generated here either: only the
+// candidates' ServiceAccount may (config/agent/rbac/gateway-lease.yaml);
+// workers follow it. Node patches are confined to the agent's own node's
+// archipelago.dev/* annotations by config/agent/node-policy.yaml.
 // The hub Secret (get, and update for renewals) is not generated here: only
 // the gateway candidates' ServiceAccount may read it (config/agent/rbac/hub-secret.yaml).
 

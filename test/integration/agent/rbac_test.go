@@ -13,7 +13,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
@@ -67,18 +66,7 @@ func configAgent(t *testing.T) []*unstructured.Unstructured {
 func TestOnlyGatewayCandidatesReadTheHubSecret(t *testing.T) {
 	needAPIServers(t)
 	ctx := context.Background()
-	for _, u := range configAgent(t) {
-		err := member.Client.Create(ctx, u)
-		switch {
-		case apierrors.IsAlreadyExists(err):
-			continue
-		case err != nil:
-			t.Fatalf("create %s %s: %v", u.GetKind(), u.GetName(), err)
-		}
-		if u.GetKind() != "Namespace" {
-			t.Cleanup(func() { _ = member.Client.Delete(context.Background(), u) })
-		}
-	}
+	applyConfigAgent(t)
 	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: framework.MemberSystemNamespace, Name: framework.MemberHubSecret},
 		Data: map[string][]byte{"token": []byte("t")}}
 	if err := member.Client.Create(ctx, secret); err == nil {
@@ -92,21 +80,9 @@ func TestOnlyGatewayCandidatesReadTheHubSecret(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = member.Client.Delete(context.Background(), other) })
 
-	as := func(sa string) client.Client {
-		cfg := rest.CopyConfig(member.Config)
-		cfg.Impersonate = rest.ImpersonationConfig{
-			UserName: "system:serviceaccount:" + framework.MemberSystemNamespace + ":" + sa,
-			Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:" + framework.MemberSystemNamespace, "system:authenticated"},
-		}
-		c, err := client.New(cfg, client.Options{Scheme: framework.Scheme()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
 	key := client.ObjectKeyFromObject(secret)
 
-	worker := as("archipelago-agent")
+	worker := impersonate(t, "archipelago-agent")
 	if err := worker.Get(ctx, key, &corev1.Secret{}); !apierrors.IsForbidden(err) {
 		t.Errorf("a worker's agent reads the hub Secret: got %v, want Forbidden", err)
 	}
@@ -121,7 +97,7 @@ func TestOnlyGatewayCandidatesReadTheHubSecret(t *testing.T) {
 		t.Errorf("a worker's agent cannot list memberships: %v", err)
 	}
 
-	gw := as("archipelago-gateway")
+	gw := impersonate(t, "archipelago-gateway")
 	s := &corev1.Secret{}
 	if err := gw.Get(ctx, key, s); err != nil {
 		t.Fatalf("a gateway candidate's agent cannot read the hub Secret: %v", err)
