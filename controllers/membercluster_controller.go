@@ -292,7 +292,10 @@ func (r *MemberClusterReconciler) reconcileNamespace(ctx context.Context, s *mem
 		// What the member writes on the hub is bounded; its Role does not let
 		// it change the quota.
 		{quota, labels, func() error {
-			quota.Spec.Hard = corev1.ResourceList{GatewayQuotaResource: *resource.NewQuantity(MaxGatewaysPerMember, resource.DecimalSI)}
+			quota.Spec.Hard = corev1.ResourceList{
+				GatewayQuotaResource:         *resource.NewQuantity(MaxGatewaysPerMember, resource.DecimalSI),
+				ExportedServiceQuotaResource: *resource.NewQuantity(MaxExportedServicesPerMember, resource.DecimalSI),
+			}
 			return nil
 		}},
 	}
@@ -453,11 +456,12 @@ func memberClusterRules(m *meshv1.MemberCluster) []rbacv1.PolicyRule {
 	}
 }
 
-// peerReaderRules let the members of a set read its peer directory.
+// peerReaderRules let the members of a set read its peer directory and the
+// hub's copies of the set's exported services (never write them).
 func peerReaderRules() []rbacv1.PolicyRule {
 	return []rbacv1.PolicyRule{{
 		APIGroups: []string{meshv1.GroupVersion.Group},
-		Resources: []string{"clustersetpeers"},
+		Resources: []string{"clustersetpeers", "exportedservices"},
 		Verbs:     []string{"get", "list", "watch"},
 	}}
 }
@@ -473,6 +477,13 @@ func memberNamespaceRules() []rbacv1.PolicyRule {
 			APIGroups: []string{meshv1.GroupVersion.Group},
 			Resources: []string{"tunnelgateways/status"},
 			Verbs:     []string{"get", "update", "patch"},
+		},
+		{
+			// The member's own exports of multi-cluster services; the hub
+			// copies them into the set's namespace for the other members.
+			APIGroups: []string{meshv1.GroupVersion.Group},
+			Resources: []string{"exportedservices"},
+			Verbs:     []string{"get", "list", "watch", "create", "update", "patch", "delete"},
 		},
 		{
 			// The elected agent renews its own token (bound to its

@@ -115,7 +115,7 @@ func TestReconcileAssignsAndConfines(t *testing.T) {
 	for _, rule := range role.Rules {
 		for _, res := range rule.Resources {
 			switch res {
-			case "tunnelgateways", "tunnelgateways/status":
+			case "tunnelgateways", "tunnelgateways/status", "exportedservices":
 			case "serviceaccounts/token":
 				// Renewal of its own token only.
 				if len(rule.ResourceNames) != 1 || rule.ResourceNames[0] != MemberServiceAccount || len(rule.Verbs) != 1 || rule.Verbs[0] != "create" {
@@ -157,6 +157,9 @@ func TestReconcileAssignsAndConfines(t *testing.T) {
 	}
 	if n, ok := quota.Spec.Hard[GatewayQuotaResource]; !ok || n.Value() != MaxGatewaysPerMember || quota.Labels[labelManagedBy] != managedByHub {
 		t.Errorf("quota %+v", quota)
+	}
+	if n, ok := quota.Spec.Hard[ExportedServiceQuotaResource]; !ok || n.Value() != MaxExportedServicesPerMember {
+		t.Errorf("quota %+v: no bound on exported services", quota)
 	}
 	// Once both have seen each other, a further pass changes nothing.
 	reconcileMember(t, r, "east")

@@ -36,6 +36,12 @@ const (
 	// GatewayQuotaResource is what that quota counts. The API server counts
 	// objects of custom resources under count/<resource>.<group>.
 	GatewayQuotaResource corev1.ResourceName = "count/tunnelgateways.mesh.archipelago.dev"
+
+	// MaxExportedServicesPerMember bounds the ExportedServices (one per
+	// exported Service) a member may write, by the same quota.
+	MaxExportedServicesPerMember = 1000
+	// ExportedServiceQuotaResource is what the quota counts of them.
+	ExportedServiceQuotaResource corev1.ResourceName = "count/exportedservices.mesh.archipelago.dev"
 )
 
 // MemberNamespace returns the hub namespace of a member. Namespace names are

@@ -11,6 +11,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
@@ -53,7 +54,8 @@ func (r *MemberClusterReconciler) reconcilePeer(ctx context.Context, s *memberSc
 	if !slices.Equal(s.persisted.Status.PodCIDRs, m.Status.PodCIDRs) {
 		return ctrl.Result{}, nil
 	}
-	want := meshv1.ClusterSetPeerSpec{PodCIDRs: slices.Clone(m.Status.PodCIDRs)}
+	want := meshv1.ClusterSetPeerSpec{PodCIDRs: slices.Clone(m.Status.PodCIDRs),
+		AgentConnected: meta.IsStatusConditionTrue(m.Status.Conditions, meshv1.MemberAgentConnected)}
 	for _, g := range m.Status.Gateways {
 		if g.Active {
 			want.Gateway = &meshv1.PeerGateway{Node: g.Node, PublicKey: g.PublicKey, Endpoints: slices.Clone(g.Endpoints)}
@@ -87,6 +89,12 @@ func (r *MemberClusterReconciler) reconcileDelete(ctx context.Context, s *member
 	setNS := SetNamespace(m.Spec.ClusterSet)
 	if err := r.Client.DeleteAllOf(ctx, &meshv1.TunnelGateway{}, client.InNamespace(nsName)); err != nil && !apierrors.IsNotFound(err) {
 		return ctrl.Result{}, fmt.Errorf("delete gateways of member %s: %w", m.Name, err)
+	}
+	// The member's exports leave the set's directory first: importers drop
+	// its endpoints at once rather than when its namespace is gone.
+	if err := r.Client.DeleteAllOf(ctx, &meshv1.ExportedService{}, client.InNamespace(setNS),
+		client.MatchingLabels{meshv1.LabelMember: m.Name, labelManagedBy: managedByHub}); err != nil && !apierrors.IsNotFound(err) {
+		return ctrl.Result{}, fmt.Errorf("delete the exported services of member %s from the directory of set %s: %w", m.Name, m.Spec.ClusterSet, err)
 	}
 	for _, obj := range []client.Object{
 		&rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: memberClusterRoleBinding(m.Name), Namespace: setNS}},

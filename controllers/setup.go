@@ -48,6 +48,9 @@ func SetupHub(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 	if err := (&ClusterSetReconciler{Client: mgr.GetClient(), Ledger: ledger}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up clusterset controller: %w", err)
 	}
+	if err := (&ExportedServiceReconciler{Client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("set up exportedservice controller: %w", err)
+	}
 	return nil
 }
 

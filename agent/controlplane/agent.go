@@ -27,6 +27,7 @@ import (
 	"github.com/archipelago-mesh/archipelago/agent/plan"
 	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
 	"github.com/archipelago-mesh/archipelago/internal/hubtoken"
+	"github.com/archipelago-mesh/archipelago/internal/mcs/imports"
 )
 
 // Member-side RBAC of the agent (config/agent/rbac, generated).
@@ -227,8 +228,10 @@ type Agent struct {
 	roaming   map[string]roamed
 	hub       *hubConn
 	directory *directory // last good hub read, kept through hub outages
-	key       wgtypes.Key
-	lastGW    time.Time
+	// services runs multi-cluster services while this agent is elected.
+	services services
+	key      wgtypes.Key
+	lastGW   time.Time
 	// wroteStatus is the membership status this agent last wrote, so that
 	// its own write does not wake its next pass.
 	wroteStatus *meshv1.ClusterSetMembershipStatus
@@ -344,6 +347,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
+			a.services.stop()
 			// A planned stop (SIGTERM, a rollout) keeps the Lease: the
 			// next agent on this node takes it back, the gateway stays.
 			a.stopElection(context.Background(), false)
@@ -407,6 +411,7 @@ func (a *Agent) Pass(ctx context.Context) error {
 		a.readMembership,
 		a.election,
 		a.gatewaySync,
+		a.servicesSync,
 		a.readStatus,
 		a.applyPlan,
 		a.publishHub,
@@ -443,6 +448,7 @@ type scope struct {
 	applied    bool
 	applyErr   error
 	join       joinState
+	svc        *servicesState
 	cred       *credState
 	ownGateway *meshv1.TunnelGateway
 	hub        *hubConn   // the hub connection this pass read from
@@ -467,7 +473,7 @@ func (a *Agent) readMembership(ctx context.Context, s *scope) error {
 	if err := a.member.Get(ctx, client.ObjectKey{Name: a.cfg.MembershipName}, m); err != nil {
 		if apierrors.IsNotFound(err) {
 			a.log.V(1).Info("No ClusterSetMembership yet; run 'kubectl archipelago join'", "name", a.cfg.MembershipName)
-			return a.leave(ctx)
+			return a.leave(ctx, s)
 		}
 		return fmt.Errorf("read ClusterSetMembership %s: %w", a.cfg.MembershipName, err)
 	}
@@ -482,12 +488,20 @@ func (a *Agent) readMembership(ctx context.Context, s *scope) error {
 // the agent fails closed (remote ranges unreachable rather than routed
 // along the main table), and only leaving (or uninstalling) lifts that.
 // On a node that never joined it writes nothing.
-func (a *Agent) leave(ctx context.Context) error {
+func (a *Agent) leave(ctx context.Context, s *scope) error {
 	a.mu.Lock()
 	done := a.left
 	a.mu.Unlock()
 	if done {
 		return errStop
+	}
+	a.services.stop()
+	// Imports point at other members' pods, which are not routed any more.
+	// Gateway candidates (whose ServiceAccount may) remove them.
+	if s.candidate {
+		if err := imports.RemoveAll(ctx, a.direct); err != nil {
+			return fmt.Errorf("membership %s is gone: remove the multi-cluster service imports: %w", a.cfg.MembershipName, err)
+		}
 	}
 	if err := a.cfg.Datapath.Cleanup(ctx); err != nil {
 		return fmt.Errorf("membership %s is gone: remove the data path: %w", a.cfg.MembershipName, err)

@@ -14,11 +14,17 @@
 //     grows with clusters, not nodes.
 //   - Every agent writes its NodeReport annotation (archipelago.dev/datapath)
 //     on its own Node.
+//   - The elected agent also runs multi-cluster services (services.go): the
+//     export and import controllers of internal/mcs in a manager of its own
+//     on the member cluster, publishing the member's ExportedServices to its
+//     hub namespace, and the merge of the hub's copies of the set's exports
+//     (in the set's namespace) with the peer directory's liveness and ranges.
 //
 // The private key stays in this process and the data path: only its public
 // key is ever written to an API object.
 //
 // This package must not touch the kernel (package dataplane does), compute
 // plans itself (package plan does), or write to the hub anything but the
-// TunnelGateway objects and their status in the member's own hub namespace.
+// TunnelGateway objects and their status and the ExportedServices in the
+// member's own hub namespace.
 package controlplane

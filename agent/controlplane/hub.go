@@ -20,6 +20,7 @@ import (
 	kruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -129,18 +130,36 @@ func (a *Agent) ensureHub(ctx context.Context, m *meshv1.ClusterSetMembership) (
 		&meshv1.MemberCluster{}:  byName(m.Spec.ClusterName),
 		&meshv1.ClusterSet{}:     byName(m.Spec.ClusterSet),
 		&meshv1.ClusterSetPeer{}: {Namespaces: map[string]cache.Config{meshv1.ClusterSetNamespace(m.Spec.ClusterSet): {}}},
+		// The hub's copies of the set's exported services (multi-cluster
+		// services), next to the directory.
+		&meshv1.ExportedService{}: {Namespaces: map[string]cache.Config{meshv1.ClusterSetNamespace(m.Spec.ClusterSet): {}}},
 	}})
 	if err != nil {
 		return nil, fmt.Errorf("hub cache: %w", err)
 	}
 	cctx, cancel := context.WithCancel(ctx)
-	for _, obj := range []client.Object{&meshv1.MemberCluster{}, &meshv1.ClusterSet{}, &meshv1.ClusterSetPeer{}} {
+	merge := toolscache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { a.services.triggerMerge() },
+		UpdateFunc: func(any, any) { a.services.triggerMerge() },
+		DeleteFunc: func(any) { a.services.triggerMerge() },
+	}
+	for _, obj := range []client.Object{&meshv1.MemberCluster{}, &meshv1.ClusterSet{}, &meshv1.ClusterSetPeer{}, &meshv1.ExportedService{}} {
 		inf, err := hc.GetInformer(cctx, obj, cache.BlockUntilSynced(false))
 		if err != nil {
 			cancel()
 			return nil, fmt.Errorf("hub informer: %w", err)
 		}
-		if _, err := inf.AddEventHandler(a.handler()); err != nil {
+		h := a.handler()
+		switch obj.(type) {
+		case *meshv1.ExportedService:
+			h = merge // the data path does not depend on exports
+		case *meshv1.ClusterSetPeer:
+			if _, err := inf.AddEventHandler(merge); err != nil {
+				cancel()
+				return nil, err
+			}
+		}
+		if _, err := inf.AddEventHandler(h); err != nil {
 			cancel()
 			return nil, err
 		}
@@ -150,7 +169,7 @@ func (a *Agent) ensureHub(ctx context.Context, m *meshv1.ClusterSetMembership) (
 	defer scancel()
 	if !hc.WaitForCacheSync(sctx) {
 		cancel()
-		return nil, fmt.Errorf("hub %s: watch of the MemberCluster, ClusterSet and peer directory did not sync (unreachable, or credentials refused)", rc.Host)
+		return nil, fmt.Errorf("hub %s: watch of the MemberCluster, ClusterSet, peer directory and exported services did not sync (unreachable, or credentials refused)", rc.Host)
 	}
 	// Bound every direct call: a hub that is unreachable must fail a pass,
 	// not hang it (the data path is applied in the same pass).
@@ -172,6 +191,7 @@ func (a *Agent) ensureHub(ctx context.Context, m *meshv1.ClusterSetMembership) (
 	a.mu.Lock()
 	a.hub = conn
 	a.mu.Unlock()
+	a.services.triggerMerge()
 	a.log.Info("Connected to the hub", "server", rc.Host)
 	return conn, nil
 }

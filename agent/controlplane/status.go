@@ -288,6 +288,9 @@ func (a *Agent) publishStatus(ctx context.Context, s *scope) error {
 	if c := s.cred; c != nil {
 		setCond(meshv1.MembershipHubCredentials, c.ok, c.reason, c.message)
 	}
+	if c := s.svc; c != nil {
+		setCond(meshv1.MembershipServices, c.ok, c.reason, c.message)
+	}
 	st.ActiveGateway = a.cfg.NodeName
 	if ip := nodeIP(s.node); ip.IsValid() {
 		st.ActiveGatewayIP = ip.String()

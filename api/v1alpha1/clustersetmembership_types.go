@@ -15,6 +15,10 @@ const (
 	// MembershipHubCredentials is True while the elected agent's hub token is
 	// bound (revocable) and renewed in time; False names the problem.
 	MembershipHubCredentials = "HubCredentials"
+	// MembershipServices is True while the elected agent runs multi-cluster
+	// services (exports and imports); False says why not, e.g. a
+	// ClusterProperty that names another cluster or set.
+	MembershipServices = "MultiClusterServices"
 )
 
 // HubConnection says how a member's agent reaches the hub.

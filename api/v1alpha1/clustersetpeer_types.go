@@ -56,6 +56,14 @@ type ClusterSetPeerSpec struct {
 	// peer did (or the drain timeout passed).
 	// +optional
 	Withdrawn bool `json:"withdrawn,omitempty"`
+
+	// AgentConnected is true while the member's agent is alive as the hub
+	// sees it: a valid gateway and a heartbeat no older than the hub's
+	// --heartbeat-stale-after (its MemberCluster's AgentConnected
+	// condition). Written only when it changes. Other members import the
+	// member's exported endpoints only while it is true.
+	// +optional
+	AgentConnected bool `json:"agentConnected,omitempty"`
 }
 
 // ClusterSetPeer is one member's entry in its ClusterSet's peer directory,
@@ -70,6 +78,7 @@ type ClusterSetPeerSpec struct {
 // +kubebuilder:printcolumn:name="Gateway",type=string,JSONPath=`.spec.gateway.node`
 // +kubebuilder:printcolumn:name="Endpoints",type=string,JSONPath=`.spec.gateway.endpoints`
 // +kubebuilder:printcolumn:name="Withdrawn",type=boolean,JSONPath=`.spec.withdrawn`
+// +kubebuilder:printcolumn:name="Connected",type=boolean,JSONPath=`.spec.agentConnected`
 // +kubebuilder:printcolumn:name="Public Key",type=string,priority=1,JSONPath=`.spec.gateway.publicKey`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type ClusterSetPeer struct {

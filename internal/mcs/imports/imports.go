@@ -15,6 +15,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -460,4 +461,43 @@ func (r *Reconciler) remove(ctx context.Context, k mcs.Key) error {
 	}
 	log.FromContext(ctx).Info("Deleted ServiceImport: no cluster exports it", "serviceimport", k.String())
 	return nil
+}
+
+// RemoveAll deletes every import archipelago made in the member: its
+// ServiceImports, derived Services and EndpointSlices (the member left the
+// ClusterSet, so none of them routes any more). Objects without
+// archipelago's labels are left alone. A member without the MCS CRDs has
+// nothing to remove.
+func RemoveAll(ctx context.Context, c client.Client) error {
+	var errs []error
+	del := func(o client.Object) {
+		if err := c.Delete(ctx, o); client.IgnoreNotFound(err) != nil {
+			errs = append(errs, fmt.Errorf("delete %T %s/%s: %w", o, o.GetNamespace(), o.GetName(), err))
+		}
+	}
+	var sis mcsv1beta1.ServiceImportList
+	switch err := c.List(ctx, &sis, client.MatchingLabels{mcs.LabelManagedBy: mcs.ManagedByValue}); {
+	case meta.IsNoMatchError(err):
+		return nil
+	case err != nil:
+		return fmt.Errorf("list ServiceImports: %w", err)
+	}
+	for i := range sis.Items {
+		del(&sis.Items[i])
+	}
+	var svcs corev1.ServiceList
+	if err := c.List(ctx, &svcs, client.MatchingLabels{mcs.LabelManagedBy: mcs.ManagedByValue}); err != nil {
+		return fmt.Errorf("list derived Services: %w", err)
+	}
+	for i := range svcs.Items {
+		del(&svcs.Items[i])
+	}
+	var eps discoveryv1.EndpointSliceList
+	if err := c.List(ctx, &eps, client.MatchingLabels{discoveryv1.LabelManagedBy: mcs.EndpointSliceManager}); err != nil {
+		return fmt.Errorf("list imported EndpointSlices: %w", err)
+	}
+	for i := range eps.Items {
+		del(&eps.Items[i])
+	}
+	return errors.Join(errs...)
 }

@@ -14,8 +14,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 	"sigs.k8s.io/yaml"
 
+	aboutv1beta1 "github.com/archipelago-mesh/archipelago/api/about/v1beta1"
 	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
 	"github.com/archipelago-mesh/archipelago/test/framework"
 )
@@ -43,7 +45,13 @@ func readObjects(t *testing.T, path string) []*unstructured.Unstructured {
 // configAgent reads every object config/agent's kustomization lists.
 func configAgent(t *testing.T) []*unstructured.Unstructured {
 	t.Helper()
-	dir := filepath.Join(framework.RepoRoot(), "config", "agent")
+	return kustomization(t, filepath.Join(framework.RepoRoot(), "config", "agent"))
+}
+
+// kustomization reads every object a kustomization lists, following
+// resources that are directories (other kustomizations).
+func kustomization(t *testing.T, dir string) []*unstructured.Unstructured {
+	t.Helper()
 	raw, err := os.ReadFile(filepath.Join(dir, "kustomization.yaml"))
 	if err != nil {
 		t.Fatal(err)
@@ -56,7 +64,12 @@ func configAgent(t *testing.T) []*unstructured.Unstructured {
 	}
 	var objs []*unstructured.Unstructured
 	for _, r := range k.Resources {
-		objs = append(objs, readObjects(t, filepath.Join(dir, r))...)
+		p := filepath.Join(dir, r)
+		if fi, err := os.Stat(p); err == nil && fi.IsDir() {
+			objs = append(objs, kustomization(t, p)...)
+			continue
+		}
+		objs = append(objs, readObjects(t, p)...)
 	}
 	return objs
 }
@@ -107,6 +120,24 @@ func TestOnlyGatewayCandidatesReadTheHubSecret(t *testing.T) {
 	}
 	if err := gw.Get(ctx, client.ObjectKeyFromObject(other), &corev1.Secret{}); !apierrors.IsForbidden(err) {
 		t.Errorf("a gateway candidate's agent reads another Secret: got %v, want Forbidden", err)
+	}
+
+	// Multi-cluster services run on the elected agent, a gateway candidate:
+	// only its ServiceAccount may write ServiceImports (config/mcs/rbac).
+	si := &mcsv1beta1.ServiceImport{ObjectMeta: metav1.ObjectMeta{Namespace: framework.MemberSystemNamespace, Name: "rbac-probe"},
+		Spec: mcsv1beta1.ServiceImportSpec{Type: mcsv1beta1.Headless, Ports: []mcsv1beta1.ServicePort{{Port: 80, Protocol: corev1.ProtocolTCP}}}}
+	if err := worker.Create(ctx, si.DeepCopy()); !apierrors.IsForbidden(err) {
+		t.Errorf("a worker's agent creates a ServiceImport: got %v, want Forbidden", err)
+	}
+	if err := gw.Create(ctx, si.DeepCopy()); err != nil {
+		t.Errorf("a gateway candidate's agent cannot create a ServiceImport: %v", err)
+	} else {
+		t.Cleanup(func() { _ = member.Client.Delete(context.Background(), si) })
+	}
+	for _, l := range []client.ObjectList{&mcsv1beta1.ServiceExportList{}, &aboutv1beta1.ClusterPropertyList{}} {
+		if err := gw.List(ctx, l); err != nil {
+			t.Errorf("a gateway candidate's agent cannot list %T: %v", l, err)
+		}
 	}
 	if err := gw.List(ctx, &corev1.SecretList{}, client.InNamespace(framework.MemberSystemNamespace)); !apierrors.IsForbidden(err) {
 		t.Errorf("a gateway candidate's agent lists Secrets: got %v, want Forbidden", err)
