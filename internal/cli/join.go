@@ -27,6 +27,8 @@ import (
 
 	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
 	"github.com/archipelago-mesh/archipelago/internal/hubtoken"
+	"github.com/archipelago-mesh/archipelago/internal/mcs"
+	"github.com/archipelago-mesh/archipelago/internal/mcs/coredns"
 )
 
 // Names of what join writes into a member cluster. The agent reads the
@@ -71,6 +73,7 @@ type joinOptions struct {
 	timeout       time.Duration
 	printOnly     bool
 	kindConfig    bool
+	clusterDomain string
 }
 
 func newJoinCommand(o *Options) *cobra.Command {
@@ -90,7 +93,14 @@ NAME of ClusterSet SET on the hub of --hub-context:
   3. creates a credential Secret hub-credential-* in the member's hub
      namespace and requests a token of that ServiceAccount bound to it
      (TokenRequest, --token-ttl, default 24h; the elected agent renews it);
-  4. writes into the member: Namespace archipelago-system, Secret
+  4. prepares the member for multi-cluster services: applies the MCS API
+     CRDs (ServiceExport, ServiceImport), creates the ClusterProperties
+     cluster.clusterset.k8s.io=NAME and clusterset.k8s.io=SET (refused if
+     they name another cluster or set), lets CoreDNS read ServiceImports and
+     adds clusterset.local to kube-system/coredns's Corefile (then restarts
+     CoreDNS; a Corefile it cannot change safely is left alone, and join
+     says why);
+  5. writes into the member: Namespace archipelago-system, Secret
      archipelago-hub (keys token, ca.crt) and the ClusterSetMembership
      "membership".
 
@@ -135,6 +145,7 @@ of the same NAME with --context completes it.`,
 	f.DurationVar(&j.timeout, "timeout", 2*time.Minute, "How long to wait for the hub to assign the range")
 	f.BoolVar(&j.printOnly, "print-only", false, "Print the member-side manifests as YAML instead of applying them")
 	f.BoolVar(&j.kindConfig, "kind-config", false, "Print a kind cluster config whose podSubnet is the assigned range (for a cluster that does not exist yet)")
+	f.StringVar(&j.clusterDomain, "cluster-domain", "cluster.local", "The member's cluster domain: the CoreDNS kubernetes plugin that serves it also answers clusterset.local")
 	return cmd
 }
 
@@ -149,6 +160,8 @@ type JoinResult struct {
 	Rejoined      bool         `json:"rejoined"`
 	MemberWritten bool         `json:"memberWritten"`
 	MemberContext string       `json:"memberContext,omitempty"`
+	// DNS says what join did to the member's CoreDNS.
+	DNS string `json:"dns,omitempty"`
 }
 
 func (j *joinOptions) validate() error {
@@ -303,16 +316,24 @@ func (j *joinOptions) run(ctx context.Context) (retErr error) {
 			j.name, strings.Join(mc.Status.PodCIDRs, ","), j.clusterSet, j.name, j.clusterSet, j.hubContext)
 		return nil
 	case j.printOnly:
+		for _, p := range mcs.ClusterProperties(j.name, j.clusterSet) {
+			objs = append(objs, p)
+		}
 		out, err := manifestsYAML(objs)
 		if err != nil {
 			return err
 		}
 		fmt.Fprint(j.Streams.Out, out)
-		fmt.Fprintf(j.Streams.ErrOut, "Member %s holds pod ranges %s in ClusterSet %s; apply the manifests above in the member cluster.\n",
-			j.name, strings.Join(mc.Status.PodCIDRs, ","), j.clusterSet)
+		fmt.Fprintf(j.Streams.ErrOut, "Member %s holds pod ranges %s in ClusterSet %s; apply the manifests above in the member cluster (and the MCS CRDs of config/mcs; for %s names, CoreDNS as docs/services.md says).\n",
+			j.name, strings.Join(mc.Status.PodCIDRs, ","), j.clusterSet, coredns.ClusterSetZone)
 		return nil
 	}
 
+	svc, err := joinServices(ctx, member, j.name, j.clusterSet, j.clusterDomain)
+	if err != nil {
+		return err
+	}
+	res.DNS = svc.DNS
 	if err := applyMember(ctx, member, objs, created); err != nil {
 		return err
 	}
@@ -332,8 +353,8 @@ func (j *joinOptions) run(ctx context.Context) (retErr error) {
 	if res.Rejoined {
 		verb = "rejoined (token rotated)"
 	}
-	fmt.Fprintf(j.Streams.Out, "Member %s %s ClusterSet %s\n  Pod ranges:    %s\n  Hub namespace: %s\n  Hub server:    %s\n  Token expires: %s (run join again to rotate it)\n",
-		j.name, verb, j.clusterSet, strings.Join(mc.Status.PodCIDRs, ", "), mc.Status.Namespace, server, expires.UTC().Format(time.RFC3339))
+	fmt.Fprintf(j.Streams.Out, "Member %s %s ClusterSet %s\n  Pod ranges:    %s\n  Hub namespace: %s\n  Hub server:    %s\n  Token expires: %s (run join again to rotate it)\n  Services DNS:  %s\n",
+		j.name, verb, j.clusterSet, strings.Join(mc.Status.PodCIDRs, ", "), mc.Status.Namespace, server, expires.UTC().Format(time.RFC3339), res.DNS)
 	return nil
 }
 

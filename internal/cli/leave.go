@@ -18,9 +18,10 @@ import (
 
 type leaveOptions struct {
 	*Options
-	name       string
-	hubContext string
-	timeout    time.Duration
+	name          string
+	hubContext    string
+	timeout       time.Duration
+	clusterDomain string
 }
 
 func newLeaveCommand(o *Options) *cobra.Command {
@@ -29,7 +30,9 @@ func newLeaveCommand(o *Options) *cobra.Command {
 		Use:   "leave NAME [--hub-context HUB] [--context MEMBER]",
 		Short: "Remove a member: its membership and Secret in the member, its MemberCluster on the hub",
 		Long: `leave undoes join. With --context it deletes the ClusterSetMembership and the
-hub Secret in the member cluster (only if the membership is NAME's). With
+hub Secret in the member cluster (only if the membership is NAME's), the
+ClusterProperties join created, and clusterset.local in CoreDNS (with its
+RBAC); the MCS API CRDs stay, with any ServiceExports in them. With
 --hub-context it revokes the member's hub tokens (deletes the credential
 Secrets they are bound to), deletes the MemberCluster NAME on the hub and
 waits until it is gone: the hub first waits for the other members to drop their tunnels to
@@ -53,6 +56,7 @@ that is gone; give both to leave cleanly.`,
 	}
 	cmd.Flags().StringVar(&l.hubContext, "hub-context", "", "Kubeconfig context of the hub (delete the MemberCluster there)")
 	cmd.Flags().DurationVar(&l.timeout, "timeout", 3*time.Minute, "How long to wait for the hub to remove the MemberCluster")
+	cmd.Flags().StringVar(&l.clusterDomain, "cluster-domain", "cluster.local", "The member's cluster domain, as given to join")
 	return cmd
 }
 
@@ -103,6 +107,11 @@ func (l *leaveOptions) leaveMember(ctx context.Context) error {
 		return unreachable(member, fmt.Errorf("delete Secret %s/%s: %w", ref.Namespace, ref.Name, err))
 	}
 	fmt.Fprintf(l.Streams.Out, "Deleted ClusterSetMembership %s and Secret %s/%s in %s\n", MembershipName, ref.Namespace, ref.Name, member.describe())
+	svc, err := leaveServices(ctx, member, l.clusterDomain)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(l.Streams.Out, "Removed the ClusterProperties; %s\n", svc.DNS)
 	return nil
 }
 

@@ -21,10 +21,13 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
+	aboutv1beta1 "github.com/archipelago-mesh/archipelago/api/about/v1beta1"
 	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
 	"github.com/archipelago-mesh/archipelago/controllers"
 	"github.com/archipelago-mesh/archipelago/internal/cli"
 	"github.com/archipelago-mesh/archipelago/internal/hubtoken"
+	"github.com/archipelago-mesh/archipelago/internal/mcs"
+	"github.com/archipelago-mesh/archipelago/internal/mcs/coredns"
 	"github.com/archipelago-mesh/archipelago/test/framework"
 )
 
@@ -44,6 +47,9 @@ func TestJoinLeave(t *testing.T) {
 	if err := hub.Client.Create(ctx, cs); err != nil {
 		t.Fatalf("create ClusterSet: %v", err)
 	}
+
+	// Member A runs kubeadm's CoreDNS: its Corefile (kind's) and Deployment.
+	corefile := installCoreDNS(t, memberA)
 
 	t.Run("unreachable hub fails before writing anything", func(t *testing.T) {
 		r := kubectlArchipelago(t, "join", "a", "--clusterset", set, "--hub-context", "unreachable", "--context", "member-a")
@@ -99,6 +105,10 @@ func TestJoinLeave(t *testing.T) {
 			t.Fatalf("membership spec %+v, want %+v", m.Spec, want)
 		}
 		assertMemberEmpty(t, memberB)
+	})
+
+	t.Run("join prepares multi-cluster services", func(t *testing.T) {
+		assertServices(t, memberA, "a", set, corefile)
 	})
 
 	t.Run("the token is short-lived and bound to a hub credential Secret", func(t *testing.T) {
@@ -252,6 +262,31 @@ func TestJoinLeave(t *testing.T) {
 		}
 		tokenRefused(t, string(old))
 		tokenAccepted(t, string(fresh.Data[cli.SecretKeyToken]))
+		// The services part is idempotent: the same properties, CoreDNS
+		// not edited (nor restarted) again.
+		cm, d := coreDNS(t, memberA)
+		assertServices(t, memberA, "a", set, corefile)
+		cm2, d2 := coreDNS(t, memberA)
+		if cm2.ResourceVersion != cm.ResourceVersion || d2.ResourceVersion != d.ResourceVersion {
+			t.Error("a rejoin edited or restarted CoreDNS again")
+		}
+	})
+
+	t.Run("join refuses a ClusterProperty that names another cluster", func(t *testing.T) {
+		stale := &aboutv1beta1.ClusterProperty{ObjectMeta: metav1.ObjectMeta{Name: aboutv1beta1.ClusterIDProperty},
+			Spec: aboutv1beta1.ClusterPropertySpec{Value: "elsewhere"}}
+		if err := memberB.Client.Create(ctx, stale); err != nil {
+			t.Fatal(err)
+		}
+		r := kubectlArchipelago(t, "join", "b", "--clusterset", set, "--hub-context", "hub", "--context", "member-b")
+		wantFailure(t, r, cli.ExitFinding, "ClusterProperty cluster.clusterset.k8s.io", `"elsewhere"`)
+		assertNothingMade(t, "b", memberB)
+		if err := memberB.Client.Get(ctx, client.ObjectKeyFromObject(stale), stale); err != nil || stale.Spec.Value != "elsewhere" {
+			t.Errorf("the user's ClusterProperty was touched: %v %+v", err, stale.Spec)
+		}
+		if err := memberB.Client.Delete(ctx, stale); err != nil {
+			t.Fatal(err)
+		}
 	})
 
 	t.Run("join with a taken pod-cidr fails and removes its MemberCluster", func(t *testing.T) {
@@ -328,6 +363,16 @@ func TestJoinLeave(t *testing.T) {
 		}
 		assertNothingMade(t, "a", memberA)
 		tokenRefused(t, token)
+		cm, _ := coreDNS(t, memberA)
+		if cm.Data["Corefile"] != corefile {
+			t.Errorf("leave did not give the Corefile back:\n%s\nwant\n%s", cm.Data["Corefile"], corefile)
+		}
+		role, binding := coredns.RBAC(cli.CoreDNSNamespace, cli.CoreDNSName)
+		for _, o := range []client.Object{role, binding} {
+			if err := memberA.Client.Get(ctx, client.ObjectKeyFromObject(o), o); !apierrors.IsNotFound(err) {
+				t.Errorf("CoreDNS RBAC %T %s after leave: %v", o, o.GetName(), err)
+			}
+		}
 		r = kubectlArchipelago(t, "leave", "a", "--hub-context", "hub", "--context", "member-a")
 		if r.code != 0 {
 			t.Fatalf("a second leave is not a no-op: %s", r)
@@ -381,6 +426,10 @@ func assertNothingMade(t *testing.T, name string, member *framework.APIServer) {
 
 func assertMemberEmpty(t *testing.T, member *framework.APIServer) {
 	t.Helper()
+	var props aboutv1beta1.ClusterPropertyList
+	if err := member.Client.List(context.Background(), &props, client.MatchingLabels{mcs.LabelManagedBy: mcs.ManagedByValue}); err != nil || len(props.Items) != 0 {
+		t.Errorf("member has %d ClusterProperties of archipelago (%v)", len(props.Items), err)
+	}
 	if s := getSecret(t, member); s != nil {
 		t.Errorf("member has Secret %s/%s", s.Namespace, s.Name)
 	}
