@@ -196,6 +196,9 @@ func BuildDiagnosis(ctx context.Context, c client.Reader, now time.Time, limits 
 	d.condition("tunnels ready", m.Status.Conditions, meshv1.MembershipTunnelsReady, false,
 		"Some tunnels are down: see the peer rows")
 	d.checkPeers(m, gateway)
+	if err := d.checkExports(ctx, c, m); err != nil {
+		return nil, err
+	}
 	return d.report, nil
 }
 

@@ -17,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
 	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
 )
@@ -121,7 +122,26 @@ func statusFixture() client.Client {
 			ObjectMeta: metav1.ObjectMeta{Name: "empty"},
 			Spec:       meshv1.ClusterSetSpec{PodCIDRPools: []meshv1.CIDR{"172.16.0.0/12"}},
 		},
+		// shop/api: alpha exports first, bravo later with another port.
+		exported("alpha", "shop", "api", 30*time.Minute, "10.1.0.5", corev1.ServicePort{Name: "http", Port: 80}),
+		exported("bravo", "shop", "api", 10*time.Minute, "10.2.0.7", corev1.ServicePort{Name: "http", Port: 80}, corev1.ServicePort{Name: "metrics", Port: 9090}),
+		exported("charlie", "web", "front", time.Hour, "10.3.0.9", corev1.ServicePort{Name: "https", Port: 443}),
 	)
+}
+
+// exported is the hub's copy of a member's export of one Service.
+func exported(cluster, ns, name string, age time.Duration, addr string, ports ...corev1.ServicePort) *meshv1.ExportedService {
+	e := &meshv1.ExportedService{
+		ObjectMeta: metav1.ObjectMeta{Namespace: meshv1.ClusterSetNamespace("demo"), Name: cluster + "." + ns + "." + name,
+			Labels: map[string]string{meshv1.LabelMember: cluster}},
+		Spec: meshv1.ExportedServiceSpec{Cluster: cluster, Namespace: ns, Name: name, Type: meshv1.ExportedClusterSetIP,
+			ExportCreationTimestamp: *ago(age), IPFamilies: []string{"IPv4"},
+			EndpointGroups: []meshv1.ExportedEndpointGroup{{AddressType: "IPv4", Endpoints: []meshv1.ExportedEndpoint{{Address: addr}}}}},
+	}
+	for _, p := range ports {
+		e.Spec.Ports = append(e.Spec.Ports, meshv1.ExportedServicePort{Name: p.Name, Protocol: "TCP", Port: p.Port})
+	}
+	return e
 }
 
 func TestStatusGolden(t *testing.T) {
@@ -219,6 +239,11 @@ func mpeer(cluster, cidr, state string, hs *metav1.Time) meshv1.MembershipPeer {
 	return meshv1.MembershipPeer{Cluster: cluster, PodCIDRs: []string{cidr}, Gateway: cluster + "-gw", Endpoint: "172.18.1.2:51820", State: state, LatestHandshake: hs}
 }
 
+func serviceExport(ns, name string, conds ...metav1.Condition) *mcsv1beta1.ServiceExport {
+	return &mcsv1beta1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Status: mcsv1beta1.ServiceExportStatus{Conditions: conds}}
+}
+
 func TestDiagnoseGolden(t *testing.T) {
 	healthy := fakeClient(
 		membership(mpeer("bravo", "10.2.0.0/16", meshv1.PeerUp, ago(12*time.Second)), mpeer("charlie", "10.3.0.0/16", meshv1.PeerUp, ago(40*time.Second))),
@@ -227,6 +252,8 @@ func TestDiagnoseGolden(t *testing.T) {
 			meshv1.NodePeerReport{Cluster: "bravo", Endpoint: "172.18.1.2:51820", LatestHandshake: ago(12 * time.Second)},
 			meshv1.NodePeerReport{Cluster: "charlie", Endpoint: "172.18.2.2:51820", LatestHandshake: ago(40 * time.Second)})),
 		node("alpha-worker", "10.1.1.0/24", workerReport()),
+		serviceExport("shop", "api", cond("Valid", metav1.ConditionTrue, "Valid", "Service found"),
+			cond("Ready", metav1.ConditionTrue, "Exported", "3 ready endpoints published"), cond("Conflict", metav1.ConditionFalse, "NoConflicts", "the exports of every cluster agree")),
 	)
 	broken := membership(mpeer("bravo", "10.2.0.0/16", meshv1.PeerUp, ago(12*time.Second)), mpeer("charlie", "10.3.0.0/16", meshv1.PeerConnecting, ago(184*time.Second)))
 	broken.Status.Peers[1].Message = "no handshake for 3m4s"
@@ -245,6 +272,12 @@ func TestDiagnoseGolden(t *testing.T) {
 		node("alpha-gw", "10.1.0.0/24", brokenGW),
 		node("alpha-worker", "10.1.1.0/24", nil),
 		node("alpha-worker2", "10.244.2.0/24", brokenWorker),
+		serviceExport("shop", "api", cond("Valid", metav1.ConditionTrue, "Valid", "Service found"),
+			cond("Ready", metav1.ConditionTrue, "Exported", "1 ready endpoint published"),
+			cond("Conflict", metav1.ConditionTrue, "PortConflict", "port metrics (9090/TCP) is in bravo's export only; oldest export: alpha")),
+		serviceExport("shop", "dns", cond("Valid", metav1.ConditionFalse, "InvalidServiceType", "Service shop/dns is ExternalName: it cannot be exported")),
+		serviceExport("shop", "db", cond("Valid", metav1.ConditionTrue, "Valid", "Service found"),
+			cond("Ready", metav1.ConditionFalse, "Pending", "publish to the hub: not connected to the hub")),
 	)
 	for _, tc := range []struct {
 		name   string

@@ -47,6 +47,14 @@ and prints one table per ClusterSet:
   LAST SEEN         age of the active gateway's latest heartbeat (agents beat once a minute)
   PROBLEMS          hub conditions that are not OK, as Type=Reason
 
+and, when members export services (ServiceExport), a second table:
+
+  SERVICE           namespace/name of the multi-cluster service
+  TYPE, PORTS       as the members import it (the merge of every export)
+  EXPORTERS         the members that export it, oldest export first
+  ENDPOINTS         ready endpoints the exporters publish
+  CONFLICTS         the MCS API's conflict reasons (the oldest export wins)
+
 -o wide adds readiness, age and the conditions' messages.
 A member whose active gateway has not reported (Gateway status.lastSeen) for
 --stale-after gets the problem Gateway=Stale.
@@ -100,6 +108,8 @@ type ClusterSetReport struct {
 	Pools      []string       `json:"pools,omitempty"`
 	FreeBlocks string         `json:"freeBlocks,omitempty"`
 	Members    []MemberReport `json:"members"`
+	// Services are the set's multi-cluster services and their exporters.
+	Services []ServiceReport `json:"services,omitempty"`
 }
 
 // MemberReport is one row of the status table.
@@ -191,6 +201,11 @@ func BuildStatusWithLimits(ctx context.Context, c client.Reader, onlySet string,
 	}
 	for i := range report.ClusterSets {
 		bySet[report.ClusterSets[i].Name] = &report.ClusterSets[i]
+		svcs, err := setServices(ctx, c, report.ClusterSets[i].Name, now)
+		if err != nil {
+			return nil, err
+		}
+		report.ClusterSets[i].Services = svcs
 	}
 	for i := range members.Items {
 		m := &members.Items[i]
@@ -344,6 +359,9 @@ func WriteStatus(w io.Writer, r *StatusReport, format string) error {
 			fmt.Fprintln(t, strings.Join(cols, "\t"))
 		}
 		if err := t.Flush(); err != nil {
+			return err
+		}
+		if err := writeServices(w, cs.Services); err != nil {
 			return err
 		}
 	}
