@@ -51,6 +51,7 @@ func TestKind(t *testing.T) {
 	t.Run("Verify", func(t *testing.T) { e.testVerify(t) })
 	t.Run("Diagnose", func(t *testing.T) { e.testDiagnose(t) })
 	t.Run("ServiceEndpointSliceAddresses", func(t *testing.T) { e.testService(t, probes) })
+	t.Run("MultiClusterServices", func(t *testing.T) { e.testServices(t, probes) })
 	t.Run("AgentRestartKeepsTCP", func(t *testing.T) { e.testAgentRestart(t, probes) })
 	t.Run("GatewayNodeStoppedFailover", func(t *testing.T) { e.testFailover(t, probes) })
 	t.Run("UninstallLeavesNothing", func(t *testing.T) { e.testUninstall(t) })
