@@ -34,8 +34,10 @@ func newScheme() *kruntime.Scheme { return archscheme.New() }
 
 // hubConn is the elected agent's connection to the hub: a cache of its own
 // MemberCluster and ClusterSet (each watched by name) and of its set's peer
-// directory (the ClusterSetPeers in the set's namespace), so hub load is
-// three watches per member cluster, and a direct client for TunnelGateways.
+// directory (the ClusterSetPeers in the set's namespace) and the hub's copies
+// of the set's ExportedServices (same namespace), so hub load is four
+// watches per member cluster, and a direct client for TunnelGateways and the
+// member's own ExportedServices.
 type hubConn struct {
 	id     [32]byte
 	reader client.Reader
