@@ -3,6 +3,7 @@
 package kind
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -188,8 +189,145 @@ spec:
 		}
 	})
 
-	t.Run("UnexportRemovesTheImports", func(t *testing.T) {
+	t.Run("SRVRecordPerNamedPort", func(t *testing.T) {
+		name := "_echo._tcp." + clusterSetName(mcsService)
+		from := probes[c2][0]
+		out, err := e.podExec(c2, from.pod, 10*time.Second, "busybox", "nslookup", "-type=SRV", name)
+		if err != nil || !strings.Contains(out, fmt.Sprint(probePort)) {
+			t.Errorf("nslookup -type=SRV %s in %s: %v: %s", name, c2, err, out)
+		}
+	})
+
+	t.Run("HeadlessExportGivesHeadlessImportAndPodAddresses", func(t *testing.T) {
+		e.apply(c1, fmt.Sprintf(`apiVersion: v1
+kind: Service
+metadata: {name: mcs-headless, namespace: %[1]s}
+spec:
+  clusterIP: None
+  selector: {app: %[3]s}
+  ports: [{name: echo, port: %[2]d, targetPort: %[2]d}]
+`, testNS, probePort, mcsService)+"---\n"+serviceExport("mcs-headless"))
+		if err := eventually(time.Minute, 500*time.Millisecond, func() error {
+			out, err := e.kubectl(c2, "-n", testNS, "get", "serviceimport", "mcs-headless", "-o", "jsonpath={.spec.type} [{.spec.ips[*]}]")
+			if err != nil || out != "Headless []" {
+				return fmt.Errorf("ServiceImport mcs-headless in %s: %q %v", c2, out, err)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		name := clusterSetName("mcs-headless")
+		if err := eventually(time.Minute, time.Second, func() error {
+			out, err := e.podExec(c2, probes[c2][0].pod, 10*time.Second, "busybox", "nslookup", name)
+			for _, ip := range podIPs {
+				if err != nil || !strings.Contains(out, ip) {
+					return fmt.Errorf("nslookup %s in %s: %v: %s (want the pod IPs %v)", name, c2, err, out, podIPs)
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Error(err)
+		}
+		e.mustKubectl(c1, "-n", testNS, "delete", "serviceexport", "mcs-headless")
+	})
+
+	t.Run("SecondExporterUnionAndConflictWithoutGap", func(t *testing.T) {
+		// c2 exports mcs-echo too, with one more port.
+		e.apply(c2, fmt.Sprintf(`apiVersion: apps/v1
+kind: Deployment
+metadata: {name: %[4]s, namespace: %[1]s}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: %[4]s}}
+  template:
+    metadata: {labels: {app: %[4]s}}
+    spec:
+      tolerations: [{operator: Exists}]
+      terminationGracePeriodSeconds: 0
+      containers:
+        - name: probe
+          image: %[2]s
+          imagePullPolicy: Never
+          args: [serve, --port, "%[3]d"]
+          readinessProbe: {tcpSocket: {port: %[3]d}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: %[4]s, namespace: %[1]s}
+spec:
+  selector: {app: %[4]s}
+  ports: [{name: echo, port: %[3]d, targetPort: %[3]d}, {name: extra, port: 7071, targetPort: 7071}]
+`, testNS, probeImage, probePort, mcsService))
+		// The import must exist in both members at every look while the
+		// exporters change.
+		gap := func() error {
+			for _, c := range e.members {
+				out, err := e.kubectl(c, "-n", testNS, "get", "serviceimport", mcsService, "--ignore-not-found", "-o", "name")
+				if err != nil {
+					return err
+				}
+				if strings.TrimSpace(out) == "" {
+					return fmt.Errorf("the ServiceImport %s vanished in %s", mcsService, c)
+				}
+			}
+			return nil
+		}
+		watchFor := func(d time.Duration, until func() error) error {
+			deadline := time.Now().Add(d)
+			var last error
+			for time.Now().Before(deadline) {
+				if err := gap(); err != nil {
+					return err
+				}
+				if last = until(); last == nil {
+					return nil
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+			return fmt.Errorf("not within %s: %v", d, last)
+		}
+		e.apply(c2, serviceExport(mcsService))
+		union := func() error {
+			for _, c := range e.members {
+				out, err := e.kubectl(c, "-n", testNS, "get", "serviceimport", mcsService, "-o", "jsonpath={.status.clusters[*].cluster} {.spec.ports[*].port}")
+				if err != nil || out != c1+" "+c2+" "+fmt.Sprint(probePort)+" 7071" {
+					return fmt.Errorf("ServiceImport in %s: %q %v", c, out, err)
+				}
+			}
+			for _, c := range e.members {
+				out, err := e.kubectl(c, "-n", testNS, "get", "serviceexport", mcsService, "-o", `jsonpath={.status.conditions[?(@.type=="Conflict")].status} {.status.conditions[?(@.type=="Conflict")].reason}`)
+				if err != nil || out != "True PortConflict" {
+					return fmt.Errorf("ServiceExport Conflict in %s: %q %v", c, out, err)
+				}
+			}
+			return nil
+		}
+		if err := watchFor(time.Minute, union); err != nil {
+			t.Fatal(err)
+		}
+		// c1 unexports: c2 alone, the import stays (watched for 5 s more).
 		e.mustKubectl(c1, "-n", testNS, "delete", "serviceexport", mcsService)
+		alone := func() error {
+			for _, c := range e.members {
+				out, err := e.kubectl(c, "-n", testNS, "get", "serviceimport", mcsService, "-o", "jsonpath={.status.clusters[*].cluster}")
+				if err != nil || out != c2 {
+					return fmt.Errorf("ServiceImport in %s: exporters %q %v", c, out, err)
+				}
+			}
+			return nil
+		}
+		if err := watchFor(time.Minute, alone); err != nil {
+			t.Fatal(err)
+		}
+		if err := watchFor(5*time.Second, func() error { return errors.New("watching") }); err != nil && !strings.Contains(err.Error(), "watching") {
+			t.Error(err)
+		}
+	})
+
+	t.Run("UnexportRemovesTheImports", func(t *testing.T) {
+		for _, c := range e.members {
+			e.mustKubectl(c, "-n", testNS, "delete", "serviceexport", mcsService, "--ignore-not-found")
+		}
 		for _, c := range e.members {
 			if err := eventually(time.Minute, 500*time.Millisecond, func() error {
 				out, err := e.kubectl(c, "-n", testNS, "get", "serviceimport", mcsService, "--ignore-not-found", "-o", "name")
@@ -201,6 +339,39 @@ spec:
 				t.Error(err)
 			}
 		}
+	})
+
+	// Not a timing assertion: the distribution is logged for docs/services.md.
+	t.Run("ExportToImportLatency", func(t *testing.T) {
+		const runs = 10
+		var took []time.Duration
+		for i := range runs {
+			name := fmt.Sprintf("bench-%d", i)
+			e.apply(c1, fmt.Sprintf(`apiVersion: v1
+kind: Service
+metadata: {name: %[1]s, namespace: %[2]s}
+spec:
+  selector: {app: %[4]s}
+  ports: [{name: echo, port: %[3]d, targetPort: %[3]d}]
+`, name, testNS, probePort, mcsService))
+			start := time.Now()
+			e.apply(c1, serviceExport(name))
+			if err := eventually(time.Minute, 100*time.Millisecond, func() error {
+				out, err := e.kubectl(c2, "-n", testNS, "get", "endpointslices", "-l", "multicluster.kubernetes.io/service-name="+name,
+					"-o", "jsonpath={range .items[*].endpoints[*]}{.addresses[0]}{\"\\n\"}{end}")
+				if err != nil || len(strings.Fields(out)) != len(podIPs) {
+					return fmt.Errorf("imported endpoints of %s in %s: %q %v", name, c2, out, err)
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			took = append(took, time.Since(start))
+			e.mustKubectl(c1, "-n", testNS, "delete", "serviceexport,service", name)
+		}
+		slices.Sort(took)
+		t.Logf("export in %s -> its endpoints imported in %s, %d runs (kubectl polling every 100 ms included): p50 %s, p99 %s, min %s",
+			c1, c2, runs, took[runs/2].Round(time.Millisecond), took[runs-1].Round(time.Millisecond), took[0].Round(time.Millisecond))
 	})
 }
 
