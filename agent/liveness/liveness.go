@@ -3,6 +3,7 @@ package liveness
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -17,10 +18,34 @@ import (
 // DefaultPort is the UDP port of the responder.
 const DefaultPort = 9475
 
-// magic starts every probe; the responder echoes the whole datagram.
-var magic = []byte("ARCHPRB1")
+// Every message is 16 bytes: an 8-byte magic that says whether it is a
+// request or a reply, then the prober's sequence number. The responder
+// answers only requests and only with a reply, and nothing answers a reply,
+// so no message can make two responders echo each other. The magics of
+// version 1 ("ARCHPRB1", one message type that was echoed as is) are not
+// accepted any more: a prober of this version and a responder of the old
+// one (or the reverse) never see an answer, the target stays Unknown and
+// the Lease alone decides (docs/agent.md).
+var (
+	requestMagic = []byte("ARCHPRQ2")
+	replyMagic   = []byte("ARCHPRP2")
+)
 
-const probeLen = 16 // magic + sequence number
+const (
+	probeLen = 16 // magic + sequence number
+	// window is how many of the latest probes a reply may answer: a reply
+	// that overtook the next probe still counts, an older one does not.
+	window = 4
+)
+
+// parse returns the sequence number of msg when it is a message of the kind
+// that magic names.
+func parse(msg, magic []byte) (uint64, bool) {
+	if len(msg) != probeLen || !bytes.Equal(msg[:len(magic)], magic) {
+		return 0, false
+	}
+	return binary.BigEndian.Uint64(msg[len(magic):]), true
+}
 
 // Serve answers probes on addr (host:port) until ctx is done.
 func Serve(ctx context.Context, addr string, log logr.Logger) error {
@@ -51,9 +76,10 @@ func ServeConn(ctx context.Context, pc net.PacketConn) error {
 			}
 			return fmt.Errorf("liveness responder: %w", err)
 		}
-		if n != probeLen || !bytes.Equal(buf[:len(magic)], magic) {
+		if _, ok := parse(buf[:n], requestMagic); !ok {
 			continue
 		}
+		copy(buf, replyMagic)
 		_, _ = pc.WriteTo(buf[:n], from)
 	}
 }
@@ -101,8 +127,12 @@ type Prober struct {
 	answered  bool
 	lastReply time.Time
 	lastSent  time.Time
-	seq       uint64
-	dead      bool
+	// seq is the number of the latest probe sent; acked the latest one
+	// answered (or the last one sent before the target was set: replies to
+	// probes of an earlier target do not count).
+	seq, acked uint64
+	seeded     bool
+	dead       bool
 }
 
 func (p *Prober) now() time.Time {
@@ -135,6 +165,7 @@ func (p *Prober) SetTarget(name string, addr netip.AddrPort) {
 	p.name, p.addr = name, addr
 	p.answered, p.dead = false, false
 	p.lastReply, p.lastSent = time.Time{}, time.Time{}
+	p.acked = p.seq
 }
 
 // State returns the state of target (Unknown unless it is the current
@@ -156,13 +187,37 @@ func (p *Prober) stateLocked(target string, now time.Time) State {
 	return Alive
 }
 
-// replied records an answer to probe seq.
-func (p *Prober) replied(from netip.AddrPort, seq uint64) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if from.Addr().Unmap() != p.addr.Addr().Unmap() || seq == 0 || seq > p.seq {
+// seed starts the sequence numbers at a random value, so that a sender
+// off the path cannot guess one a reply would need.
+func (p *Prober) seed() {
+	if p.seeded {
 		return
 	}
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	p.seq = binary.BigEndian.Uint64(b[:]) >> 1 // far from wrapping
+	p.acked = p.seq
+	p.seeded = true
+}
+
+// replied records reply msg from from. It counts only when it comes from
+// the target's address and port and answers one of the last window probes
+// that was not answered yet; anything else (another sender, another port, a
+// request, a stale, repeated or made-up number) is ignored.
+func (p *Prober) replied(from netip.AddrPort, msg []byte) {
+	seq, ok := parse(msg, replyMagic)
+	if !ok {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.name == "" || from.Addr().Unmap() != p.addr.Addr().Unmap() || from.Port() != p.addr.Port() {
+		return
+	}
+	if seq <= p.acked || seq > p.seq || p.seq-seq >= window {
+		return
+	}
+	p.acked = seq
 	p.answered, p.dead = true, false
 	p.lastReply = p.now()
 }
@@ -171,6 +226,7 @@ func (p *Prober) replied(from netip.AddrPort, seq uint64) {
 func (p *Prober) Run(ctx context.Context) error {
 	p.mu.Lock()
 	p.defaults()
+	p.seed()
 	p.mu.Unlock()
 	conn, err := net.ListenUDP("udp", nil)
 	if err != nil {
@@ -190,15 +246,13 @@ func (p *Prober) Run(ctx context.Context) error {
 				}
 				continue
 			}
-			if n == probeLen && bytes.Equal(buf[:len(magic)], magic) {
-				p.replied(from, binary.BigEndian.Uint64(buf[len(magic):n]))
-			}
+			p.replied(from, buf[:n])
 		}
 	}()
 	tick := time.NewTicker(p.Interval)
 	defer tick.Stop()
 	msg := make([]byte, probeLen)
-	copy(msg, magic)
+	copy(msg, requestMagic)
 	for {
 		select {
 		case <-ctx.Done():
@@ -214,7 +268,7 @@ func (p *Prober) Run(ctx context.Context) error {
 				p.dead, turnedDead = true, true
 			}
 			p.seq++
-			binary.BigEndian.PutUint64(msg[len(magic):], p.seq)
+			binary.BigEndian.PutUint64(msg[len(requestMagic):], p.seq)
 			p.lastSent = now
 		}
 		p.mu.Unlock()

@@ -124,7 +124,8 @@ func nftChain(c Chain) *nftables.Chain {
 	return &nftables.Chain{
 		Name: c.Name, Table: table, Type: c.Type,
 		Hooknum: &hook, Priority: &prio,
-		// Policy accept: nothing in the agent's table ever drops.
+		// Policy accept: the agent's table drops only what its rules say
+		// (the tunnel guard), never by policy.
 		Policy: &accept,
 	}
 }
@@ -205,7 +206,7 @@ func read(conn Conn) (*observed, error) {
 
 var (
 	setOrder   = []string{SetLocal4, SetRemote4, SetLocal6, SetRemote6}
-	chainOrder = []string{ChainNoSNAT, ChainForward, ChainMSS}
+	chainOrder = []string{ChainNoSNAT, ChainForward, ChainMSS, ChainTunnelGuard, ChainTunnelInput}
 )
 
 // order sorts the kernel's listing the way Render orders things; unknown

@@ -15,10 +15,23 @@
 //     accept local↔remote pod traffic;
 //   - chain "mss-clamp" (type filter, hook forward, priority mangle), only on
 //     the gateway with clamping on: TCP SYNs in or out of the tunnel get
-//     their MSS option lowered to the route MTU ("rt mtu").
+//     their MSS option lowered to the route MTU ("rt mtu");
+//   - chains "tunnel-guard" (type filter, hook prerouting, priority raw) and
+//     "tunnel-input" (type filter, hook input, priority filter-10), only on
+//     the gateway: what comes in through the tunnel interface may only go to
+//     the local pod ranges ("iifname <tun> ip daddr != @local4 drop" and the
+//     IPv6 twin) and never to the node itself ("iifname <tun> drop").
+//     WireGuard checks only the source of what a peer sends (AllowedIPs);
+//     without the guard a remote member could reach the gateway node, its
+//     node network, Service and NodePort addresses through the tunnel. The
+//     guard runs at prerouting, before kube-proxy's DNAT turns a Service
+//     address into a pod address. ICMP errors to the node are dropped too:
+//     the node sends nothing of its own through the tunnel, and errors for
+//     pod traffic are addressed to the pod.
 //
-// Nothing in the table drops; every chain has policy accept. That is also the
-// limit of what it can do: in nftables an accept verdict ends only the base
+// The tunnel guard's rules are the only ones that drop; every chain has
+// policy accept, and nothing else in the table drops. The accepts have a
+// limit: in nftables an accept verdict ends only the base
 // chain it is in. Every other base chain on the same hook still sees the
 // packet, and a drop in any of them (a host firewall's forward chain with
 // policy drop, Docker's iptables FORWARD policy DROP) is final. The forward
@@ -40,11 +53,12 @@
 // is unit-tested without root; the byte code itself is only meaningful to the
 // kernel, so privileged tests (build tag "privileged") apply the table in
 // throwaway network namespaces and check real traffic: the receiver sees the
-// sender's pod address despite a CNI-style masquerade rule, and the MSS clamp
-// lowers the MSS.
+// sender's pod address despite a CNI-style masquerade rule, the MSS clamp
+// lowers the MSS, and a remote pod address coming in on the tunnel reaches a
+// local pod but neither the node nor anything else behind it.
 //
 // What this package must not do: read or write any table but its own (no
 // flush ruleset, no edits to the CNI's or kube-proxy's tables), drop or reject
-// packets, or decide the ranges (the agent's planner builds the FilterPlan).
+// packets other than those the tunnel guard is for, or decide the ranges (the agent's planner builds the FilterPlan).
 // It does not fall back to iptables (see docs/no-snat.md).
 package netfilter

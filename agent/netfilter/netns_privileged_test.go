@@ -102,6 +102,20 @@ func newTopology(t *testing.T) *topology {
 	addr(tp.podB, "eth0", podBIP4+"/24")
 	addr(tp.podB, "eth0", podBIP6+"/64")
 
+	// The node link stands in for the WireGuard tunnel, which is a layer 3
+	// device without neighbour discovery; the agent's tunnel guard drops
+	// everything for the node that comes in through it, neighbour
+	// advertisements included. Static neighbours make the veth need none.
+	mac := func(ns, dev string) string {
+		f := strings.Fields(netnstest.Run(t, "ip", "-n", ns, "-br", "link", "show", "dev", dev))
+		if len(f) < 3 {
+			t.Fatalf("no MAC address of %s in %s: %q", dev, ns, f)
+		}
+		return f[2]
+	}
+	netnstest.Run(t, "ip", "-n", tp.nodeA, "neigh", "replace", "fd00:ffff::2", "lladdr", mac(tp.nodeB, "to-a"), "dev", tunnelIf, "nud", "permanent")
+	netnstest.Run(t, "ip", "-n", tp.nodeB, "neigh", "replace", nodeAIP6, "lladdr", mac(tp.nodeA, tunnelIf), "dev", "to-a", "nud", "permanent")
+
 	netnstest.Run(t, "ip", "-n", tp.podA, "route", "add", "default", "via", "10.244.1.1")
 	netnstest.Run(t, "ip", "-n", tp.podA, "-6", "route", "add", "default", "via", "fd00:a:0:1::1")
 	netnstest.Run(t, "ip", "-n", tp.podB, "route", "add", "default", "via", "10.245.1.1")

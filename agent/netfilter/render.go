@@ -32,6 +32,10 @@ const (
 	ChainNoSNAT  = "postrouting"
 	ChainForward = "forward"
 	ChainMSS     = "mss-clamp"
+	// ChainTunnelGuard and ChainTunnelInput exist only on the gateway (a
+	// plan with a tunnel interface); see tunnelGuard.
+	ChainTunnelGuard = "tunnel-guard"
+	ChainTunnelInput = "tunnel-input"
 
 	// PriorityNoSNAT runs before srcnat (100), where CNIs and iptables-nft's
 	// nat POSTROUTING masquerade.
@@ -42,6 +46,12 @@ const (
 	PriorityForward = 0 - 10
 	// PriorityMSS is mangle (-150).
 	PriorityMSS = -150
+	// PriorityTunnelGuard is raw (-300) at prerouting: before conntrack
+	// (-200) and before dstnat (-100), where kube-proxy turns a ClusterIP or
+	// NodePort into a pod address that would pass the guard.
+	PriorityTunnelGuard = -300
+	// PriorityTunnelInput runs before the default filter priority (0).
+	PriorityTunnelInput = 0 - 10
 )
 
 // FilterPlan is the desired packet filter of one node (package desired).
@@ -190,7 +200,46 @@ func Render(plan FilterPlan) (Ruleset, error) {
 		}
 		rs.Chains = append(rs.Chains, mss)
 	}
+	if plan.TunnelInterface != "" {
+		rs.Chains = append(rs.Chains, tunnelGuard(plan.TunnelInterface, v4, v6)...)
+	}
 	return rs, nil
+}
+
+// tunnelGuard limits what a remote member can reach through the tunnel to
+// this member's pod ranges. WireGuard checks only a packet's source (the
+// peer's AllowedIPs); without these chains a peer could send from its pod
+// range to the gateway node itself, the node network, Service and NodePort
+// addresses, kubelet or the agent's ports.
+//
+//   - tunnel-guard (prerouting, raw): "iifname <tun> ip daddr != @local4
+//     counter drop" and the IPv6 twin. Prerouting and not forward, because
+//     at forward kube-proxy's DNAT has already made a Service address a
+//     pod address.
+//   - tunnel-input (input): "iifname <tun> counter drop": nothing from the
+//     tunnel is for the node itself, also when the node has an address
+//     inside the pod range (a CNI bridge or tunnel address). ICMP errors are
+//     dropped too: those for pod traffic are addressed to the pod and
+//     forwarded; the node sends nothing of its own through the tunnel.
+//
+// WireGuard's own UDP arrives on the underlay interface and is not affected.
+func tunnelGuard(tun string, fams ...family) []Chain {
+	iif := func() []expr.Any {
+		return []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(tun)},
+		}
+	}
+	drop := func() []expr.Any { return []expr.Any{&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop}} }
+	guard := Chain{Name: ChainTunnelGuard, Type: nftables.ChainTypeFilter, Hook: *nftables.ChainHookPrerouting, Priority: PriorityTunnelGuard}
+	for _, f := range fams {
+		notLocal := f.match(f.daddr(), f.local)
+		notLocal[len(notLocal)-1] = &expr.Lookup{SourceRegister: 1, SetName: f.local, Invert: true}
+		guard.Rules = append(guard.Rules, rule("tunnel-guard-"+f.name, iif(), notLocal, drop()))
+	}
+	input := Chain{Name: ChainTunnelInput, Type: nftables.ChainTypeFilter, Hook: *nftables.ChainHookInput, Priority: PriorityTunnelInput,
+		Rules: []Rule{rule("tunnel-input", iif(), drop())}}
+	return []Chain{guard, input}
 }
 
 type family struct {

@@ -5,6 +5,10 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
 )
 
 func TestRangesMergeOverlapsAndNeighbours(t *testing.T) {
@@ -76,6 +80,9 @@ func TestRender(t *testing.T) {
 		"chain postrouting type nat hook 4 priority 90",
 		"chain forward type filter hook 2 priority -10",
 		"chain mss-clamp type filter hook 2 priority -150",
+		"chain tunnel-guard type filter hook 0 priority -300",
+		"chain tunnel-input type filter hook 1 priority -10",
+		`"archipelago:tunnel-guard-v4:`, `"archipelago:tunnel-guard-v6:`, `"archipelago:tunnel-input:`,
 		`"archipelago:no-snat-v4:`, `"archipelago:mss-in:`,
 	} {
 		if !strings.Contains(shape, want) {
@@ -96,11 +103,21 @@ func TestRender(t *testing.T) {
 	if rs3, _ := Render(other); rs3.Shape() == shape {
 		t.Error("another tunnel interface did not change the shape")
 	}
-	// No tunnel, or clamping off: no clamp chain.
-	for _, p := range []FilterPlan{{MSSClamp: true}, {TunnelInterface: "wg0"}} {
-		rs, _ := Render(p)
-		if len(rs.Chains) != 2 {
-			t.Errorf("plan %+v: %d chains, want 2", p, len(rs.Chains))
+	// No tunnel: neither clamp nor guard. Clamping off: no clamp chain.
+	for _, c := range []struct {
+		plan FilterPlan
+		want []string
+	}{
+		{FilterPlan{MSSClamp: true}, []string{ChainNoSNAT, ChainForward}},
+		{FilterPlan{TunnelInterface: "wg0"}, []string{ChainNoSNAT, ChainForward, ChainTunnelGuard, ChainTunnelInput}},
+	} {
+		rs, _ := Render(c.plan)
+		var names []string
+		for _, ch := range rs.Chains {
+			names = append(names, ch.Name)
+		}
+		if !slices.Equal(names, c.want) {
+			t.Errorf("plan %+v: chains %q, want %q", c.plan, names, c.want)
 		}
 	}
 	// With the tunnel's MTU: a rule per direction and family, and the MTU
@@ -129,4 +146,79 @@ func TestRender(t *testing.T) {
 	if _, err := Render(FilterPlan{TunnelInterface: strings.Repeat("x", 16)}); err == nil {
 		t.Error("a 16-byte interface name must be rejected")
 	}
+}
+
+// The tunnel guard drops, from the tunnel interface only, IPv4 and IPv6
+// packets whose destination is not in the local pod set, and everything for
+// the node itself.
+func TestRenderTunnelGuard(t *testing.T) {
+	rs, err := Render(FilterPlan{TunnelInterface: "wg0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chains := map[string]Chain{}
+	for _, c := range rs.Chains {
+		chains[c.Name] = c
+	}
+	guard, input := chains[ChainTunnelGuard], chains[ChainTunnelInput]
+	if guard.Hook != *nftables.ChainHookPrerouting || guard.Priority != PriorityTunnelGuard || guard.Type != nftables.ChainTypeFilter {
+		t.Errorf("guard chain %+v, want filter prerouting priority %d", guard, PriorityTunnelGuard)
+	}
+	if input.Hook != *nftables.ChainHookInput || input.Type != nftables.ChainTypeFilter {
+		t.Errorf("input chain %+v, want filter input", input)
+	}
+	if len(guard.Rules) != 2 || len(input.Rules) != 1 {
+		t.Fatalf("guard %d rules, input %d, want 2 and 1", len(guard.Rules), len(input.Rules))
+	}
+	for i, want := range []struct {
+		proto byte
+		set   string
+	}{{unix.NFPROTO_IPV4, SetLocal4}, {unix.NFPROTO_IPV6, SetLocal6}} {
+		r := guard.Rules[i]
+		if !matchesIIF(r, "wg0") {
+			t.Errorf("rule %s does not start with iifname wg0", r.ID)
+		}
+		var proto, lookup, drop bool
+		for _, e := range r.Exprs {
+			switch e := e.(type) {
+			case *expr.Cmp:
+				proto = proto || slices.Equal(e.Data, []byte{want.proto})
+			case *expr.Lookup:
+				lookup = e.SetName == want.set && e.Invert
+			case *expr.Verdict:
+				drop = e.Kind == expr.VerdictDrop
+			}
+		}
+		if !proto || !lookup || !drop {
+			t.Errorf("rule %s: nfproto %d %v, daddr != @%s %v, drop %v", r.ID, want.proto, proto, want.set, lookup, drop)
+		}
+	}
+	r := input.Rules[0]
+	if !matchesIIF(r, "wg0") {
+		t.Errorf("rule %s does not start with iifname wg0", r.ID)
+	}
+	if v, ok := r.Exprs[len(r.Exprs)-1].(*expr.Verdict); !ok || v.Kind != expr.VerdictDrop {
+		t.Errorf("rule %s does not end in drop: %#v", r.ID, r.Exprs[len(r.Exprs)-1])
+	}
+	for _, c := range rs.Chains {
+		if c.Name == ChainTunnelGuard || c.Name == ChainTunnelInput {
+			continue
+		}
+		for _, r := range c.Rules {
+			for _, e := range r.Exprs {
+				if v, ok := e.(*expr.Verdict); ok && v.Kind == expr.VerdictDrop {
+					t.Errorf("rule %s of chain %s drops", r.ID, c.Name)
+				}
+			}
+		}
+	}
+}
+
+func matchesIIF(r Rule, name string) bool {
+	if len(r.Exprs) < 2 {
+		return false
+	}
+	m, ok1 := r.Exprs[0].(*expr.Meta)
+	c, ok2 := r.Exprs[1].(*expr.Cmp)
+	return ok1 && ok2 && m.Key == expr.MetaKeyIIFNAME && c.Op == expr.CmpOpEq && slices.Equal(c.Data, ifname(name))
 }
