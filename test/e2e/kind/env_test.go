@@ -328,3 +328,28 @@ func dumpOnFailure(e *env) {
 		}
 	}
 }
+
+// probeDeployment is a Deployment of name in the test namespace: replicas
+// pods of the probe image serving on probePort, ready once the
+// port answers, labelled app=name.
+func probeDeployment(name string, replicas int) string {
+	return fmt.Sprintf(`apiVersion: apps/v1
+kind: Deployment
+metadata: {name: %[1]s, namespace: %[2]s}
+spec:
+  replicas: %[5]d
+  selector: {matchLabels: {app: %[1]s}}
+  template:
+    metadata: {labels: {app: %[1]s}}
+    spec:
+      tolerations: [{operator: Exists}]
+      terminationGracePeriodSeconds: 0
+      containers:
+        - name: probe
+          image: %[3]s
+          imagePullPolicy: Never
+          args: [serve, --port, "%[4]d"]
+          readinessProbe: {tcpSocket: {port: %[4]d}, periodSeconds: 1}
+---
+`, name, testNS, probeImage, probePort, replicas)
+}

@@ -384,25 +384,7 @@ func (e *env) testDiagnose(t *testing.T) {
 // address of the Service's EndpointSlices, keeping its source address.
 func (e *env) testService(t *testing.T, probes map[string][]probe) {
 	c1, c2 := e.members[0], e.members[1]
-	e.apply(c2, fmt.Sprintf(`apiVersion: apps/v1
-kind: Deployment
-metadata: {name: echo, namespace: %[1]s}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: echo}}
-  template:
-    metadata: {labels: {app: echo}}
-    spec:
-      tolerations: [{operator: Exists}]
-      terminationGracePeriodSeconds: 0
-      containers:
-        - name: probe
-          image: %[2]s
-          imagePullPolicy: Never
-          args: [serve, --port, "%[3]d"]
-          readinessProbe: {tcpSocket: {port: %[3]d}, periodSeconds: 1}
----
-apiVersion: v1
+	e.apply(c2, probeDeployment("echo", 2)+fmt.Sprintf(`apiVersion: v1
 kind: Service
 metadata: {name: echo, namespace: %[1]s}
 spec:
@@ -588,20 +570,24 @@ func (e *env) agentPod(t *testing.T, cluster, node string) string {
 }
 
 func (e *env) waitAgentReady(t *testing.T, cluster, node string) {
-	if err := eventually(2*time.Minute, time.Second, func() error {
-		out, err := e.kubectl(cluster, "-n", agentNS, "get", "pods", "-l", agentLabel, "--field-selector", "spec.nodeName="+node,
-			"-o", "jsonpath={range .items[*]}{.metadata.deletionTimestamp}/{range .status.containerStatuses[*]}{.ready}{end}{\"\\n\"}{end}")
-		if err != nil {
-			return err
-		}
-		// One pod, not being deleted, every container ready.
-		if l := strings.TrimSpace(out); !strings.HasPrefix(l, "/true") || strings.Trim(strings.TrimPrefix(l, "/"), "true") != "" {
-			return fmt.Errorf("agent pod on %s not ready: %q", node, out)
-		}
-		return nil
-	}); err != nil {
+	if err := eventually(2*time.Minute, time.Second, func() error { return e.podReadyOn(cluster, agentLabel, node) }); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// podReadyOn is nil when one pod with label runs on node, is not being
+// deleted, and has every container ready.
+func (e *env) podReadyOn(cluster, label, node string) error {
+	out, err := e.kubectl(cluster, "-n", agentNS, "get", "pods", "-l", label, "--field-selector", "spec.nodeName="+node,
+		"-o", "jsonpath={range .items[*]}{.metadata.deletionTimestamp}/{range .status.containerStatuses[*]}{.ready}{end}{\"\\n\"}{end}")
+	if err != nil {
+		return err
+	}
+	deleting, ready, one := strings.Cut(strings.TrimSpace(out), "/")
+	if !one || deleting != "" || ready == "" || strings.ReplaceAll(ready, "true", "") != "" {
+		return fmt.Errorf("pod %s on %s not ready: %q", label, node, out)
+	}
+	return nil
 }
 
 // testFailover stops the node of c2's active gateway and measures how long
@@ -634,13 +620,8 @@ func (e *env) testFailover(t *testing.T, probes map[string][]probe) {
 func (e *env) waitStandbyReady(t *testing.T, cluster, node string) {
 	start := time.Now()
 	if err := eventually(3*time.Minute, time.Second, func() error {
-		out, err := e.kubectl(cluster, "-n", agentNS, "get", "pods", "-l", deviceLabel, "--field-selector", "spec.nodeName="+node,
-			"-o", "jsonpath={range .items[*]}{.metadata.deletionTimestamp}/{range .status.containerStatuses[*]}{.ready}{end}{\"\\n\"}{end}")
-		if err != nil {
+		if err := e.podReadyOn(cluster, deviceLabel, node); err != nil {
 			return err
-		}
-		if l := strings.TrimSpace(out); l != "/true" {
-			return fmt.Errorf("device pod on %s not ready: %q", node, out)
 		}
 		raw, err := e.kubectl(cluster, "get", "node", node, "-o", `jsonpath={.metadata.annotations.archipelago\.dev/datapath}`)
 		if err != nil {

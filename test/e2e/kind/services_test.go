@@ -22,25 +22,7 @@ func clusterSetName(svc string) string { return svc + "." + testNS + ".svc.clust
 // ClusterIP Service, both members import it and reach it by name.
 func (e *env) testServices(t *testing.T, probes map[string][]probe) {
 	c1, c2 := e.members[0], e.members[1]
-	e.apply(c1, fmt.Sprintf(`apiVersion: apps/v1
-kind: Deployment
-metadata: {name: %[4]s, namespace: %[1]s}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: %[4]s}}
-  template:
-    metadata: {labels: {app: %[4]s}}
-    spec:
-      tolerations: [{operator: Exists}]
-      terminationGracePeriodSeconds: 0
-      containers:
-        - name: probe
-          image: %[2]s
-          imagePullPolicy: Never
-          args: [serve, --port, "%[3]d"]
-          readinessProbe: {tcpSocket: {port: %[3]d}, periodSeconds: 1}
----
-apiVersion: v1
+	e.apply(c1, probeDeployment(mcsService, 2)+fmt.Sprintf(`apiVersion: v1
 kind: Service
 metadata: {name: %[4]s, namespace: %[1]s}
 spec:
@@ -233,25 +215,7 @@ spec:
 
 	t.Run("SecondExporterUnionAndConflictWithoutGap", func(t *testing.T) {
 		// c2 exports mcs-echo too, with one more port.
-		e.apply(c2, fmt.Sprintf(`apiVersion: apps/v1
-kind: Deployment
-metadata: {name: %[4]s, namespace: %[1]s}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: %[4]s}}
-  template:
-    metadata: {labels: {app: %[4]s}}
-    spec:
-      tolerations: [{operator: Exists}]
-      terminationGracePeriodSeconds: 0
-      containers:
-        - name: probe
-          image: %[2]s
-          imagePullPolicy: Never
-          args: [serve, --port, "%[3]d"]
-          readinessProbe: {tcpSocket: {port: %[3]d}, periodSeconds: 1}
----
-apiVersion: v1
+		e.apply(c2, probeDeployment(mcsService, 1)+fmt.Sprintf(`apiVersion: v1
 kind: Service
 metadata: {name: %[4]s, namespace: %[1]s}
 spec:
