@@ -536,7 +536,7 @@ func (r *MemberClusterReconciler) reconcileGateways(ctx context.Context, s *memb
 			setCondition(&gw.Status.Conditions, gw.Generation, meshv1.TunnelGatewayValid, metav1.ConditionTrue, meshv1.ReasonValid, "public key and endpoints parse")
 			valid = append(valid, meshv1.MemberGateway{
 				Name: gw.Name, Node: gw.Spec.NodeName, PublicKey: gw.Spec.PublicKey,
-				Endpoints: gw.Spec.Endpoints, Active: gw.Spec.Active,
+				Endpoints: gw.Spec.Endpoints, Active: gw.Spec.Active, MTU: gw.Spec.MTU,
 			})
 		}
 		if !equality.Semantic.DeepEqual(gwBefore.Status.Conditions, gw.Status.Conditions) {

@@ -58,7 +58,7 @@ func (r *MemberClusterReconciler) reconcilePeer(ctx context.Context, s *memberSc
 		AgentConnected: meta.IsStatusConditionTrue(m.Status.Conditions, meshv1.MemberAgentConnected)}
 	for _, g := range m.Status.Gateways {
 		if g.Active {
-			want.Gateway = &meshv1.PeerGateway{Node: g.Node, PublicKey: g.PublicKey, Endpoints: slices.Clone(g.Endpoints)}
+			want.Gateway = &meshv1.PeerGateway{Node: g.Node, PublicKey: g.PublicKey, Endpoints: slices.Clone(g.Endpoints), MTU: g.MTU}
 			break
 		}
 	}

@@ -371,6 +371,11 @@ func (a *Agent) publishGateways(ctx context.Context, hub *hubConn, s *scope, dir
 			continue
 		}
 		spec := meshv1.TunnelGatewaySpec{NodeName: n.Name, PublicKey: key, Active: n.Name == a.cfg.NodeName}
+		if spec.Active && s.applied && s.plan.Tunnel != nil {
+			// Only the active gateway knows its tunnel MTU for sure; a
+			// candidate that takes over publishes its own.
+			spec.MTU = int32(s.plan.Tunnel.MTU)
+		}
 		if ep := n.Annotations[meshv1.AnnotationEndpoint]; ep != "" && ep != EndpointNone {
 			spec.Endpoints = []string{ep}
 		}
@@ -402,6 +407,9 @@ func (a *Agent) publishGateways(ctx context.Context, hub *hubConn, s *scope, dir
 			continue
 		}
 		delete(want, gw.Name)
+		if spec.Active && spec.MTU == 0 {
+			spec.MTU = gw.Spec.MTU // not applied this pass: keep what was published
+		}
 		if equality.Semantic.DeepEqual(gw.Spec, spec) {
 			if spec.Active {
 				s.ownGateway = gw

@@ -53,7 +53,7 @@ func (a *Agent) localDirectory(m *meshv1.ClusterSetMembership) (*directory, erro
 		if err != nil {
 			continue
 		}
-		peer := plan.Peer{Cluster: p.Cluster, PodCIDRs: ranges, Gateway: p.Gateway}
+		peer := plan.Peer{Cluster: p.Cluster, PodCIDRs: ranges, Gateway: p.Gateway, MTU: int(p.MTU)}
 		if k, err := wgtypes.ParseKey(p.PublicKey); err == nil {
 			peer.PublicKey = k
 		}

@@ -447,6 +447,10 @@ func (a *Agent) peerStates(s *scope, d *directory, dev *wgtypes.Device) ([]meshv
 		if p.PublicKey != (wgtypes.Key{}) {
 			mp.PublicKey = p.PublicKey.String()
 		}
+		mp.MTU = int32(p.MTU)
+		if s.plan.Tunnel != nil {
+			mp.PathMTU = int32(plan.PathMTU(s.plan.Tunnel.MTU, p.MTU))
+		}
 		if msg, ok := skipped[p.Cluster]; ok {
 			mp.State, mp.Message = meshv1.PeerInvalid, msg
 			out = append(out, mp)

@@ -182,13 +182,14 @@ func Render(plan FilterPlan) (Ruleset, error) {
 				&expr.Meta{Key: dir.key, Register: 1},
 				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(plan.TunnelInterface)},
 			}
-			if plan.MTU == 0 {
+			// A SYN that leaves through the tunnel gets the MTU of its
+			// route: the tunnel's, or the lower path MTU of the peer it
+			// goes to. One that arrives from it (whose sender's gateway
+			// may have a larger MTU than this one) gets the tunnel's.
+			if plan.MTU == 0 || dir.key == expr.MetaKeyOIFNAME {
 				mss.Rules = append(mss.Rules, rule(dir.id, dev, clampMSS()))
 				continue
 			}
-			// The tunnel's MTU in both directions: a SYN that leaves
-			// through the tunnel, and one that arrives from it (whose
-			// sender's gateway may have a larger MTU than this one).
 			for _, f := range []family{v4, v6} {
 				mss.Rules = append(mss.Rules, rule(dir.id+"-"+f.name,
 					[]expr.Any{

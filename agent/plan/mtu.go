@@ -94,3 +94,27 @@ func TunnelMTU(setting int, u Underlay) MTUDecision {
 	}
 	return d
 }
+
+// wireGuardPadding is the multiple WireGuard pads a packet's plaintext to
+// (never beyond the device's MTU).
+const wireGuardPadding = 16
+
+// PathMTU is the route MTU of a peer's ranges on the gateway: 0 (the
+// device's MTU applies) when the peer's tunnel MTU is not known or is the
+// same as this gateway's, else the smaller of the two rounded down to a
+// multiple of 16, never below MinMTU. Both ends compute the same value, so
+// the MSS each gateway's clamp writes into a SYN (the route's MTU) is the
+// same in both directions.
+//
+// Why the rounding: WireGuard pads every packet to a multiple of 16 bytes,
+// up to the MTU of the device that sends it. A gateway whose device MTU is
+// 1440 sends a 1340-byte packet as 1344 bytes of ciphertext, four bytes too
+// many for a peer whose underlay leaves room for 1340. A multiple of 16 is
+// never padded.
+func PathMTU(own, peer int) int {
+	if own <= 0 || peer <= 0 || own == peer {
+		return 0
+	}
+	m := min(own, peer) / wireGuardPadding * wireGuardPadding
+	return max(m, MinMTU)
+}

@@ -76,3 +76,72 @@ func TestComputeMTU(t *testing.T) {
 		t.Errorf("standby on a 9000-byte IPv6 underlay: tunnel %+v, want MTU 8920", p.Tunnel)
 	}
 }
+
+// TestPathMTU: a peer whose tunnel MTU differs from this gateway's gets a
+// route MTU that fits both and that WireGuard's padding (to 16 bytes, up
+// to the larger device's MTU) cannot push over the smaller underlay; both
+// ends compute the same value.
+func TestPathMTU(t *testing.T) {
+	for _, tc := range []struct{ own, peer, want int }{
+		{1440, 1440, 0},    // same: the device's MTU applies
+		{1440, 0, 0},       // peer's not known
+		{0, 1340, 0},       // own not known
+		{1440, 1340, 1328}, // 1340 would be padded to 1344
+		{1340, 1440, 1328}, // the same on the other end
+		{1420, 1440, 1408},
+		{9000, 1440, 1440}, // already a multiple of 16
+		{1440, 1290, MinMTU},
+		{1300, 1280, MinMTU},
+	} {
+		if got := PathMTU(tc.own, tc.peer); got != tc.want {
+			t.Errorf("PathMTU(%d, %d) = %d, want %d", tc.own, tc.peer, got, tc.want)
+		}
+		if got := PathMTU(tc.own, tc.peer); got != 0 && got%16 != 0 {
+			t.Errorf("PathMTU(%d, %d) = %d is not a multiple of 16", tc.own, tc.peer, got)
+		}
+	}
+}
+
+// TestComputePathMTU: on the gateway, the ranges of a peer with a smaller
+// tunnel MTU are routed with the path MTU, those of a peer with the same
+// or an unknown MTU with none; workers' routes never carry one (the
+// gateway answers too-large packets with ICMP).
+func TestComputePathMTU(t *testing.T) {
+	key, _ := wgtypes.GeneratePrivateKey()
+	small, _ := wgtypes.GeneratePrivateKey()
+	same, _ := wgtypes.GeneratePrivateKey()
+	unknown, _ := wgtypes.GeneratePrivateKey()
+	in := Inputs{
+		Node: "gw", Role: RoleGateway, PrivateKey: key,
+		LocalPodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.64.0.0/16")},
+		Tunnel:        Tunnel{Interface: "arch0", Port: 51820, Keepalive: 25 * time.Second},
+		Underlay:      Underlay{Interface: "wan", MTU: 1500},
+		Peers: []Peer{
+			{Cluster: "small", PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.65.0.0/16"), netip.MustParsePrefix("fd00:65::/48")},
+				PublicKey: small.PublicKey(), Endpoint: netip.MustParseAddrPort("192.0.2.2:51820"), MTU: 1340},
+			{Cluster: "same", PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.66.0.0/16")},
+				PublicKey: same.PublicKey(), Endpoint: netip.MustParseAddrPort("192.0.2.3:51820"), MTU: 1440},
+			{Cluster: "unknown", PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.67.0.0/16")},
+				PublicKey: unknown.PublicKey(), Endpoint: netip.MustParseAddrPort("192.0.2.4:51820")},
+		},
+	}
+	want := map[string]int{"10.65.0.0/16": 1328, "fd00:65::/48": 1328, "10.66.0.0/16": 0, "10.67.0.0/16": 0}
+	p := Compute(in)
+	if p.Tunnel == nil || p.Tunnel.MTU != 1440 {
+		t.Fatalf("tunnel %+v, want MTU 1440", p.Tunnel)
+	}
+	if len(p.Routes.Routes) != len(want) {
+		t.Fatalf("routes %+v, want %d", p.Routes.Routes, len(want))
+	}
+	for _, r := range p.Routes.Routes {
+		if w, ok := want[r.Dst.String()]; !ok || r.MTU != w {
+			t.Errorf("gateway route %s MTU %d, want %d", r.Dst, r.MTU, w)
+		}
+	}
+	in.Role, in.ActiveGatewayIP = RoleWorker, netip.MustParseAddr("172.18.0.2")
+	for _, r := range Compute(in).Routes.Routes {
+		if r.MTU != 0 {
+			t.Errorf("worker route %s has MTU %d, want none", r.Dst, r.MTU)
+		}
+	}
+}

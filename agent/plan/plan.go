@@ -56,6 +56,9 @@ type Peer struct {
 	// Endpoint is where to send to; the zero value means the peer only
 	// dials out (behind NAT) and the device learns its address.
 	Endpoint netip.AddrPort
+	// MTU is the tunnel MTU of the member's active gateway; 0 when not
+	// known. The gateway routes the member's ranges with PathMTU.
+	MTU int
 }
 
 // InvalidPeer is a member that cannot be peered with, and why. It is
@@ -284,6 +287,7 @@ func Compute(in Inputs) NodePlan {
 		route := desired.Route{Dst: r}
 		if gw {
 			route.Dev = in.Tunnel.Interface
+			route.MTU = PathMTU(p.MTU.MTU, d.peers[o.owner].MTU)
 			if !hop.IsValid() {
 				p.WorkersCannotRoute = append(p.WorkersCannotRoute, Unroutable{Prefix: r, Cluster: cluster,
 					Reason: fmt.Sprintf("the active gateway %s has no %s InternalIP: only its own pods reach this range", in.Node, familyName(is4))})
@@ -514,7 +518,7 @@ func PeersFromDirectory(self string, dir []meshv1.ClusterSetPeer, resolve func(h
 			bad("active gateway %q: %v", gw.Node, err)
 			continue
 		}
-		peers = append(peers, Peer{Cluster: p.Name, PodCIDRs: ranges, Gateway: gw.Node, PublicKey: key, Endpoint: ep})
+		peers = append(peers, Peer{Cluster: p.Name, PodCIDRs: ranges, Gateway: gw.Node, PublicKey: key, Endpoint: ep, MTU: int(gw.MTU)})
 	}
 	slices.SortFunc(peers, func(a, b Peer) int { return cmp.Compare(a.Cluster, b.Cluster) })
 	slices.SortFunc(invalid, func(a, b InvalidPeer) int { return cmp.Compare(a.Cluster, b.Cluster) })

@@ -84,6 +84,16 @@ type MembershipPeer struct {
 	// peer's active gateway (resolved); empty for a peer behind NAT.
 	// +optional
 	DirectoryEndpoint string `json:"directoryEndpoint,omitempty"`
+	// MTU is the peer gateway's tunnel MTU from the hub's directory (0
+	// when not known); kept so that a standby routes with it without the hub.
+	// +optional
+	MTU int32 `json:"mtu,omitempty"`
+	// PathMTU is the route MTU of the peer's ranges on the active gateway
+	// when it is lower than the tunnel's: the smaller of the two tunnel
+	// MTUs, rounded down to a multiple of 16 (WireGuard pads packets to
+	// one, up to the device's MTU). 0 when the tunnel's MTU applies.
+	// +optional
+	PathMTU int32 `json:"pathMTU,omitempty"`
 	// State: Up, Connecting, Invalid.
 	State string `json:"state"`
 	// LatestHandshake is the time of the latest WireGuard handshake.

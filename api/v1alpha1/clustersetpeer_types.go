@@ -35,6 +35,10 @@ type PeerGateway struct {
 	// traffic, preferred first. Empty for a gateway behind NAT that only dials out.
 	// +optional
 	Endpoints []string `json:"endpoints,omitempty"`
+	// MTU is the gateway's tunnel MTU; peers with a larger one lower the
+	// route MTU of this member's ranges to it. 0 when not known.
+	// +optional
+	MTU int32 `json:"mtu,omitempty"`
 }
 
 // ClusterSetPeerSpec is what every other member of the set needs to know of

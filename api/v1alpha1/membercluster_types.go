@@ -85,6 +85,9 @@ type MemberGateway struct {
 	// Active is true for the gateway that currently holds the member's tunnels.
 	// +optional
 	Active bool `json:"active,omitempty"`
+	// MTU is the gateway's tunnel MTU (its TunnelGateway's spec.mtu).
+	// +optional
+	MTU int32 `json:"mtu,omitempty"`
 }
 
 // MemberClusterStatus is written by the hub alone.

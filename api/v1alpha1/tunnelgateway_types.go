@@ -35,6 +35,16 @@ type TunnelGatewaySpec struct {
 	// Active is true for the gateway the member elected to hold its tunnels.
 	// +optional
 	Active bool `json:"active,omitempty"`
+
+	// MTU is the gateway's tunnel MTU: the largest packet it can take
+	// through its tunnel, from the underlay it receives on. Peers whose own
+	// tunnel MTU is larger route this member's ranges with a lower route
+	// MTU, so that what they send fits this gateway's underlay. Unset when
+	// not known (peers then use their own).
+	// +kubebuilder:validation:Minimum=1280
+	// +kubebuilder:validation:Maximum=65535
+	// +optional
+	MTU int32 `json:"mtu,omitempty"`
 }
 
 // TunnelGatewayStatus is written by the agent (tunnel summary, dropped

@@ -56,7 +56,7 @@ func sendUDP(t *testing.T, src *lab.Pod, dst string, d time.Duration) int {
 	return sent
 }
 
-// Issue 9: fail closed. alpha's active gateway gets a default route to a
+// Fail closed. alpha's active gateway gets a default route to a
 // sink namespace (what a real node's main table has: a way out that is not
 // the tunnel). Its tunnel device is deleted (the device process dies) while
 // pods on the gateway and on a worker send to bravo's range: the sink sees

@@ -115,7 +115,7 @@ func TestEveryPodReachesEveryPod(t *testing.T) {
 	}
 }
 
-// Issue 5: status and diagnose call the healthy lab healthy.
+// Status and diagnose call the healthy lab healthy.
 func TestStatusAndDiagnoseHealthy(t *testing.T) {
 	l := need(t)
 	ctx := context.Background()
@@ -295,7 +295,7 @@ func TestPathIsTheTunnel(t *testing.T) {
 	}
 	t.Logf("without tunnels: %d/%d cross-cluster pairs fail, as they must", countFailed(cells), len(cells))
 
-	// Issue 5: diagnose names the broken member (its gateway's report goes
+	// Diagnose names the broken member (its gateway's report goes
 	// stale and it has no tunnel); status names it once the hub notices.
 	time.Sleep(time.Until(stopped.Add(12 * time.Second)))
 	out, code, err := l.CLI(ctx, "diagnose", "--context", "bravo", "--stale-after", "10s")

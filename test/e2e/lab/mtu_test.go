@@ -22,11 +22,13 @@ import (
 	"github.com/archipelago-mesh/archipelago/test/lab"
 )
 
-// Issue 12: the tunnel MTU is derived from the WAN each gateway sends on.
-// bravo's WAN is 1400 bytes, so its tunnel gets 1400 - 60 = 1340 while the
-// others (1500) get 1440, with no MTU set in the ClusterSet; TCP between a
-// pod of alpha and one of bravo is clamped to bravo's tunnel both ways and
-// carries bulk data.
+// TestTunnelMTUFollowsWAN: the tunnel MTU is derived from the WAN each
+// gateway sends on. bravo's WAN is 1400 bytes, so its tunnel gets 1400 - 60
+// = 1340 while the others (1500) get 1440, with no MTU set in the
+// ClusterSet. alpha and bravo route each other's ranges with the path MTU
+// (1328: WireGuard pads to 16 bytes), so TCP between their pods is clamped
+// to it both ways and carries bulk data, and ICMP and UDP larger than the
+// path learn it from the gateways instead of vanishing on bravo's WAN.
 func TestTunnelMTUFollowsWAN(t *testing.T) {
 	l := need(t)
 	ctx := context.Background()
@@ -72,9 +74,55 @@ func TestTunnelMTUFollowsWAN(t *testing.T) {
 	if alpha == nil || bravo == nil {
 		t.Fatal("the lab needs a member with a smaller WAN and one without")
 	}
+	// Both ends route the other's ranges with the same path MTU: the
+	// smaller tunnel MTU rounded down to a multiple of 16, which
+	// WireGuard's padding (up to alpha's larger device MTU) cannot push
+	// over bravo's WAN.
+	pathMTU := want[bravo.Name] / 16 * 16
+	for _, c := range []struct{ m, peer *lab.Member }{{alpha, bravo}, {bravo, alpha}} {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			var ms meshv1.ClusterSetMembership
+			err := c.m.Cluster.Client.Get(ctx, client.ObjectKey{Name: "membership"}, &ms)
+			got := int32(-1)
+			for _, p := range ms.Status.Peers {
+				if p.Cluster == c.peer.Name {
+					got = p.PathMTU
+				}
+			}
+			if err == nil && int(got) == pathMTU {
+				t.Logf("%s routes %s's ranges with MTU %d", c.m.Name, c.peer.Name, got)
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: status.peers[%s].pathMTU %d (err %v), want %d", c.m.Name, c.peer.Name, got, err, pathMTU)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	}
+
 	// Workers' pods, so the path is worker -> gateway -> tunnel -> gateway
 	// -> worker.
 	src, dst := workerPod(t, alpha), workerPod(t, bravo)
+
+	// Path MTU discovery across the clusters: a ping that does not fit
+	// gets "fragmentation needed" with the path MTU from alpha's gateway
+	// (not a silent drop on bravo's WAN), one that fits goes through.
+	big := exec.Command("ip", "netns", "exec", src.NS, "ping", "-n", "-c", "3", "-i", "0.3", "-W", "1", "-M", "do", "-s", fmt.Sprint(want[alpha.Name]-28), dst.IP.String())
+	out, _ := big.CombinedOutput()
+	if m := regexp.MustCompile(`mtu ?= ?(\d+)`).FindSubmatch(out); m == nil || string(m[1]) != fmt.Sprint(pathMTU) {
+		t.Errorf("ping of %d bytes with DF from %s to %s: want an ICMP error naming mtu %d, got:\n%s", want[alpha.Name], src.Name, dst.Name, pathMTU, out)
+	}
+	fits := exec.Command("ip", "netns", "exec", src.NS, "ping", "-n", "-q", "-c", "1", "-W", "2", "-M", "do", "-s", fmt.Sprint(pathMTU-28), dst.IP.String())
+	if out, err := fits.CombinedOutput(); err != nil {
+		t.Errorf("ping of %d bytes with DF from %s to %s: %v\n%s", pathMTU, src.Name, dst.Name, err, out)
+	}
+	// UDP larger than the path: the sockets learn the path MTU from the
+	// gateways' ICMP errors and fragment; the datagram and its echo arrive.
+	if err := bigUDPEcho(ctx, src, dst, want[alpha.Name]-28); err != nil {
+		t.Errorf("UDP datagram of %d bytes from %s to %s and back: %v", want[alpha.Name]-28, src.Name, dst.Name, err)
+	}
+
 	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	c, r, seen, err := lab.Connect(cctx, src, dst)
@@ -86,13 +134,16 @@ func TestTunnelMTUFollowsWAN(t *testing.T) {
 		t.Errorf("receiver saw %s, want %s", seen, src.IP)
 	}
 	mss := maxseg(t, c)
-	// bravo's tunnel 1340 less 40 bytes of IPv4 and TCP headers; the
-	// kernel's value is a little lower again with TCP options.
-	if mss > want[bravo.Name]-40 {
-		t.Errorf("client MSS %d, want at most %d (bravo's tunnel MTU %d)", mss, want[bravo.Name]-40, want[bravo.Name])
+	// The path MTU less 40 bytes of IPv4 and TCP headers; the kernel's
+	// value is a little lower again with TCP options.
+	if mss > pathMTU-40 {
+		t.Errorf("client MSS %d, want at most %d (path MTU %d)", mss, pathMTU-40, pathMTU)
 	}
 	payload := make([]byte, 1<<20)
 	_, _ = rand.Read(payload)
+	// A black hole stalls the transfer: fail in a minute, not after TCP's
+	// 15 minutes of retransmissions.
+	_ = c.SetDeadline(time.Now().Add(time.Minute))
 	start := time.Now()
 	go func() { _, _ = c.Write(payload) }()
 	got := make([]byte, len(payload))
@@ -103,6 +154,38 @@ func TestTunnelMTUFollowsWAN(t *testing.T) {
 		t.Fatal("echo differs")
 	}
 	t.Logf("%s -> %s: MSS %d, 1 MiB echoed in %s", src.Name, dst.Name, mss, time.Since(start).Round(time.Millisecond))
+}
+
+// bigUDPEcho sends datagrams of size bytes from src to dst's UDP echo until
+// one comes back whole (the first ones teach both ends the path MTU).
+func bigUDPEcho(ctx context.Context, src, dst *lab.Pod, size int) error {
+	var conn net.Conn
+	if err := lab.InNS(src.NS, func() (err error) {
+		var d net.Dialer
+		conn, err = d.DialContext(ctx, "udp", net.JoinHostPort(dst.IP.String(), fmt.Sprint(lab.EchoPort)))
+		return err
+	}); err != nil {
+		return err
+	}
+	defer conn.Close()
+	msg := make([]byte, size)
+	_, _ = rand.Read(msg)
+	buf := make([]byte, 2*size)
+	var last error
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); {
+		if _, err := conn.Write(msg); err != nil {
+			last = err // EMSGSIZE or an ICMP error reported on the socket
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		n, err := conn.Read(buf)
+		if err == nil && bytes.Equal(buf[:n], msg) {
+			return nil
+		}
+		if err != nil {
+			last = err
+		}
+	}
+	return fmt.Errorf("no whole echo in 15s (last: %v)", last)
 }
 
 func workerPod(t *testing.T, m *lab.Member) *lab.Pod {

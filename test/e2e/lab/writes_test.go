@@ -145,7 +145,7 @@ func measureWrites(t testing.TB, l *lab.Lab, window time.Duration) (idle, busy w
 	return idle, busy
 }
 
-// Issue 9: the member's API writes do not depend on tunnel traffic (no
+// The member's API writes do not depend on tunnel traffic (no
 // live counters in reports; an agent's own writes do not wake it). The
 // bound is generous: only a regression breaks it (with byte counters in the
 // NodeReport it was about 7.5 writes/s against 1.7 idle).

@@ -399,7 +399,7 @@ func TestAgentJoinsAndPeers(t *testing.T) {
 		})
 	})
 
-	// Issue 12: the tunnel MTU follows the path to the peers (the WAN of
+	// The tunnel MTU follows the path to the peers (the WAN of
 	// 1400 bytes less WireGuard's 60 over IPv4), in the status, the device
 	// and the NodeReport; the ClusterSet's spec.tunnel.mtu overrides it.
 	t.Run("tunnel MTU derived from the underlay", func(t *testing.T) {
@@ -448,7 +448,7 @@ func TestAgentJoinsAndPeers(t *testing.T) {
 		check(1340, "Underlay")
 	})
 
-	// Issue 9: the member's API writes do not depend on tunnel traffic.
+	// The member's API writes do not depend on tunnel traffic.
 	// With byte counters in the NodeReport every pass under traffic wrote
 	// the gateway's Node, and that write woke the next pass.
 	t.Run("API writes independent of tunnel traffic", func(t *testing.T) {

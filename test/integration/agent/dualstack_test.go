@@ -27,7 +27,7 @@ import (
 	"github.com/archipelago-mesh/archipelago/test/framework"
 )
 
-// Issue 12: a dual-stack member routes each family of the remote ranges via
+// A dual-stack member routes each family of the remote ranges via
 // the gateway's address of that family (a next hop per family in the
 // membership status), and says which ranges cannot be reached when the
 // gateway loses its IPv6 address. Its own hub and member apiservers: the

@@ -324,7 +324,15 @@ func TestHubWritesPerChange(t *testing.T) {
 	if err := c.Get(context.Background(), client.ObjectKey{Namespace: controllers.MemberNamespace(names[3]), Name: "gw"}, gw); err != nil {
 		t.Fatal(err)
 	}
+	// A tunnel MTU below IPv6's minimum is refused, naming the field.
+	bad := gw.DeepCopy()
+	bad.Spec.MTU = 1000
+	if err := c.Update(context.Background(), bad); err == nil || !strings.Contains(err.Error(), "spec.mtu") {
+		t.Errorf("TunnelGateway with spec.mtu 1000: err %v, want a refusal naming spec.mtu", err)
+	}
+	// The gateway moves and publishes its tunnel MTU in the same write.
 	gw.Spec.Endpoints = []string{"198.51.100.7:51820"}
+	gw.Spec.MTU = 1340
 	if err := c.Update(context.Background(), gw); err != nil {
 		t.Fatal(err)
 	}
@@ -333,7 +341,7 @@ func TestHubWritesPerChange(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if p.Spec.Gateway == nil || !slices.Equal(p.Spec.Gateway.Endpoints, gw.Spec.Endpoints) {
+		if p.Spec.Gateway == nil || !slices.Equal(p.Spec.Gateway.Endpoints, gw.Spec.Endpoints) || p.Spec.Gateway.MTU != 1340 {
 			return fmt.Errorf("directory has %+v", p.Spec.Gateway)
 		}
 		return nil
