@@ -575,7 +575,11 @@ func (d *diagnosis) checkPeers(m *meshv1.ClusterSetMembership, gateway *nodeStat
 		case hs == nil || d.now.Sub(hs.Time) > d.limits.HandshakeMaxAge:
 			d.add(check, StatusFail, fmt.Sprintf("%s (%s): last handshake %s, older than %s: the tunnel is down", p.Cluster, ranges, ageOrNever(d.now, hs), d.limits.HandshakeMaxAge), fix)
 		default:
-			d.add(check, StatusOK, fmt.Sprintf("%s (%s) up via %s, handshake %s ago", p.Cluster, ranges, dash(endpoint), age(d.now, hs)), "")
+			path := ""
+			if p.PathMTU != 0 {
+				path = fmt.Sprintf(", path MTU %d (its tunnel MTU %d)", p.PathMTU, p.MTU)
+			}
+			d.add(check, StatusOK, fmt.Sprintf("%s (%s) up via %s, handshake %s ago%s", p.Cluster, ranges, dash(endpoint), age(d.now, hs), path), "")
 		}
 		delete(kernel, p.Cluster)
 	}

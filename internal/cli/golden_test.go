@@ -245,8 +245,11 @@ func serviceExport(ns, name string, conds ...metav1.Condition) *mcsv1beta1.Servi
 }
 
 func TestDiagnoseGolden(t *testing.T) {
+	// charlie's WAN is smaller: its ranges are routed with a path MTU.
+	charlie := mpeer("charlie", "10.3.0.0/16", meshv1.PeerUp, ago(40*time.Second))
+	charlie.MTU, charlie.PathMTU = 1340, 1328
 	healthy := fakeClient(
-		membership(mpeer("bravo", "10.2.0.0/16", meshv1.PeerUp, ago(12*time.Second)), mpeer("charlie", "10.3.0.0/16", meshv1.PeerUp, ago(40*time.Second))),
+		membership(mpeer("bravo", "10.2.0.0/16", meshv1.PeerUp, ago(12*time.Second)), charlie),
 		hubSecret(),
 		node("alpha-gw", "10.1.0.0/24", gatewayReport(
 			meshv1.NodePeerReport{Cluster: "bravo", Endpoint: "172.18.1.2:51820", LatestHandshake: ago(12 * time.Second)},
