@@ -371,7 +371,7 @@ func (a *Agent) publishGateways(ctx context.Context, hub *hubConn, s *scope, dir
 			continue
 		}
 		spec := meshv1.TunnelGatewaySpec{NodeName: n.Name, PublicKey: key, Active: n.Name == a.cfg.NodeName}
-		if spec.Active && s.applied && s.plan.Tunnel != nil {
+		if spec.Active && s.applied && s.applyErr == nil && s.plan.Tunnel != nil {
 			// Only the active gateway knows its tunnel MTU for sure; a
 			// candidate that takes over publishes its own.
 			spec.MTU = int32(s.plan.Tunnel.MTU)

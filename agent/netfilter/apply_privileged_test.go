@@ -408,6 +408,24 @@ func TestMSSClampToTunnelMTU(t *testing.T) {
 			t.Errorf("%s: MSS server %d client %d; want ≤ %d both ways", tc.dst, s.mss, clientMSS, tc.max)
 		}
 	}
+	// A peer with a smaller path MTU: its ranges' route carries it, and
+	// SYNs leaving the tunnel get the route's MSS, the smaller of the two
+	// ("rt mtu"); the server's SYN-ACK, which enters the tunnel, keeps
+	// the tunnel's.
+	if !strings.Contains(listing, `oifname "`+tunnelIf+`" tcp flags syn / syn,rst tcp option maxseg size set rt mtu`) {
+		t.Fatalf("listing lacks the route MTU clamp out of the tunnel:\n%s", listing)
+	}
+	netnstest.Run(t, "ip", "-n", tp.nodeA, "route", "replace", "10.245.0.0/16", "via", "192.168.250.2", "mtu", "1248")
+	s, clientMSS, err := tp.connect(t, podBIP4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("Route MTU 1248 towards %s: server MSS %d, client MSS %d", podBIP4, s.mss, clientMSS)
+	if s.mss > 1208 {
+		t.Errorf("route MTU 1248: the server's MSS towards the client is %d, want ≤ 1208", s.mss)
+	}
+	netnstest.Run(t, "ip", "-n", tp.nodeA, "route", "replace", "10.245.0.0/16", "via", "192.168.250.2")
+
 	// A larger MTU raises nothing the kernel has not seen (it only lowers),
 	// and the rules follow the plan.
 	p.MTU = 1420

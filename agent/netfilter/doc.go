@@ -14,10 +14,11 @@
 //   - chain "forward" (type filter, hook forward, priority filter-10 = -10):
 //     accept local↔remote pod traffic;
 //   - chain "mss-clamp" (type filter, hook forward, priority mangle), only on
-//     the gateway with clamping on: TCP SYNs out of the tunnel get their
-//     MSS option lowered to their route's MTU ("rt mtu": the tunnel's, or
-//     the lower path MTU of the peer the route goes to), SYNs in from the
-//     tunnel to the tunnel's MTU (FilterPlan.MTU; "rt mtu" when it is 0);
+//     the gateway with clamping on: TCP SYNs in or out of the tunnel get
+//     their MSS option lowered to the tunnel's MTU (FilterPlan.MTU; "rt
+//     mtu" when it is 0), and SYNs out of it also to their route's MTU
+//     ("rt mtu": lower than the tunnel's for a peer with a smaller path
+//     MTU; the kernel only lowers, so the smaller wins);
 //   - chains "tunnel-guard" (type filter, hook prerouting, priority raw) and
 //     "tunnel-input" (type filter, hook input, priority filter-10), only on
 //     the gateway: what comes in through the tunnel interface may only go to

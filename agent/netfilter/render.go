@@ -182,14 +182,13 @@ func Render(plan FilterPlan) (Ruleset, error) {
 				&expr.Meta{Key: dir.key, Register: 1},
 				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(plan.TunnelInterface)},
 			}
-			// A SYN that leaves through the tunnel gets the MTU of its
-			// route: the tunnel's, or the lower path MTU of the peer it
-			// goes to. One that arrives from it (whose sender's gateway
-			// may have a larger MTU than this one) gets the tunnel's.
-			if plan.MTU == 0 || dir.key == expr.MetaKeyOIFNAME {
+			if plan.MTU == 0 {
 				mss.Rules = append(mss.Rules, rule(dir.id, dev, clampMSS()))
 				continue
 			}
+			// The tunnel's MTU in both directions: a SYN that leaves
+			// through the tunnel, and one that arrives from it (whose
+			// sender's gateway may have a larger MTU than this one).
 			for _, f := range []family{v4, v6} {
 				mss.Rules = append(mss.Rules, rule(dir.id+"-"+f.name,
 					[]expr.Any{
@@ -197,6 +196,12 @@ func Render(plan FilterPlan) (Ruleset, error) {
 						&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{f.proto}},
 					},
 					dev, clampMSSTo(plan.MTU-f.hdr-20)))
+			}
+			if dir.key == expr.MetaKeyOIFNAME {
+				// And the MTU of its route, lower than the tunnel's for
+				// a peer with a smaller path MTU. The kernel only ever
+				// lowers an MSS, so the smaller of the two wins.
+				mss.Rules = append(mss.Rules, rule(dir.id+"-route", dev, clampMSS()))
 			}
 		}
 		rs.Chains = append(rs.Chains, mss)

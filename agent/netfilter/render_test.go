@@ -120,16 +120,16 @@ func TestRender(t *testing.T) {
 			t.Errorf("plan %+v: chains %q, want %q", c.plan, names, c.want)
 		}
 	}
-	// With the tunnel's MTU: out of the tunnel one rule with the route's
-	// MTU (a peer's path MTU may be lower than the tunnel's), in from it a
-	// rule per family with the tunnel's MTU, which is part of them.
+	// With the tunnel's MTU: a rule per direction and family with it (it
+	// is part of them), and out of the tunnel one more with the route's
+	// MTU (a peer's path MTU may be lower than the tunnel's).
 	withMTU := plan
 	withMTU.MTU = 1340
 	rsMTU, err := Render(withMTU)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{`"archipelago:mss-out:`, `"archipelago:mss-in-v4:`, `"archipelago:mss-in-v6:`} {
+	for _, want := range []string{`"archipelago:mss-out-v4:`, `"archipelago:mss-out-v6:`, `"archipelago:mss-out-route:`, `"archipelago:mss-in-v4:`, `"archipelago:mss-in-v6:`} {
 		if !strings.Contains(rsMTU.Shape(), want) {
 			t.Errorf("shape with MTU lacks %q:\n%s", want, rsMTU.Shape())
 		}

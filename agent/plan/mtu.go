@@ -107,10 +107,11 @@ const wireGuardPadding = 16
 // same in both directions.
 //
 // Why the rounding: WireGuard pads every packet to a multiple of 16 bytes,
-// up to the MTU of the device that sends it. A gateway whose device MTU is
-// 1440 sends a 1340-byte packet as 1344 bytes of ciphertext, four bytes too
-// many for a peer whose underlay leaves room for 1340. A multiple of 16 is
-// never padded.
+// up to the MTU of the device that sends it (wireguard-go, the userspace
+// device; kernel WireGuard pads up to the route's MTU). A gateway whose
+// device MTU is 1440 sends a 1340-byte packet as 1344 bytes of ciphertext,
+// four bytes too many for a peer whose underlay leaves room for 1340. A
+// multiple of 16 is never padded.
 func PathMTU(own, peer int) int {
 	if own <= 0 || peer <= 0 || own == peer {
 		return 0

@@ -81,6 +81,7 @@ type ClusterSetPeerSpec struct {
 // +kubebuilder:printcolumn:name="Pod CIDRs",type=string,JSONPath=`.spec.podCIDRs`
 // +kubebuilder:printcolumn:name="Gateway",type=string,JSONPath=`.spec.gateway.node`
 // +kubebuilder:printcolumn:name="Endpoints",type=string,JSONPath=`.spec.gateway.endpoints`
+// +kubebuilder:printcolumn:name="MTU",type=integer,priority=1,JSONPath=`.spec.gateway.mtu`
 // +kubebuilder:printcolumn:name="Withdrawn",type=boolean,JSONPath=`.spec.withdrawn`
 // +kubebuilder:printcolumn:name="Connected",type=boolean,JSONPath=`.spec.agentConnected`
 // +kubebuilder:printcolumn:name="Public Key",type=string,priority=1,JSONPath=`.spec.gateway.publicKey`
