@@ -206,7 +206,7 @@ func read(conn Conn) (*observed, error) {
 
 var (
 	setOrder   = []string{SetLocal4, SetRemote4, SetLocal6, SetRemote6}
-	chainOrder = []string{ChainNoSNAT, ChainForward, ChainMSS, ChainTunnelGuard, ChainTunnelInput}
+	chainOrder = []string{ChainNoSNAT, ChainForward, ChainMSS, ChainTunnelGuard, ChainTunnelInput, ChainTunnelICMP}
 )
 
 // order sorts the kernel's listing the way Render orders things; unknown

@@ -436,3 +436,38 @@ func TestMSSClampToTunnelMTU(t *testing.T) {
 		t.Fatalf("after MTU 1420 the clamp is not at 1380:\n%s", l)
 	}
 }
+
+// TestTunnelICMPSource: an ICMP error the gateway itself sends through the
+// tunnel (here "fragmentation needed" for a remote pod's packet that does
+// not fit the link to the local pod) leaves with an address of the local
+// pod range as source, which the peer's WireGuard accepts; without the
+// rule it carries the node's address, which WireGuard drops.
+func TestTunnelICMPSource(t *testing.T) {
+	requireRoot(t)
+	tp := newTopology(t)
+	conn := connIn(t, tp.nodeAH, int(tp.nodeAH))
+	// The link to the local pod is smaller than the tunnel.
+	netnstest.Run(t, "ip", "-n", tp.nodeA, "link", "set", "to-poda", "mtu", "1300")
+	ping := func() string {
+		out, _ := exec.Command("ip", "netns", "exec", tp.podB, "ping", "-n", "-c", "1", "-W", "2", "-M", "do", "-s", "1400", podAIP4).CombinedOutput()
+		return string(out)
+	}
+	// Before: the error comes from the node's address on the tunnel link.
+	if out := ping(); !strings.Contains(out, "From "+nodeAIP4) || !strings.Contains(out, "mtu = 1300") {
+		t.Fatalf("without the rule, want fragmentation needed from %s:\n%s", nodeAIP4, out)
+	}
+	// podB's kernel now knows the path MTU; forget it, so the next ping
+	// asks again.
+	netnstest.Run(t, "ip", "-n", tp.podB, "route", "flush", "cache")
+	if _, err := netfilter.Apply(conn, testPlan()); err != nil {
+		t.Fatal(err)
+	}
+	out := ping()
+	t.Logf("With the rule:\n%s", out)
+	if !strings.Contains(out, "From 10.244.0.0 ") || !strings.Contains(out, "mtu = 1300") {
+		t.Errorf("with the rule, want fragmentation needed from 10.244.0.0 (the first address of the local range):\n%s", out)
+	}
+	if l := listTable(t, tp.nodeA); !strings.Contains(l, `oifname "`+tunnelIf+`" ip saddr != @local4`) {
+		t.Errorf("listing lacks the tunnel-icmp rule:\n%s", l)
+	}
+}

@@ -92,7 +92,7 @@ func TestApplyOnFake(t *testing.T) {
 	for _, ch := range chains {
 		names = append(names, ch.Name)
 	}
-	if want := []string{netfilter.ChainNoSNAT, netfilter.ChainForward, netfilter.ChainTunnelGuard, netfilter.ChainTunnelInput}; !slices.Equal(names, want) {
+	if want := []string{netfilter.ChainNoSNAT, netfilter.ChainForward, netfilter.ChainTunnelGuard, netfilter.ChainTunnelInput, netfilter.ChainTunnelICMP}; !slices.Equal(names, want) {
 		t.Fatalf("chains after turning clamping off %q, want %q", names, want)
 	}
 

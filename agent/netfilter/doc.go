@@ -30,9 +30,18 @@
 //     guard runs at prerouting, before kube-proxy's DNAT turns a Service
 //     address into a pod address. ICMP errors to the node are dropped too:
 //     the node sends nothing of its own through the tunnel, and errors for
-//     pod traffic are addressed to the pod.
+//     pod traffic are addressed to the pod;
+//   - chain "tunnel-icmp" (type filter, hook postrouting, priority
+//     srcnat+200 = 300), only on the gateway of a member with an IPv4 range:
+//     ICMP errors (destination unreachable, time exceeded, parameter
+//     problem) that leave through the tunnel from an address outside the
+//     local pod ranges get the first address of the first local IPv4 range
+//     as source ("ip saddr set"), so that the peer's WireGuard, which takes
+//     only this member's pod ranges as sources, lets the gateway's
+//     "fragmentation needed" reach the remote pod.
 //
-// The tunnel guard's rules are the only ones that drop; every chain has
+// The tunnel guard's rules are the only ones that drop (tunnel-icmp only
+// rewrites a source); every chain has
 // policy accept, and nothing else in the table drops. The accepts have a
 // limit: in nftables an accept verdict ends only the base
 // chain it is in. Every other base chain on the same hook still sees the

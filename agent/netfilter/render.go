@@ -36,6 +36,9 @@ const (
 	// plan with a tunnel interface); see tunnelGuard.
 	ChainTunnelGuard = "tunnel-guard"
 	ChainTunnelInput = "tunnel-input"
+	// ChainTunnelICMP exists only on a gateway with an IPv4 pod range; see
+	// tunnelICMP.
+	ChainTunnelICMP = "tunnel-icmp"
 
 	// PriorityNoSNAT runs before srcnat (100), where CNIs and iptables-nft's
 	// nat POSTROUTING masquerade.
@@ -52,6 +55,10 @@ const (
 	PriorityTunnelGuard = -300
 	// PriorityTunnelInput runs before the default filter priority (0).
 	PriorityTunnelInput = 0 - 10
+	// PriorityTunnelICMP runs after srcnat (100), where conntrack's NAT
+	// rewrites related ICMP errors, so that nothing changes the source
+	// after it.
+	PriorityTunnelICMP = 100 + 200
 )
 
 // FilterPlan is the desired packet filter of one node (package desired).
@@ -208,8 +215,65 @@ func Render(plan FilterPlan) (Ruleset, error) {
 	}
 	if plan.TunnelInterface != "" {
 		rs.Chains = append(rs.Chains, tunnelGuard(plan.TunnelInterface, v4, v6)...)
+		if c, ok := tunnelICMP(plan.TunnelInterface, v4, plan.LocalPodCIDRs); ok {
+			rs.Chains = append(rs.Chains, c)
+		}
 	}
 	return rs, nil
+}
+
+// tunnelICMP gives ICMP errors that leave through the tunnel from an
+// address outside the local pod ranges (the gateway's own "fragmentation
+// needed", "time exceeded", or another node's, forwarded) the first address
+// of the first local IPv4 range as source: "oifname <tun> ip saddr !=
+// @local4 icmp type destination-unreachable ip saddr set <addr>" and the
+// same for time-exceeded and parameter-problem. The peer's WireGuard
+// accepts from this member only sources inside its pod ranges (AllowedIPs),
+// so without it the remote pod never learns that its packet was too large
+// for this member's path. The address is only a label: nobody answers an
+// ICMP error. It is a stateless rewrite, after conntrack's NAT of related
+// errors (a nat chain never sees them). ICMPv6 errors carry a checksum over
+// their addresses that a payload rewrite of the nftables library used here
+// cannot update; they keep their source (and are dropped by the peer).
+func tunnelICMP(tun string, f family, local []netip.Prefix) (Chain, bool) {
+	var src netip.Addr
+	for _, p := range local {
+		if p.Addr().Is4() {
+			src = p.Masked().Addr()
+			break
+		}
+	}
+	if !src.IsValid() {
+		return Chain{}, false
+	}
+	c := Chain{Name: ChainTunnelICMP, Type: nftables.ChainTypeFilter, Hook: *nftables.ChainHookPostrouting, Priority: PriorityTunnelICMP}
+	a := src.As4()
+	for _, t := range []struct {
+		id     string
+		lo, hi byte
+	}{{"unreachable", 3, 3}, {"time-exceeded-parameter-problem", 11, 12}} {
+		notLocal := f.match(f.saddr(), f.local)
+		notLocal[len(notLocal)-1] = &expr.Lookup{SourceRegister: 1, SetName: f.local, Invert: true}
+		c.Rules = append(c.Rules, rule("tunnel-icmp-"+f.name+"-"+t.id,
+			[]expr.Any{
+				&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(tun)},
+			},
+			notLocal,
+			[]expr.Any{
+				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_ICMP}},
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+				&expr.Range{Op: expr.CmpOpEq, Register: 1, FromData: []byte{t.lo}, ToData: []byte{t.hi}},
+				&expr.Counter{},
+				&expr.Immediate{Register: 1, Data: a[:]},
+				// The IPv4 header checksum is at offset 10; ICMP's own
+				// covers no addresses.
+				&expr.Payload{OperationType: expr.PayloadWrite, SourceRegister: 1, Base: expr.PayloadBaseNetworkHeader,
+					Offset: f.saddrOff, Len: f.alen, CsumType: expr.CsumTypeInet, CsumOffset: 10},
+			}))
+	}
+	return c, true
 }
 
 // tunnelGuard limits what a remote member can reach through the tunnel to

@@ -28,7 +28,8 @@ import (
 // ClusterSet. alpha and bravo route each other's ranges with the path MTU
 // (1328: WireGuard pads to 16 bytes), so TCP between their pods is clamped
 // to it both ways and carries bulk data, and ICMP and UDP larger than the
-// path learn it from the gateways instead of vanishing on bravo's WAN.
+// path learn it from the gateways (the remote one too) instead of
+// vanishing on bravo's WAN.
 func TestTunnelMTUFollowsWAN(t *testing.T) {
 	l := need(t)
 	ctx := context.Background()
@@ -154,6 +155,58 @@ func TestTunnelMTUFollowsWAN(t *testing.T) {
 		t.Fatal("echo differs")
 	}
 	t.Logf("%s -> %s: MSS %d, 1 MiB echoed in %s", src.Name, dst.Name, mss, time.Since(start).Round(time.Millisecond))
+
+	// The first hop that needs it may be the remote gateway: bravo's
+	// gateway forwards to the worker over a link it routes with a smaller
+	// MTU. Its "fragmentation needed" has to come back through the tunnel,
+	// whose far end accepts from bravo only sources in bravo's pod ranges.
+	if err := remoteGatewaySaysFragNeeded(t, ctx, bravo, src, dst, pathMTU); err != nil {
+		t.Error(err)
+	}
+}
+
+// remoteGatewaySaysFragNeeded lowers the MTU of the route from m's active
+// gateway to dst's node to 1300 for a moment, sends a ping with DF that fits
+// the tunnel but not that route from src, and expects "fragmentation
+// needed" naming 1300 at src.
+func remoteGatewaySaysFragNeeded(t *testing.T, ctx context.Context, m *lab.Member, src, dst *lab.Pod, pathMTU int) error {
+	t.Helper()
+	var ms meshv1.ClusterSetMembership
+	if err := m.Cluster.Client.Get(ctx, client.ObjectKey{Name: "membership"}, &ms); err != nil {
+		return err
+	}
+	var gw *lab.Node
+	for _, n := range m.Candidates() {
+		if n.Name == ms.Status.ActiveGateway {
+			gw = n
+		}
+	}
+	if gw == nil || dst.Node == gw {
+		return fmt.Errorf("%s: active gateway %q is not a candidate, or hosts %s", m.Name, ms.Status.ActiveGateway, dst.Name)
+	}
+	route := []string{dst.Node.PodCIDR.String(), "via", dst.Node.LANIP, "dev", "eth0"}
+	set := func(extra ...string) error {
+		args := append(append([]string{"-n", gw.NS, "route", "replace"}, route...), extra...)
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("ip %v: %v %s", args, err, out)
+		}
+		return nil
+	}
+	if err := set("mtu", "1300"); err != nil {
+		return err
+	}
+	defer func() {
+		if err := set(); err != nil {
+			t.Errorf("restore the route of %s: %v", gw.Name, err)
+		}
+	}()
+	ping := exec.Command("ip", "netns", "exec", src.NS, "ping", "-n", "-c", "3", "-i", "0.3", "-W", "1", "-M", "do", "-s", fmt.Sprint(pathMTU-28), dst.IP.String())
+	out, _ := ping.CombinedOutput()
+	if !regexp.MustCompile(`mtu ?= ?1300\b`).Match(out) {
+		return fmt.Errorf("ping of %d bytes with DF from %s to %s through %s's route at MTU 1300: want an ICMP error naming mtu 1300 from the remote gateway, got:\n%s", pathMTU, src.Name, dst.Name, gw.Name, out)
+	}
+	t.Logf("%s's gateway %s answered a %d-byte ping from %s with fragmentation needed (mtu 1300) through the tunnel", m.Name, gw.Name, pathMTU, src.Name)
+	return nil
 }
 
 // bigUDPEcho sends datagrams of size bytes from src to dst's UDP echo until
