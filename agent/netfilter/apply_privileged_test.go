@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/google/nftables"
+	"golang.org/x/sys/unix"
 
 	"github.com/archipelago-mesh/archipelago/agent/netfilter"
 	"github.com/archipelago-mesh/archipelago/internal/netnstest"
@@ -438,10 +439,11 @@ func TestMSSClampToTunnelMTU(t *testing.T) {
 }
 
 // TestTunnelICMPSource: an ICMP error the gateway itself sends through the
-// tunnel (here "fragmentation needed" for a remote pod's packet that does
-// not fit the link to the local pod) leaves with an address of the local
-// pod range as source, which the peer's WireGuard accepts; without the
-// rule it carries the node's address, which WireGuard drops.
+// tunnel (here "fragmentation needed" / "packet too big" for a remote pod's
+// packet that does not fit the link to the local pod) leaves with an
+// address of the local pod range as source, which the peer's WireGuard
+// accepts; without the rule it carries the node's address, which WireGuard
+// drops. IPv4 and IPv6.
 func TestTunnelICMPSource(t *testing.T) {
 	requireRoot(t)
 	tp := newTopology(t)
@@ -470,4 +472,62 @@ func TestTunnelICMPSource(t *testing.T) {
 	if l := listTable(t, tp.nodeA); !strings.Contains(l, `oifname "`+tunnelIf+`" ip saddr != @local4`) {
 		t.Errorf("listing lacks the tunnel-icmp rule:\n%s", l)
 	}
+	// IPv6: "packet too big" from the first address of the local IPv6
+	// range, with ICMPv6's checksum (which covers the addresses) right:
+	// podB captures what arrives and the test checks the sum itself.
+	var fd int
+	netnstest.In(t, tp.podBH, func() (err error) {
+		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM, int(htons(unix.ETH_P_IPV6)))
+		return err
+	})
+	defer unix.Close(fd)
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 2}); err != nil {
+		t.Fatal(err)
+	}
+	out6, _ := exec.Command("ip", "netns", "exec", tp.podB, "ping", "-6", "-n", "-c", "1", "-W", "2", "-M", "do", "-s", "1400", podAIP6).CombinedOutput()
+	t.Logf("IPv6 with the rule:\n%s", out6)
+	if !strings.Contains(string(out6), "From fd00:a:: ") || !strings.Contains(string(out6), "mtu=1300") {
+		t.Errorf("with the rule, want packet too big from fd00:a:: (the first address of the local IPv6 range):\n%s", out6)
+	}
+	want := netip.MustParseAddr("fd00:a::")
+	buf := make([]byte, 2048)
+	for found := false; !found; {
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil {
+			t.Fatalf("no packet too big from %s captured in %s: %v", want, tp.podB, err)
+		}
+		pkt := buf[:n]
+		if n < 48 || pkt[6] != unix.IPPROTO_ICMPV6 || pkt[40] != 2 || netip.AddrFrom16([16]byte(pkt[8:24])) != want {
+			continue
+		}
+		found = true
+		if sum := icmp6Sum(pkt); sum != 0xffff {
+			t.Errorf("packet too big from %s: ICMPv6 checksum does not add up (sum %#04x, want 0xffff)", want, sum)
+		}
+	}
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// icmp6Sum is the one's complement sum of an IPv6 packet's ICMPv6 message
+// with its pseudo-header, checksum field included: 0xffff when it is right.
+func icmp6Sum(pkt []byte) uint16 {
+	plen := int(pkt[4])<<8 | int(pkt[5])
+	msg := pkt[40 : 40+plen]
+	var sum uint32
+	add := func(b []byte) {
+		for i := 0; i+1 < len(b); i += 2 {
+			sum += uint32(b[i])<<8 | uint32(b[i+1])
+		}
+		if len(b)%2 == 1 {
+			sum += uint32(b[len(b)-1]) << 8
+		}
+	}
+	add(pkt[8:40]) // source and destination
+	add([]byte{0, 0, byte(plen >> 8), byte(plen), 0, 0, 0, unix.IPPROTO_ICMPV6})
+	add(msg)
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	return uint16(sum)
 }

@@ -32,13 +32,14 @@
 //     the node sends nothing of its own through the tunnel, and errors for
 //     pod traffic are addressed to the pod;
 //   - chain "tunnel-icmp" (type filter, hook postrouting, priority
-//     srcnat+200 = 300), only on the gateway of a member with an IPv4 range:
-//     ICMP errors (destination unreachable, time exceeded, parameter
+//     srcnat+200 = 300), only on the gateway: ICMP and ICMPv6 errors
+//     (destination unreachable, packet too big, time exceeded, parameter
 //     problem) that leave through the tunnel from an address outside the
-//     local pod ranges get the first address of the first local IPv4 range
-//     as source ("ip saddr set"), so that the peer's WireGuard, which takes
-//     only this member's pod ranges as sources, lets the gateway's
-//     "fragmentation needed" reach the remote pod.
+//     local pod ranges get the first address of the first local range of
+//     their family as source ("ip saddr set", checksums updated), so that
+//     the peer's WireGuard, which takes only this member's pod ranges as
+//     sources, lets the gateway's "fragmentation needed" reach the remote
+//     pod.
 //
 // The tunnel guard's rules are the only ones that drop (tunnel-icmp only
 // rewrites a source); every chain has

@@ -36,7 +36,7 @@ const (
 	// plan with a tunnel interface); see tunnelGuard.
 	ChainTunnelGuard = "tunnel-guard"
 	ChainTunnelInput = "tunnel-input"
-	// ChainTunnelICMP exists only on a gateway with an IPv4 pod range; see
+	// ChainTunnelICMP exists only on a gateway with a local pod range; see
 	// tunnelICMP.
 	ChainTunnelICMP = "tunnel-icmp"
 
@@ -215,7 +215,7 @@ func Render(plan FilterPlan) (Ruleset, error) {
 	}
 	if plan.TunnelInterface != "" {
 		rs.Chains = append(rs.Chains, tunnelGuard(plan.TunnelInterface, v4, v6)...)
-		if c, ok := tunnelICMP(plan.TunnelInterface, v4, plan.LocalPodCIDRs); ok {
+		if c, ok := tunnelICMP(plan.TunnelInterface, v4, v6, plan.LocalPodCIDRs); ok {
 			rs.Chains = append(rs.Chains, c)
 		}
 	}
@@ -225,55 +225,82 @@ func Render(plan FilterPlan) (Ruleset, error) {
 // tunnelICMP gives ICMP errors that leave through the tunnel from an
 // address outside the local pod ranges (the gateway's own "fragmentation
 // needed", "time exceeded", or another node's, forwarded) the first address
-// of the first local IPv4 range as source: "oifname <tun> ip saddr !=
-// @local4 icmp type destination-unreachable ip saddr set <addr>" and the
-// same for time-exceeded and parameter-problem. The peer's WireGuard
-// accepts from this member only sources inside its pod ranges (AllowedIPs),
-// so without it the remote pod never learns that its packet was too large
-// for this member's path. The address is only a label: nobody answers an
-// ICMP error. It is a stateless rewrite, after conntrack's NAT of related
-// errors (a nat chain never sees them). ICMPv6 errors carry a checksum over
-// their addresses that a payload rewrite of the nftables library used here
-// cannot update; they keep their source (and are dropped by the peer).
-func tunnelICMP(tun string, f family, local []netip.Prefix) (Chain, bool) {
-	var src netip.Addr
-	for _, p := range local {
-		if p.Addr().Is4() {
-			src = p.Masked().Addr()
-			break
-		}
-	}
-	if !src.IsValid() {
-		return Chain{}, false
-	}
+// of the first local range of the family as source: "oifname <tun> ip saddr
+// != @local4 icmp type destination-unreachable ip saddr set <addr>", the
+// same for time-exceeded and parameter-problem, and the ICMPv6 twins
+// (destination unreachable, packet too big, time exceeded, parameter
+// problem). The peer's WireGuard accepts from this member only sources
+// inside its pod ranges (AllowedIPs), so without it the remote pod never
+// learns that its packet was too large for this member's path. The address
+// is only a label: nobody answers an ICMP error. It is a stateless rewrite,
+// after conntrack's NAT of related errors (a nat chain never sees them).
+//
+// Checksums: IPv4's header checksum (offset 10) is updated; ICMP's covers
+// no addresses. ICMPv6's covers them (pseudo-header): the rule matches only
+// a packet whose IPv6 header is followed directly by ICMPv6 (next header
+// 58, as the kernel's own errors are), and updates the checksum at offset
+// 42 of the network header, ICMPv6's checksum field.
+func tunnelICMP(tun string, v4, v6 family, local []netip.Prefix) (Chain, bool) {
 	c := Chain{Name: ChainTunnelICMP, Type: nftables.ChainTypeFilter, Hook: *nftables.ChainHookPostrouting, Priority: PriorityTunnelICMP}
-	a := src.As4()
-	for _, t := range []struct {
-		id     string
-		lo, hi byte
-	}{{"unreachable", 3, 3}, {"time-exceeded-parameter-problem", 11, 12}} {
-		notLocal := f.match(f.saddr(), f.local)
-		notLocal[len(notLocal)-1] = &expr.Lookup{SourceRegister: 1, SetName: f.local, Invert: true}
-		c.Rules = append(c.Rules, rule("tunnel-icmp-"+f.name+"-"+t.id,
-			[]expr.Any{
-				&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(tun)},
-			},
-			notLocal,
-			[]expr.Any{
+	for _, f := range []family{v4, v6} {
+		var src netip.Addr
+		for _, p := range local {
+			if p.Addr().Is4() == (f.proto == unix.NFPROTO_IPV4) {
+				src = p.Masked().Addr()
+				break
+			}
+		}
+		if !src.IsValid() {
+			continue
+		}
+		type kind struct {
+			id     string
+			lo, hi byte
+		}
+		// The ICMP header's first byte (type), the header's protocol
+		// match, and the checksum to update with the address.
+		var (
+			kinds   []kind
+			proto   []expr.Any
+			typeOff uint32
+			csum    = uint32(10)
+		)
+		if f.proto == unix.NFPROTO_IPV4 {
+			kinds = []kind{{"unreachable", 3, 3}, {"time-exceeded-parameter-problem", 11, 12}}
+			proto = []expr.Any{
 				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_ICMP}},
 				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
-				&expr.Range{Op: expr.CmpOpEq, Register: 1, FromData: []byte{t.lo}, ToData: []byte{t.hi}},
-				&expr.Counter{},
-				&expr.Immediate{Register: 1, Data: a[:]},
-				// The IPv4 header checksum is at offset 10; ICMP's own
-				// covers no addresses.
-				&expr.Payload{OperationType: expr.PayloadWrite, SourceRegister: 1, Base: expr.PayloadBaseNetworkHeader,
-					Offset: f.saddrOff, Len: f.alen, CsumType: expr.CsumTypeInet, CsumOffset: 10},
-			}))
+			}
+		} else {
+			kinds = []kind{{"errors", 1, 4}}
+			typeOff, csum = 40, 42
+			proto = []expr.Any{
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 6, Len: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_ICMPV6}},
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: typeOff, Len: 1},
+			}
+		}
+		for _, k := range kinds {
+			notLocal := f.match(f.saddr(), f.local)
+			notLocal[len(notLocal)-1] = &expr.Lookup{SourceRegister: 1, SetName: f.local, Invert: true}
+			c.Rules = append(c.Rules, rule("tunnel-icmp-"+f.name+"-"+k.id,
+				[]expr.Any{
+					&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(tun)},
+				},
+				notLocal,
+				proto,
+				[]expr.Any{
+					&expr.Range{Op: expr.CmpOpEq, Register: 1, FromData: []byte{k.lo}, ToData: []byte{k.hi}},
+					&expr.Counter{},
+					&expr.Immediate{Register: 1, Data: src.AsSlice()},
+					&expr.Payload{OperationType: expr.PayloadWrite, SourceRegister: 1, Base: expr.PayloadBaseNetworkHeader,
+						Offset: f.saddrOff, Len: f.alen, CsumType: expr.CsumTypeInet, CsumOffset: csum},
+				}))
+		}
 	}
-	return c, true
+	return c, len(c.Rules) > 0
 }
 
 // tunnelGuard limits what a remote member can reach through the tunnel to

@@ -110,9 +110,9 @@ func TestRender(t *testing.T) {
 	}{
 		{FilterPlan{MSSClamp: true}, []string{ChainNoSNAT, ChainForward}},
 		{FilterPlan{TunnelInterface: "wg0"}, []string{ChainNoSNAT, ChainForward, ChainTunnelGuard, ChainTunnelInput}},
-		// The ICMP source rewrite needs a local IPv4 range to take the
-		// address from.
-		{FilterPlan{TunnelInterface: "wg0", LocalPodCIDRs: []netip.Prefix{netip.MustParsePrefix("fd00:a::/48")}}, []string{ChainNoSNAT, ChainForward, ChainTunnelGuard, ChainTunnelInput}},
+		// The ICMP source rewrite needs a local range to take the address
+		// from (of either family).
+		{FilterPlan{TunnelInterface: "wg0", LocalPodCIDRs: []netip.Prefix{netip.MustParsePrefix("fd00:a::/48")}}, []string{ChainNoSNAT, ChainForward, ChainTunnelGuard, ChainTunnelInput, ChainTunnelICMP}},
 		{FilterPlan{TunnelInterface: "wg0", LocalPodCIDRs: []netip.Prefix{netip.MustParsePrefix("fd00:a::/48"), netip.MustParsePrefix("10.244.0.0/16")}},
 			[]string{ChainNoSNAT, ChainForward, ChainTunnelGuard, ChainTunnelInput, ChainTunnelICMP}},
 	} {
