@@ -1,7 +1,7 @@
 // Command archipelago-probe is the probe of `kubectl archipelago verify`:
 //
 //	archipelago-probe serve [--port 7070]
-//	archipelago-probe connect HOST:PORT [--timeout 5s]
+//	archipelago-probe connect HOST:PORT [--timeout 5s] [--udp] [--count 1]
 package main
 
 import (
@@ -19,8 +19,11 @@ import (
 )
 
 const usage = `Usage:
-  archipelago-probe serve [--port 7070]          answer each TCP connection with the address it came from
-  archipelago-probe connect HOST:PORT [--timeout 5s]  print the address the server saw
+  archipelago-probe serve [--port 7070]          answer each TCP connection with the address it came from,
+                                                 each UDP datagram to the same port with that and the hostname
+  archipelago-probe connect HOST:PORT [--timeout 5s] [--udp] [--count 1]
+                                                 print the address the server saw (UDP: and its name),
+                                                 count times, each from a new source port
 `
 
 func main() {
@@ -33,21 +36,39 @@ func main() {
 	switch os.Args[1] {
 	case "serve":
 		fs := flag.NewFlagSet("serve", flag.ExitOnError)
-		port := fs.Int("port", probe.DefaultPort, "TCP port to listen on (all addresses)")
+		port := fs.Int("port", probe.DefaultPort, "TCP and UDP port to listen on (all addresses)")
 		_ = fs.Parse(os.Args[2:])
-		ln, err := net.Listen("tcp", net.JoinHostPort("", strconv.Itoa(*port)))
+		addr := net.JoinHostPort("", strconv.Itoa(*port))
+		ln, err := net.Listen("tcp", addr)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "Error: listen on port %d: %v\n", *port, err)
 			os.Exit(1)
 		}
-		fmt.Fprintf(os.Stderr, "Listening on %s\n", ln.Addr())
-		if err := probe.Serve(ctx, ln); err != nil {
-			fmt.Fprintf(os.Stderr, "Error: %v\n", err)
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "Error: listen on UDP port %d: %v\n", *port, err)
 			os.Exit(1)
+		}
+		name, err := os.Hostname()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "Error: hostname: %v\n", err)
+			os.Exit(1)
+		}
+		fmt.Fprintf(os.Stderr, "Listening on %s (TCP) and %s (UDP) as %s\n", ln.Addr(), pc.LocalAddr(), name)
+		errs := make(chan error, 2)
+		go func() { errs <- probe.Serve(ctx, ln) }()
+		go func() { errs <- probe.ServeUDP(ctx, pc, name) }()
+		for range 2 {
+			if err := <-errs; err != nil {
+				fmt.Fprintf(os.Stderr, "Error: %v\n", err)
+				os.Exit(1)
+			}
 		}
 	case "connect":
 		fs := flag.NewFlagSet("connect", flag.ExitOnError)
-		timeout := fs.Duration("timeout", 5*time.Second, "Give up after this long")
+		timeout := fs.Duration("timeout", 5*time.Second, "Give up after this long (each request)")
+		udp := fs.Bool("udp", false, "Send a UDP datagram instead of connecting over TCP")
+		count := fs.Int("count", 1, "Ask this many times, each from a new source port")
 		if len(os.Args) < 3 {
 			fmt.Fprint(os.Stderr, usage)
 			os.Exit(2)
@@ -55,12 +76,18 @@ func main() {
 		// The address comes first so that flags may follow it.
 		addr := os.Args[2]
 		_ = fs.Parse(os.Args[3:])
-		answer, err := probe.Connect(ctx, addr, *timeout)
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "Error: %v\n", err)
-			os.Exit(1)
+		connect := probe.Connect
+		if *udp {
+			connect = probe.ConnectUDP
 		}
-		fmt.Println(answer)
+		for range max(*count, 1) {
+			answer, err := connect(ctx, addr, *timeout)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "Error: %v\n", err)
+				os.Exit(1)
+			}
+			fmt.Println(answer)
+		}
 	default:
 		fmt.Fprint(os.Stderr, usage)
 		os.Exit(2)

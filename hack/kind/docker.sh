@@ -34,7 +34,11 @@ fi
 
 mkdir -p "$kind_dir/logs"
 log "docker: starting dockerd (log: $kind_dir/logs/dockerd.log)"
-setsid nohup dockerd >"$kind_dir/logs/dockerd.log" 2>&1 </dev/null &
+# dockerd outlives this script: it must not inherit descriptors beyond stdio,
+# such as the lock of `flock LOCK make e2e-kind`, which it would hold for as
+# long as it runs.
+setsid nohup bash -c 'for fd in /proc/$$/fd/*; do fd=${fd##*/}; ((fd > 2)) && eval "exec $fd>&-"; done; exec dockerd' \
+  >"$kind_dir/logs/dockerd.log" 2>&1 </dev/null &
 for _ in $(seq 60); do
   docker info >/dev/null 2>&1 && break
   sleep 1

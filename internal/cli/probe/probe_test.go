@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -78,5 +79,55 @@ func TestConnectTimesOutOnSilentServer(t *testing.T) {
 func TestSeenHostIPv6(t *testing.T) {
 	if got := SeenHost("[fd00::5]:4000\n"); got != "fd00::5" {
 		t.Fatalf("SeenHost = %q", got)
+	}
+}
+
+func TestServeUDPAnswersWithRemoteAddressAndName(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ServeUDP(ctx, pc, "echo-1") }()
+
+	ports := map[string]bool{}
+	for i := 0; i < 3; i++ {
+		answer, err := ConnectUDP(context.Background(), pc.LocalAddr().String(), 5*time.Second)
+		if err != nil {
+			t.Fatalf("connect %d: %v", i, err)
+		}
+		f := strings.Fields(answer)
+		if len(f) != 2 || f[1] != "echo-1" {
+			t.Fatalf("answer %q, want \"<addr> echo-1\"", answer)
+		}
+		host, port, err := net.SplitHostPort(f[0])
+		if err != nil || host != "127.0.0.1" {
+			t.Fatalf("answer %q: address %q %v, want 127.0.0.1:<port>", answer, host, err)
+		}
+		ports[port] = true
+	}
+	if len(ports) != 3 {
+		t.Errorf("3 requests came from %d source ports, want a new one each", len(ports))
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("serve returned %v after cancel", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("serve did not return after cancel")
+	}
+}
+
+func TestConnectUDPTimesOutWithoutServer(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	defer pc.Close() // bound but silent
+	if _, err := ConnectUDP(context.Background(), pc.LocalAddr().String(), 700*time.Millisecond); err == nil {
+		t.Fatal("a silent UDP socket answered")
 	}
 }
