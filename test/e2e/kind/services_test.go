@@ -387,6 +387,31 @@ spec:
 		if err := watchFor(time.Minute, union); err != nil {
 			t.Fatal(err)
 		}
+		// The bare SRV name answers exactly one record per port of the
+		// union.
+		bare := clusterSetName(mcsService)
+		if err := eventually(30*time.Second, 500*time.Millisecond, func() error {
+			out, err := e.podExec(c1, probes[c1][0].pod, 10*time.Second, "busybox", "nslookup", "-type=SRV", bare)
+			if err != nil {
+				return fmt.Errorf("%v: %s", err, out)
+			}
+			perPort, n := map[string]int{}, 0
+			for _, l := range strings.Split(out, "\n") {
+				if _, rec, ok := strings.Cut(l, "service = "); ok {
+					// priority weight port target
+					if f := strings.Fields(rec); len(f) == 4 {
+						perPort[f[2]]++
+						n++
+					}
+				}
+			}
+			if n != 2 || perPort[fmt.Sprint(probePort)] != 1 || perPort["7071"] != 1 {
+				return fmt.Errorf("want one record for each of ports %d and 7071, got %d: %s", probePort, n, out)
+			}
+			return nil
+		}); err != nil {
+			t.Errorf("nslookup -type=SRV %s in %s: %v", bare, c1, err)
+		}
 		// c1 unexports: c2 alone, the import stays (watched for 5 s more).
 		e.mustKubectl(c1, "-n", testNS, "delete", "serviceexport", mcsService)
 		alone := func() error {
