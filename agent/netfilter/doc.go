@@ -29,14 +29,15 @@
 //     node network, Service and NodePort addresses through the tunnel. The
 //     guard runs at prerouting, before kube-proxy's DNAT turns a Service
 //     address into a pod address. ICMP errors to the node are dropped too:
-//     the node sends nothing of its own through the tunnel, and errors for
-//     pod traffic are addressed to the pod;
+//     errors for pod traffic are addressed to the pod, and the node sends
+//     nothing of its own through the tunnel but ICMP errors (below);
 //   - chain "tunnel-icmp" (type filter, hook postrouting, priority
 //     srcnat+200 = 300), only on the gateway: ICMP and ICMPv6 errors
 //     (destination unreachable, packet too big, time exceeded, parameter
-//     problem) that leave through the tunnel from an address outside the
-//     local pod ranges get the first address of the first local range of
-//     their family as source ("ip saddr set", checksums updated), so that
+//     problem) about a connection conntrack tracks ("ct state related")
+//     that leave through the tunnel from an address outside the local pod
+//     ranges get the first address of the first local range of their
+//     family as source ("ip saddr set", checksums updated), so that
 //     the peer's WireGuard, which takes only this member's pod ranges as
 //     sources, lets the gateway's "fragmentation needed" reach the remote
 //     pod.

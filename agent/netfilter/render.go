@@ -22,7 +22,8 @@ const (
 	TableName = "archipelago"
 
 	// Set names. All four always exist, even when empty, so that a change of
-	// ranges is an element update and never a ruleset change.
+	// ranges is an element update, not a ruleset change (except a new first
+	// local range of a family, whose first address tunnel-icmp holds).
 	SetLocal4  = "local4"
 	SetRemote4 = "remote4"
 	SetLocal6  = "local6"
@@ -226,14 +227,19 @@ func Render(plan FilterPlan) (Ruleset, error) {
 // address outside the local pod ranges (the gateway's own "fragmentation
 // needed", "time exceeded", or another node's, forwarded) the first address
 // of the first local range of the family as source: "oifname <tun> ip saddr
-// != @local4 icmp type destination-unreachable ip saddr set <addr>", the
+// != @local4 icmp type destination-unreachable ct state related ip saddr
+// set <addr>", the
 // same for time-exceeded and parameter-problem, and the ICMPv6 twins
 // (destination unreachable, packet too big, time exceeded, parameter
 // problem). The peer's WireGuard accepts from this member only sources
 // inside its pod ranges (AllowedIPs), so without it the remote pod never
 // learns that its packet was too large for this member's path. The address
-// is only a label: nobody answers an ICMP error. It is a stateless rewrite,
-// after conntrack's NAT of related errors (a nat chain never sees them).
+// is only a label: nobody answers an ICMP error (with Calico or flannel it
+// may be a pod's or a node's address; a new lower first range changes it,
+// and the rule). The rewrite is stateless, after conntrack's NAT of related
+// errors (a nat chain never sees them), and only for errors conntrack
+// relates to a connection it tracks, so that an error forged on this side
+// about no flow is not given a source the peer trusts.
 //
 // Checksums: IPv4's header checksum (offset 10) is updated; ICMP's covers
 // no addresses. ICMPv6's covers them (pseudo-header): the rule matches only
@@ -293,6 +299,14 @@ func tunnelICMP(tun string, v4, v6 family, local []netip.Prefix) (Chain, bool) {
 				proto,
 				[]expr.Any{
 					&expr.Range{Op: expr.CmpOpEq, Register: 1, FromData: []byte{k.lo}, ToData: []byte{k.hi}},
+					// "ct state related": only an error about a
+					// connection conntrack knows. One forged on this
+					// member's side about no flow keeps its source,
+					// and the peer's WireGuard drops it.
+					&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
+					&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+						Mask: binary.NativeEndian.AppendUint32(nil, expr.CtStateBitRELATED), Xor: make([]byte, 4)},
+					&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
 					&expr.Counter{},
 					&expr.Immediate{Register: 1, Data: src.AsSlice()},
 					&expr.Payload{OperationType: expr.PayloadWrite, SourceRegister: 1, Base: expr.PayloadBaseNetworkHeader,

@@ -73,7 +73,8 @@ func SeenHost(answer string) string {
 // ServeUDP answers every datagram on conn with the address it came from and
 // name, separated by a space ("10.1.0.5:41234 echo-7d9f-x2"), so that a
 // client behind a load-balanced name sees both whether its source address
-// survived and which server answered. It returns when ctx ends.
+// survived and which server answered. Datagrams from its own port number
+// (another server) get no answer. It returns when ctx ends.
 func ServeUDP(ctx context.Context, conn net.PacketConn, name string) error {
 	go func() {
 		<-ctx.Done()
@@ -91,6 +92,13 @@ func ServeUDP(ctx context.Context, conn net.PacketConn, name string) error {
 				continue
 			}
 			return fmt.Errorf("read on %s: %w", conn.LocalAddr(), err)
+		}
+		// Not to another server's port: two probes must not answer each
+		// other for ever after one forged datagram.
+		if ua, ok := from.(*net.UDPAddr); ok {
+			if la, ok := conn.LocalAddr().(*net.UDPAddr); ok && ua.Port == la.Port {
+				continue
+			}
 		}
 		_, _ = conn.WriteTo([]byte(from.String()+" "+name+"\n"), from)
 	}

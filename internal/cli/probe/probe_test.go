@@ -131,3 +131,32 @@ func TestConnectUDPTimesOutWithoutServer(t *testing.T) {
 		t.Fatal("a silent UDP socket answered")
 	}
 }
+
+// Two servers on the same port (here 127.0.0.1 and 127.0.0.2) never answer
+// each other: one forged datagram must not start an endless exchange.
+func TestServeUDPIgnoresAnotherServersPort(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = ServeUDP(ctx, pc, "echo-1") }()
+	port := pc.LocalAddr().(*net.UDPAddr).Port
+	peer, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.2", strconv.Itoa(port)))
+	if err != nil {
+		t.Skipf("no second loopback address to bind port %d on: %v", port, err)
+	}
+	defer peer.Close()
+	if _, err := peer.WriteTo([]byte("probe\n"), pc.LocalAddr()); err != nil {
+		t.Fatal(err)
+	}
+	_ = peer.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	if n, _, err := peer.ReadFrom(make([]byte, 256)); err == nil {
+		t.Fatalf("the server answered a datagram from its own port number (%d bytes)", n)
+	}
+	// An ordinary client still gets its answer.
+	if _, err := ConnectUDP(context.Background(), pc.LocalAddr().String(), 5*time.Second); err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+}

@@ -317,16 +317,25 @@ spec:
 			}
 			// kube-proxy picks an endpoint per flow, each request is a new
 			// flow: 30 requests over 2 + 1 endpoints miss a cluster with a
-			// chance below 1e-5.
-			got, err := e.udpAnswers(c, from, addr, requests, pods)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Logf("UDP %s from %s (%s), %d requests: %d answered by %s, %d by %s", addr, from.pod, c, requests, got[c1], c1, got[c2], c2)
-			for _, x := range e.members {
-				if got[x] == 0 {
-					t.Errorf("from %s: no answer of %d came from a pod of %s (exporter): %v", c, requests, x, got)
+			// chance below 1e-5 once kube-proxy programs the imported
+			// slices. It may not have yet (the slices are there, its sync
+			// follows): batches of 30 until both clusters answered, for at
+			// most 45 s.
+			deadline := time.Now().Add(45 * time.Second)
+			for batch := 1; ; batch++ {
+				got, err := e.udpAnswers(c, from, addr, requests, pods)
+				if err != nil {
+					t.Fatal(err)
 				}
+				if got[c1] > 0 && got[c2] > 0 {
+					t.Logf("UDP %s from %s (%s), batch %d of %d requests: %d answered by %s, %d by %s", addr, from.pod, c, batch, requests, got[c1], c1, got[c2], c2)
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Errorf("from %s: in %d batches of %d requests over 45 s, the last answered only by %v; want pods of both exporters", c, batch, requests, got)
+					break
+				}
+				time.Sleep(time.Second)
 			}
 		}
 	})
