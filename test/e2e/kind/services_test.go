@@ -106,6 +106,16 @@ spec:
 				t.Fatal(err)
 			}
 			t.Logf("%s in %s resolves to %s", name, c, ips[c])
+			// kube-proxy programs the imported Service's endpoints a
+			// moment after the import exists (until then it refuses
+			// connections): the first connection may take some tries,
+			// the next three must each succeed.
+			if err := eventually(30*time.Second, 500*time.Millisecond, func() error {
+				_, err := e.seen(c, from.pod, fmt.Sprintf("%s:%d", name, probePort), 5*time.Second)
+				return err
+			}); err != nil {
+				t.Errorf("%s (%s) -> %s:%d: no connection in 30 s: %v", from.pod, c, name, probePort, err)
+			}
 			for range 3 {
 				seen, err := e.seen(c, from.pod, fmt.Sprintf("%s:%d", name, probePort), 5*time.Second)
 				if err != nil {
