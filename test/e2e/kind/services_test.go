@@ -23,20 +23,7 @@ func clusterSetName(svc string) string { return svc + "." + testNS + ".svc.clust
 // ClusterIP Service, both members import it and reach it by name.
 func (e *env) testServices(t *testing.T, probes map[string][]probe) {
 	c1, c2 := e.members[0], e.members[1]
-	e.apply(c1, probeDeployment(mcsService, 2)+fmt.Sprintf(`apiVersion: v1
-kind: Service
-metadata: {name: %[4]s, namespace: %[1]s}
-spec:
-  selector: {app: %[4]s}
-  ports: [{name: echo, port: %[3]d, targetPort: %[3]d}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: plain, namespace: %[1]s}
-spec:
-  selector: {app: %[4]s}
-  ports: [{name: echo, port: %[3]d, targetPort: %[3]d}]
-`, testNS, probeImage, probePort, mcsService))
+	e.apply(c1, probeDeployment(mcsService, 2)+tcpService(mcsService, mcsService)+tcpService("plain", mcsService))
 	podIPs := e.awaitReadyIPs(t, c1, mcsService, 2)
 
 	var bench []benchRow
@@ -473,13 +460,7 @@ spec:
 		var took []time.Duration
 		for i := range runs {
 			name := fmt.Sprintf("bench-%d", i)
-			e.apply(c1, fmt.Sprintf(`apiVersion: v1
-kind: Service
-metadata: {name: %[1]s, namespace: %[2]s}
-spec:
-  selector: {app: %[4]s}
-  ports: [{name: echo, port: %[3]d, targetPort: %[3]d}]
-`, name, testNS, probePort, mcsService))
+			e.apply(c1, tcpService(name, mcsService))
 			start := time.Now()
 			e.apply(c1, serviceExport(name))
 			if err := eventually(time.Minute, 100*time.Millisecond, func() error {
@@ -507,13 +488,7 @@ spec:
 		others := slices.DeleteFunc(slices.Clone(e.members), func(c string) bool { return c == c1 })
 		for i := range runs {
 			name := fmt.Sprintf("bench-dns-%d", i)
-			e.apply(c1, fmt.Sprintf(`apiVersion: v1
-kind: Service
-metadata: {name: %[1]s, namespace: %[2]s}
-spec:
-  selector: {app: %[4]s}
-  ports: [{name: echo, port: %[3]d, targetPort: %[3]d}]
-`, name, testNS, probePort, mcsService))
+			e.apply(c1, tcpService(name, mcsService))
 			start := time.Now()
 			e.apply(c1, serviceExport(name))
 			for _, c := range others {
@@ -551,13 +526,7 @@ spec:
 		// and how many of its lookups found nothing (a negative answer may be
 		// cached for up to 30 s).
 		name := "bench-dns-early"
-		e.apply(c1, fmt.Sprintf(`apiVersion: v1
-kind: Service
-metadata: {name: %[1]s, namespace: %[2]s}
-spec:
-  selector: {app: %[4]s}
-  ports: [{name: echo, port: %[3]d, targetPort: %[3]d}]
-`, name, testNS, probePort, mcsService))
+		e.apply(c1, tcpService(name, mcsService))
 		start := time.Now()
 		e.apply(c1, serviceExport(name))
 		failed := 0
@@ -579,14 +548,7 @@ spec:
 	t.Run("NewReadyPodToImportedLatency", func(t *testing.T) {
 		const runs = 10
 		const svc = "mcs-scale"
-		e.apply(c1, probeDeployment(svc, 1)+fmt.Sprintf(`apiVersion: v1
-kind: Service
-metadata: {name: %[1]s, namespace: %[2]s}
-spec:
-  selector: {app: %[1]s}
-  ports: [{name: echo, port: %[3]d, targetPort: %[3]d}]
----
-`, svc, testNS, probePort)+serviceExport(svc))
+		e.apply(c1, probeDeployment(svc, 1)+tcpService(svc, svc)+serviceExport(svc))
 		t.Cleanup(func() {
 			e.unexport(t, svc, c1)
 			if out, err := e.kubectl(c1, "-n", testNS, "delete", "deployment", svc, "--ignore-not-found"); err != nil {
@@ -806,6 +768,19 @@ func (e *env) udpAnswers(cluster string, p probe, addr string, n int, pods map[s
 		got[c]++
 	}
 	return got, nil
+}
+
+// tcpService is a Service name selecting app=app with one TCP port named
+// echo, the probe's echo port.
+func tcpService(name, app string) string {
+	return fmt.Sprintf(`apiVersion: v1
+kind: Service
+metadata: {name: %[1]s, namespace: %[2]s}
+spec:
+  selector: {app: %[3]s}
+  ports: [{name: echo, port: %[4]d, targetPort: %[4]d}]
+---
+`, name, testNS, app, probePort)
 }
 
 // udpService is a Service name selecting app=app with one UDP port, the
