@@ -29,6 +29,8 @@ func run() int {
 		members    = flag.Int("members", 3, "Member clusters to join (at most 14).")
 		candidates = flag.Int("gateways", 1, "Gateway candidates per member (2 or more shows failover).")
 		workers    = flag.Int("workers", 1, "Worker nodes per member.")
+		routed     = flag.Int("routed-workers", 0, "Extra workers of the first member on a subnet of their own behind a router (VXLAN to the gateway).")
+		family     = flag.String("ip-family", lab.IPv4, "Pod address families: ipv4, ipv6 (IPv6 pods, nodes and tunnel endpoints) or dual (both families; tunnels over IPv4).")
 		podCount   = flag.Int("pods", 1, "Pods per node.")
 		nat        = flag.Int("nat", -2, "Index of the member whose gateway sits behind a NAT (0-based; -1: none; default: the last).")
 		once       = flag.Bool("once", false, "Exit after the matrix; nonzero status if any cell failed.")
@@ -44,7 +46,12 @@ func run() int {
 		fmt.Fprintf(os.Stderr, "lab: --members must be 1..%d\n", len(lab.MemberNames))
 		return 2
 	}
-	cfg := lab.Config{Members: *members, Workers: *workers, PodsPerNode: *podCount, Keep: *keep, Progress: os.Stdout}
+	if *family != lab.IPv4 && *family != lab.IPv6 && *family != lab.Dual {
+		fmt.Fprintf(os.Stderr, "lab: --ip-family must be %s, %s or %s\n", lab.IPv4, lab.IPv6, lab.Dual)
+		return 2
+	}
+	cfg := lab.Config{Members: *members, Workers: *workers, PodsPerNode: *podCount, IPFamily: *family,
+		RoutedWorkers: []int{*routed}, Keep: *keep, Progress: os.Stdout}
 	for i := 0; i < *members; i++ {
 		cfg.Candidates = append(cfg.Candidates, *candidates)
 	}
@@ -95,7 +102,7 @@ func run() int {
 	fmt.Println("## Tunnels (WireGuard devices of the gateways, read through their UAPI sockets)")
 	l.PrintTunnels(ctx, os.Stdout)
 	fmt.Println()
-	fmt.Println("## Connectivity matrix: every pod to every pod of the other clusters (TCP :7070 + ICMP)")
+	fmt.Println("## Connectivity matrix: every pod to every pod of the other clusters, in every family (TCP :7070 + ICMP)")
 	pods := l.Pods()
 	cells := lab.Matrix(ctx, pods, 3*time.Second)
 	failed := lab.PrintMatrix(os.Stdout, pods, cells)

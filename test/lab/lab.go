@@ -30,14 +30,29 @@ const (
 	WANPrefix = "198.18.0.0/24"
 	// HubIP is the hub apiserver's address on the WAN.
 	HubIP = "198.18.0.2"
-	// Pool is the ClusterSet's pod address pool.
+	// WANPrefix6 is the WAN's IPv6 prefix (tunnel endpoints of an IPv6 lab).
+	WANPrefix6 = "fd18::/64"
+	// Pool is the ClusterSet's IPv4 pod address pool.
 	Pool = "10.96.0.0/12"
+	// Pool6 is the ClusterSet's IPv6 pod address pool.
+	Pool6 = "fd96::/48"
 	// ClusterSetName is the lab's ClusterSet.
 	ClusterSetName = "lab"
 	// HubContext is the hub's context in the lab kubeconfig.
 	HubContext = "hub"
 	// TunnelPort is the ClusterSet's WireGuard port.
 	TunnelPort = 51820
+)
+
+// IP families of a lab (Config.IPFamily).
+const (
+	// IPv4 (the default): IPv4 pod ranges, nodes and tunnel endpoints.
+	IPv4 = "ipv4"
+	// IPv6: IPv6 pod ranges, Node InternalIPs and tunnel endpoints (the
+	// apiservers stay on IPv4).
+	IPv6 = "ipv6"
+	// Dual: pods and nodes of both families; tunnel endpoints on IPv4.
+	Dual = "dual"
 )
 
 // MemberNames are the names members get, in order.
@@ -55,6 +70,12 @@ type Config struct {
 	WANMTU []int
 	// Workers is the number of worker nodes per member (default 1).
 	Workers int
+	// RoutedWorkers is the number of extra workers of each member, by
+	// member index, on a subnet of their own behind a router namespace (no
+	// shared L2 with the gateway); missing entries mean 0.
+	RoutedWorkers []int
+	// IPFamily is IPv4 (default), IPv6 or Dual.
+	IPFamily string
 	// PodsPerNode is the number of pods on every node (default 1).
 	PodsPerNode int
 	// NATMember is the index of the member whose gateways sit behind a
@@ -150,6 +171,9 @@ func (c *Config) defaults() {
 	if c.Workers == 0 {
 		c.Workers = 1
 	}
+	if c.IPFamily == "" {
+		c.IPFamily = IPv4
+	}
 	if c.PodsPerNode == 0 {
 		c.PodsPerNode = 1
 	}
@@ -200,6 +224,9 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 	if why := Missing(cfg); why != "" {
 		return nil, errors.New(why)
 	}
+	if cfg.IPFamily != IPv4 && cfg.IPFamily != IPv6 && cfg.IPFamily != Dual {
+		return nil, fmt.Errorf("IP family %q: want %s, %s or %s", cfg.IPFamily, IPv4, IPv6, Dual)
+	}
 	// The lab's own clients log nothing (controller-runtime would warn
 	// with a stack trace that no logger is set).
 	crlog.SetLogger(logr.Discard())
@@ -246,6 +273,9 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 		if i < len(cfg.WANMTU) {
 			spec.WANMTU = cfg.WANMTU[i]
 		}
+		if i < len(cfg.RoutedWorkers) {
+			spec.RoutedWorkers = cfg.RoutedWorkers[i]
+		}
 		go func() {
 			_, err := l.AddMember(ctx, spec)
 			errs <- err
@@ -289,11 +319,18 @@ func (l *Lab) startHub(ctx context.Context) error {
 	if err := l.applyCRDs(ctx, HubContext); err != nil {
 		return err
 	}
+	var pools []meshv1.CIDR
+	if l.Has4() {
+		pools = append(pools, Pool)
+	}
+	if l.Has6() {
+		pools = append(pools, Pool6)
+	}
 	cs := &meshv1.ClusterSet{
 		ObjectMeta: metav1.ObjectMeta{Name: ClusterSetName},
 		Spec: meshv1.ClusterSetSpec{
-			PodCIDRPools: []meshv1.CIDR{Pool},
-			BlockSize:    meshv1.BlockSize{IPv4: 16},
+			PodCIDRPools: pools,
+			BlockSize:    meshv1.BlockSize{IPv4: 16, IPv6: 56},
 			// No MTU: every gateway derives its own from its WAN.
 			Tunnel:            meshv1.TunnelSettings{Port: TunnelPort, PersistentKeepaliveSeconds: ptr.To[int32](25)},
 			QuarantineSeconds: ptr.To(l.QuarantineSeconds),
@@ -352,19 +389,46 @@ func (l *Lab) StartHub(ctx context.Context) error {
 	return l.StartHubController()
 }
 
-// plugIntoBridge connects namespace ns (interface ifname, address cidr) to
-// the bridge br0 of namespace brNS through a veth whose bridge end is port.
-func (l *Lab) plugIntoBridge(brNS, port, ns, ifname, cidr string) error {
+// Has4 reports whether the lab's pods have IPv4 addresses.
+func (c *Config) Has4() bool { return c.IPFamily != IPv6 }
+
+// Has6 reports whether the lab's pods have IPv6 addresses.
+func (c *Config) Has6() bool { return c.IPFamily == IPv6 || c.IPFamily == Dual }
+
+// Families are the lab's pod address families, IPv4 first.
+func (c *Config) Families() []Family {
+	var out []Family
+	if c.Has4() {
+		out = append(out, Family4)
+	}
+	if c.Has6() {
+		out = append(out, Family6)
+	}
+	return out
+}
+
+// plugIntoBridge connects namespace ns (interface ifname, addresses cidrs)
+// to the bridge br0 of namespace brNS through a veth whose bridge end is
+// port. IPv6 addresses skip duplicate address detection (usable at once).
+func (l *Lab) plugIntoBridge(brNS, port, ns, ifname string, cidrs ...string) error {
 	if err := ipBatch(brNS, []string{
 		fmt.Sprintf("link add %s type veth peer name %s netns %s", port, ifname, ns),
 		fmt.Sprintf("link set %s master br0 up", port),
 	}); err != nil {
 		return err
 	}
-	return ipBatch(ns, []string{
-		fmt.Sprintf("addr add %s dev %s", cidr, ifname),
-		fmt.Sprintf("link set %s up", ifname),
-	})
+	var lines []string
+	for _, cidr := range cidrs {
+		if cidr == "" {
+			continue
+		}
+		line := fmt.Sprintf("addr add %s dev %s", cidr, ifname)
+		if strings.Contains(cidr, ":") {
+			line += " nodad"
+		}
+		lines = append(lines, line)
+	}
+	return ipBatch(ns, append(lines, fmt.Sprintf("link set %s up", ifname)))
 }
 
 func (l *Lab) kubectl(ctx context.Context, context string, args ...string) (string, error) {

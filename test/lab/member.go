@@ -27,6 +27,9 @@ type MemberSpec struct {
 	NAT        bool // gateways behind a NAT namespace
 	Pods       int  // pods per node (default: the lab's PodsPerNode)
 	WANMTU     int  // MTU of the member's WAN links (default 1500)
+	// RoutedWorkers are extra workers on a subnet of their own behind a
+	// router namespace (no shared L2 with the gateway).
+	RoutedWorkers int
 }
 
 // Member is one member cluster of the lab.
@@ -47,6 +50,9 @@ type Member struct {
 	JoinOutput string
 
 	lanNS, natNS    string
+	// routedNS is the bridge of the routed subnet, routerNS the router
+	// between it and the LAN ("" when the member has no routed workers).
+	routedNS, routerNS string
 	agentKubeconfig string
 	// gatewayKubeconfig is the gateway candidates' (ServiceAccount archipelago-gateway).
 	gatewayKubeconfig string
@@ -58,12 +64,18 @@ type Node struct {
 	Name      string // the Node object's name
 	NS        string
 	LANIP     string
+	LANIP6    string // IPv6 and dual labs
 	WANIP     string // gateway candidates only
+	WANIP6    string // gateway candidates of IPv6 labs
 	Candidate bool
+	// Routed nodes sit on the routed subnet (172.31.<member>.0/24), a
+	// router away from the LAN and its gateways.
+	Routed    bool
 	Iface     string // WireGuard interface name (unique in the lab)
 	StateDir  string
 	Endpoint  string // --public-endpoint
-	PodCIDR   netip.Prefix
+	PodCIDR   netip.Prefix // the node's first podCIDR (IPv4 unless the lab is IPv6-only)
+	PodCIDR6  netip.Prefix // its IPv6 podCIDR in a dual lab
 	Pods      []*Pod
 	Member    *Member
 
@@ -71,15 +83,42 @@ type Node struct {
 }
 
 // Pod is a pod: a namespace with a veth to its node and an address from
-// the node's podCIDR. It runs a TCP echo server (port EchoPort) that first
-// writes the source address it saw.
+// each of the node's podCIDRs. It runs a TCP echo server (port EchoPort)
+// that first writes the source address it saw.
 type Pod struct {
 	Name string
 	NS   string
+	// IP is the pod's first address (IPv4 unless the lab is IPv6-only);
+	// IPs are all of them, IPv4 first. Probes go to IP: As gives the
+	// pod with IP of another family.
 	IP   netip.Addr
+	IPs  []netip.Addr
 	Node *Node
 	ln   net.Listener
 	udp  net.PacketConn
+}
+
+// Addr returns the pod's address of family f (invalid when it has none).
+func (p *Pod) Addr(f Family) netip.Addr {
+	for _, a := range p.IPs {
+		if a.Is4() == (f == Family4) {
+			return a
+		}
+	}
+	return netip.Addr{}
+}
+
+// As returns the pod seen through its address of family f (IP set to
+// it), or nil when the pod has no address of that family. It is the same
+// pod: probes, streams and the matrix use IP.
+func (p *Pod) As(f Family) *Pod {
+	a := p.Addr(f)
+	if !a.IsValid() {
+		return nil
+	}
+	q := *p
+	q.IP = a
+	return &q
 }
 
 // Pods returns the member's pods.
@@ -161,7 +200,7 @@ func (l *Lab) PrepareMember(ctx context.Context, spec MemberSpec) (*Member, erro
 		return m, err
 	}
 	cpNS := NSPrefix + m.Name + "-cp"
-	if err := netns.Add(cpNS); err != nil {
+	if err := l.addNS(cpNS); err != nil {
 		return m, err
 	}
 	if err := l.plugIntoBridge(m.lanNS, "cp", cpNS, "eth0", lan+"2/24"); err != nil {
@@ -173,18 +212,35 @@ func (l *Lab) PrepareMember(ctx context.Context, spec MemberSpec) (*Member, erro
 		}
 	}
 	for j := 1; j <= spec.Candidates; j++ {
-		node, err := l.addNode(m, fmt.Sprintf("gw%d", j), fmt.Sprintf("%s%d", lan, 10+j), true, j)
+		node, err := l.addNode(m, fmt.Sprintf("gw%d", j), 10+j, true, j, false)
 		if err != nil {
 			return m, err
 		}
 		m.Nodes = append(m.Nodes, node)
 	}
 	for k := 1; k <= spec.Workers; k++ {
-		node, err := l.addNode(m, fmt.Sprintf("w%d", k), fmt.Sprintf("%s%d", lan, 20+k), false, 0)
+		node, err := l.addNode(m, fmt.Sprintf("w%d", k), 20+k, false, 0, false)
 		if err != nil {
 			return m, err
 		}
 		m.Nodes = append(m.Nodes, node)
+	}
+	if spec.RoutedWorkers > 0 {
+		if err := l.addRouter(m, cpNS); err != nil {
+			return m, err
+		}
+	}
+	for k := 1; k <= spec.RoutedWorkers; k++ {
+		node, err := l.addNode(m, fmt.Sprintf("r%d", k), 20+k, false, 0, true)
+		if err != nil {
+			return m, err
+		}
+		m.Nodes = append(m.Nodes, node)
+	}
+	for _, node := range m.Nodes {
+		if err := ipBatch(node.NS, l.subnetRoutes(node)); err != nil {
+			return m, err
+		}
 	}
 	for _, node := range m.Nodes {
 		for k := 1; k <= spec.Pods; k++ {
@@ -234,19 +290,25 @@ func (l *Lab) addNAT(m *Member) error {
 	if err := addBridgeNS(m.natNS); err != nil {
 		return err
 	}
-	if err := l.plugIntoBridge(l.wanNS, "nat-"+m.Name, m.natNS, "wan0", fmt.Sprintf("198.18.0.%d/24", 16*n)); err != nil {
+	var wan6 string
+	inside := []string{fmt.Sprintf("addr add 198.19.%d.1/24 dev br0", n)}
+	if l.IPFamily == IPv6 {
+		wan6 = fmt.Sprintf("fd18::%d/64", 16*n)
+		inside = append(inside, fmt.Sprintf("addr add fd19:%d::1/64 dev br0 nodad", n))
+	}
+	if err := l.plugIntoBridge(l.wanNS, "nat-"+m.Name, m.natNS, "wan0", fmt.Sprintf("198.18.0.%d/24", 16*n), wan6); err != nil {
 		return err
 	}
 	if err := l.setWANMTU(m, "nat-"+m.Name, m.natNS); err != nil {
 		return err
 	}
-	if err := ipBatch(m.natNS, []string{fmt.Sprintf("addr add 198.19.%d.1/24 dev br0", n)}); err != nil {
+	if err := ipBatch(m.natNS, inside); err != nil {
 		return err
 	}
-	if err := sysctl(m.natNS, "net.ipv4.ip_forward", "1"); err != nil {
+	if err := l.forwarding(m.natNS); err != nil {
 		return err
 	}
-	return nft(m.natNS, `table ip lab-nat {
+	return nft(m.natNS, `table inet lab-nat {
 	chain postrouting { type nat hook postrouting priority srcnat; policy accept; oifname "wan0" masquerade; }
 	chain forward {
 		type filter hook forward priority filter; policy drop;
@@ -257,23 +319,36 @@ func (l *Lab) addNAT(m *Member) error {
 `)
 }
 
-func (l *Lab) addNode(m *Member, short, lanIP string, candidate bool, j int) (*Node, error) {
+// addNode makes node short of member m at host number host of the LAN
+// (or of the routed subnet): a namespace with eth0 on the member's bridge,
+// and for a gateway candidate wan0 on the WAN (or behind the NAT).
+func (l *Lab) addNode(m *Member, short string, host int, candidate bool, j int, routed bool) (*Node, error) {
 	n := m.Index + 1
 	node := &Node{
-		Name: m.Name + "-" + short, NS: NSPrefix + m.Name + "-" + short, LANIP: lanIP, Candidate: candidate,
+		Name: m.Name + "-" + short, NS: NSPrefix + m.Name + "-" + short, Candidate: candidate, Routed: routed,
 		Iface: NSPrefix + m.Name + "-" + short, Member: m,
 		StateDir: filepath.Join(l.Dir, m.Name, "nodes", short),
+	}
+	subnet, bridge := 30, m.lanNS
+	if routed {
+		subnet, bridge = 31, m.routedNS
+	}
+	node.LANIP = fmt.Sprintf("172.%d.%d.%d", subnet, n, host)
+	cidrs := []string{node.LANIP + "/24"}
+	if l.Has6() {
+		node.LANIP6 = fmt.Sprintf("fd%d:%d::%d", subnet, n, host)
+		cidrs = append(cidrs, node.LANIP6+"/64")
 	}
 	if err := os.MkdirAll(node.StateDir, 0o700); err != nil {
 		return nil, err
 	}
-	if err := netns.Add(node.NS); err != nil {
+	if err := l.addNS(node.NS); err != nil {
 		return nil, err
 	}
-	if err := l.plugIntoBridge(m.lanNS, short, node.NS, "eth0", lanIP+"/24"); err != nil {
+	if err := l.plugIntoBridge(bridge, short, node.NS, "eth0", cidrs...); err != nil {
 		return nil, err
 	}
-	if err := sysctl(node.NS, "net.ipv4.ip_forward", "1"); err != nil {
+	if err := l.forwarding(node.NS); err != nil {
 		return nil, err
 	}
 	if !candidate {
@@ -283,18 +358,149 @@ func (l *Lab) addNode(m *Member, short, lanIP string, candidate bool, j int) (*N
 	if m.NAT {
 		node.WANIP = fmt.Sprintf("198.19.%d.%d", n, 10+j)
 		node.Endpoint = "none"
-		if err := l.plugIntoBridge(m.natNS, short, node.NS, "wan0", node.WANIP+"/24"); err != nil {
+		var wan6 string
+		if l.IPFamily == IPv6 {
+			node.WANIP6 = fmt.Sprintf("fd19:%d::%d", n, 10+j)
+			wan6 = node.WANIP6 + "/64"
+		}
+		if err := l.plugIntoBridge(m.natNS, short, node.NS, "wan0", node.WANIP+"/24", wan6); err != nil {
 			return nil, err
 		}
 		// Only the lab's WAN is reachable through the NAT: no default route.
-		return node, ipn(node.NS, "route", "add", WANPrefix, "via", fmt.Sprintf("198.19.%d.1", n))
+		return node, ipBatch(node.NS, l.natRoutes(node))
 	}
 	node.WANIP = fmt.Sprintf("198.18.0.%d", 16*n+j)
 	node.Endpoint = fmt.Sprintf("%s:%d", node.WANIP, TunnelPort)
-	if err := l.plugIntoBridge(l.wanNS, m.Name+"-"+short, node.NS, "wan0", node.WANIP+"/24"); err != nil {
+	var wan6 string
+	if l.IPFamily == IPv6 {
+		node.WANIP6 = fmt.Sprintf("fd18::%d", 16*n+j)
+		node.Endpoint = fmt.Sprintf("[%s]:%d", node.WANIP6, TunnelPort)
+		wan6 = node.WANIP6 + "/64"
+	}
+	if err := l.plugIntoBridge(l.wanNS, m.Name+"-"+short, node.NS, "wan0", node.WANIP+"/24", wan6); err != nil {
 		return nil, err
 	}
 	return node, l.setWANMTU(m, m.Name+"-"+short, node.NS)
+}
+
+// natRoutes are a NATed gateway's routes to the WAN through its NAT.
+func (l *Lab) natRoutes(node *Node) []string {
+	n := node.Member.Index + 1
+	lines := []string{fmt.Sprintf("route replace %s via 198.19.%d.1", WANPrefix, n)}
+	if node.WANIP6 != "" {
+		lines = append(lines, fmt.Sprintf("route replace %s via fd19:%d::1", WANPrefix6, n))
+	}
+	return lines
+}
+
+// addNS makes a namespace; in a lab with IPv6, addresses and links of its
+// interfaces skip duplicate address detection (usable at once, as the
+// lab's addresses are unique by construction).
+func (l *Lab) addNS(ns string) error {
+	if err := netns.Add(ns); err != nil {
+		return err
+	}
+	if !l.Has6() {
+		return nil
+	}
+	for _, key := range []string{"net.ipv6.conf.all.accept_dad", "net.ipv6.conf.default.accept_dad"} {
+		if err := sysctl(ns, key, "0"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// forwarding turns on IP forwarding in ns (IPv6 too when the lab has it).
+func (l *Lab) forwarding(ns string) error {
+	if err := sysctl(ns, "net.ipv4.ip_forward", "1"); err != nil {
+		return err
+	}
+	if l.Has6() {
+		return sysctl(ns, "net.ipv6.conf.all.forwarding", "1")
+	}
+	return nil
+}
+
+// addRouter makes the routed subnet of m (bridge 172.31.<n>.0/24) and the
+// router between it and the LAN (172.30.<n>.254 and 172.31.<n>.1; with
+// IPv6 fd30:<n>::fe and fd31:<n>::1), like a cloud's VPC router between
+// two zones' subnets. Pod ranges get routes in its table when they exist
+// (wireCNI): the cloud's route table.
+func (l *Lab) addRouter(m *Member, cpNS string) error {
+	n := m.Index + 1
+	m.routedNS, m.routerNS = NSPrefix+m.Name+"-lan2", NSPrefix+m.Name+"-rt"
+	l.progress("%s: routed subnet 172.31.%d.0/24 behind router %s", m.Name, n, m.routerNS)
+	if err := addBridgeNS(m.routedNS); err != nil {
+		return err
+	}
+	if err := l.addNS(m.routerNS); err != nil {
+		return err
+	}
+	lan, routed := []string{fmt.Sprintf("172.30.%d.254/24", n)}, []string{fmt.Sprintf("172.31.%d.1/24", n)}
+	if l.Has6() {
+		lan, routed = append(lan, fmt.Sprintf("fd30:%d::fe/64", n)), append(routed, fmt.Sprintf("fd31:%d::1/64", n))
+	}
+	if err := l.plugIntoBridge(m.lanNS, "rt", m.routerNS, "eth0", lan...); err != nil {
+		return err
+	}
+	if err := l.plugIntoBridge(m.routedNS, "rt", m.routerNS, "eth1", routed...); err != nil {
+		return err
+	}
+	if err := l.forwarding(m.routerNS); err != nil {
+		return err
+	}
+	// The control plane answers the routed workers' agents.
+	return ipBatch(cpNS, []string{fmt.Sprintf("route replace 172.31.%d.0/24 via 172.30.%d.254", n, n)})
+}
+
+// subnetRoutes are a node's routes to the other subnet of its member
+// through the router (none without routed workers).
+func (l *Lab) subnetRoutes(node *Node) []string {
+	m := node.Member
+	if m.routerNS == "" {
+		return nil
+	}
+	n := m.Index + 1
+	dst, via, dst6, via6 := fmt.Sprintf("172.31.%d.0/24", n), fmt.Sprintf("172.30.%d.254", n), fmt.Sprintf("fd31:%d::/64", n), fmt.Sprintf("fd30:%d::fe", n)
+	if node.Routed {
+		dst, via, dst6, via6 = fmt.Sprintf("172.30.%d.0/24", n), fmt.Sprintf("172.31.%d.1", n), fmt.Sprintf("fd30:%d::/64", n), fmt.Sprintf("fd31:%d::1", n)
+	}
+	lines := []string{fmt.Sprintf("route replace %s via %s dev eth0", dst, via)}
+	if node.LANIP6 != "" {
+		lines = append(lines, fmt.Sprintf("route replace %s via %s dev eth0", dst6, via6))
+	}
+	return lines
+}
+
+// podRoutes are what the CNI routes on node: every other node's podCIDRs
+// via that node, or via the router when it is on the other subnet.
+func (l *Lab) podRoutes(node *Node) []string {
+	n := node.Member.Index + 1
+	var lines []string
+	for _, other := range node.Member.Nodes {
+		if other == node || !other.PodCIDR.IsValid() {
+			continue
+		}
+		via4, via6 := other.LANIP, other.LANIP6
+		if other.Routed != node.Routed {
+			via4, via6 = fmt.Sprintf("172.30.%d.254", n), fmt.Sprintf("fd30:%d::fe", n)
+			if node.Routed {
+				via4, via6 = fmt.Sprintf("172.31.%d.1", n), fmt.Sprintf("fd31:%d::1", n)
+			}
+		}
+		for _, pc := range []netip.Prefix{other.PodCIDR, other.PodCIDR6} {
+			if !pc.IsValid() {
+				continue
+			}
+			via := via4
+			if pc.Addr().Is6() {
+				via = via6
+			}
+			lines = append(lines, fmt.Sprintf("route replace %s via %s dev eth0", pc, via))
+		}
+	}
+	return lines
 }
 
 // setWANMTU gives both ends of a WAN link of m (port on the WAN bridge,
@@ -329,31 +535,59 @@ func (l *Lab) JoinMember(ctx context.Context, m *Member) error {
 		return fmt.Errorf("read MemberCluster %s: %w", m.Name, err)
 	}
 	m.PodCIDRs = mc.Status.PodCIDRs
-	var rng netip.Prefix
+	var rng4, rng6 netip.Prefix
 	for _, s := range m.PodCIDRs {
 		if p, err := netip.ParsePrefix(s); err == nil && p.Addr().Is4() {
-			rng = p
+			rng4 = p
+		} else if err == nil {
+			rng6 = p
 		}
 	}
-	if !rng.IsValid() || rng.Bits() > 22 {
+	if l.Has4() && (!rng4.IsValid() || rng4.Bits() > 22) {
 		return fmt.Errorf("member %s: no usable IPv4 range assigned (%v)", m.Name, m.PodCIDRs)
 	}
-	// Node IPAM stand-in: node i gets the i-th /24 of the member's range.
-	base := rng.Addr().As4()
+	if l.Has6() && (!rng6.IsValid() || rng6.Bits() > 60) {
+		return fmt.Errorf("member %s: no usable IPv6 range assigned (%v)", m.Name, m.PodCIDRs)
+	}
+	// Node IPAM stand-in: node i gets the i-th /24 of the member's IPv4
+	// range and the i-th /64 of its IPv6 range; pod k of a node gets host
+	// 10+k of each.
 	for i, node := range m.Nodes {
-		a := base
-		a[2] += byte(i)
-		node.PodCIDR = netip.PrefixFrom(netip.AddrFrom4(a), 24)
+		var cidrs []netip.Prefix
+		if rng4.IsValid() && l.Has4() {
+			a := rng4.Addr().As4()
+			a[2] += byte(i)
+			cidrs = append(cidrs, netip.PrefixFrom(netip.AddrFrom4(a), 24))
+		}
+		if rng6.IsValid() && l.Has6() {
+			a := rng6.Addr().As16()
+			a[7] += byte(i)
+			cidrs = append(cidrs, netip.PrefixFrom(netip.AddrFrom16(a), 64))
+		}
+		node.PodCIDR = cidrs[0]
+		if len(cidrs) > 1 {
+			node.PodCIDR6 = cidrs[1]
+		}
 		for k, p := range node.Pods {
-			pa := a
-			pa[3] = byte(10 + k)
-			p.IP = netip.AddrFrom4(pa)
+			p.IPs = nil
+			for _, c := range cidrs {
+				if c.Addr().Is4() {
+					a := c.Addr().As4()
+					a[3] = byte(10 + k)
+					p.IPs = append(p.IPs, netip.AddrFrom4(a))
+				} else {
+					a := c.Addr().As16()
+					a[15] = byte(10 + k)
+					p.IPs = append(p.IPs, netip.AddrFrom16(a))
+				}
+			}
+			p.IP = p.IPs[0]
 		}
 	}
 	if err := l.createNodes(ctx, m); err != nil {
 		return err
 	}
-	if err := l.wireCNI(m, rng); err != nil {
+	if err := l.wireCNI(m, rng4, rng6); err != nil {
 		return err
 	}
 	for _, node := range m.Nodes {
@@ -371,15 +605,29 @@ func (l *Lab) createNodes(ctx context.Context, m *Member) error {
 		if n.Candidate {
 			labels[meshv1.LabelGatewayCandidate] = "true"
 		}
+		cidrs := []string{n.PodCIDR.String()}
+		if n.PodCIDR6.IsValid() {
+			cidrs = append(cidrs, n.PodCIDR6.String())
+		}
 		obj := &corev1.Node{
 			ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: labels},
-			Spec:       corev1.NodeSpec{PodCIDR: n.PodCIDR.String(), PodCIDRs: []string{n.PodCIDR.String()}},
+			Spec:       corev1.NodeSpec{PodCIDR: cidrs[0], PodCIDRs: cidrs},
 		}
 		if err := m.Cluster.Client.Create(ctx, obj); err != nil {
 			return fmt.Errorf("create Node %s: %w", n.Name, err)
 		}
+		// InternalIPs of the families the lab's data path uses: an IPv6
+		// lab's nodes have only the IPv6 one (their IPv4 LAN address
+		// carries only the control plane).
+		var addrs []corev1.NodeAddress
+		if l.Has4() {
+			addrs = append(addrs, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: n.LANIP})
+		}
+		if n.LANIP6 != "" {
+			addrs = append(addrs, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: n.LANIP6})
+		}
 		obj.Status = corev1.NodeStatus{
-			Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: n.LANIP}, {Type: corev1.NodeHostName, Address: n.Name}},
+			Addresses: append(addrs, corev1.NodeAddress{Type: corev1.NodeHostName, Address: n.Name}),
 			Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady",
 				LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}},
 		}
@@ -390,40 +638,74 @@ func (l *Lab) createNodes(ctx context.Context, m *Member) error {
 	return nil
 }
 
-// wireCNI does what a simple ptp CNI plus kindnet do: a veth per pod with a
-// /32 and a host route, routes to the other nodes' podCIDRs via their LAN
-// addresses, and masquerade of pod traffic leaving the cluster's range.
-func (l *Lab) wireCNI(m *Member, rng netip.Prefix) error {
+// wireCNI does what a simple ptp CNI plus kindnet do: a veth per pod with
+// a /32 (and /128) and host routes, routes to the other nodes' podCIDRs
+// via their LAN addresses (via the router for the other subnet, whose
+// table gets every podCIDR: a cloud's route table), and masquerade of pod
+// traffic leaving the cluster's range.
+func (l *Lab) wireCNI(m *Member, rng4, rng6 netip.Prefix) error {
+	var router []string
 	for _, node := range m.Nodes {
-		var lines []string
-		for _, other := range m.Nodes {
-			if other != node {
-				lines = append(lines, fmt.Sprintf("route add %s via %s dev eth0", other.PodCIDR, other.LANIP))
+		for _, pc := range []netip.Prefix{node.PodCIDR, node.PodCIDR6} {
+			if !pc.IsValid() {
+				continue
 			}
+			via := node.LANIP
+			if pc.Addr().Is6() {
+				via = node.LANIP6
+			}
+			dev := "eth0"
+			if node.Routed {
+				dev = "eth1"
+			}
+			router = append(router, fmt.Sprintf("route replace %s via %s dev %s", pc, via, dev))
 		}
+	}
+	if m.routerNS != "" {
+		if err := ipBatch(m.routerNS, router); err != nil {
+			return err
+		}
+	}
+	for _, node := range m.Nodes {
+		lines := l.podRoutes(node)
 		for k, p := range node.Pods {
-			if err := netns.Add(p.NS); err != nil {
+			if err := l.addNS(p.NS); err != nil {
 				return err
 			}
 			veth := fmt.Sprintf("p%d", k+1)
 			lines = append(lines,
 				fmt.Sprintf("link add %s type veth peer name eth0 netns %s", veth, p.NS),
-				fmt.Sprintf("addr add 169.254.1.1/32 dev %s", veth),
-				fmt.Sprintf("link set %s up", veth),
-				fmt.Sprintf("route add %s/32 dev %s scope link", p.IP, veth))
+				fmt.Sprintf("addr add 169.254.1.1/32 dev %s", veth))
+			if l.Has6() {
+				lines = append(lines, fmt.Sprintf("addr add fe80::1/64 dev %s nodad", veth))
+			}
+			lines = append(lines, fmt.Sprintf("link set %s up", veth))
+			for _, a := range p.IPs {
+				lines = append(lines, fmt.Sprintf("route add %s dev %s scope link", netip.PrefixFrom(a, a.BitLen()), veth))
+			}
 		}
 		if err := ipBatch(node.NS, lines); err != nil {
 			return err
 		}
 		for _, p := range node.Pods {
-			// Pods route only the ClusterSet's pool to their node: no
+			// Pods route only the ClusterSet's pools to their node: no
 			// default route, nothing outside the lab is reachable.
-			if err := ipBatch(p.NS, []string{
-				fmt.Sprintf("addr add %s/32 dev eth0", p.IP),
-				"link set eth0 up",
-				"route add 169.254.1.1/32 dev eth0 scope link",
-				fmt.Sprintf("route add %s via 169.254.1.1 dev eth0 onlink", Pool),
-			}); err != nil {
+			var pl []string
+			for _, a := range p.IPs {
+				if a.Is4() {
+					pl = append(pl, fmt.Sprintf("addr add %s/32 dev eth0", a))
+				} else {
+					pl = append(pl, fmt.Sprintf("addr add %s/128 dev eth0 nodad", a))
+				}
+			}
+			pl = append(pl, "link set eth0 up", "route add 169.254.1.1/32 dev eth0 scope link")
+			if p.Addr(Family4).IsValid() {
+				pl = append(pl, fmt.Sprintf("route add %s via 169.254.1.1 dev eth0 onlink", Pool))
+			}
+			if p.Addr(Family6).IsValid() {
+				pl = append(pl, fmt.Sprintf("route add %s via fe80::1 dev eth0", Pool6))
+			}
+			if err := ipBatch(p.NS, pl); err != nil {
 				return err
 			}
 			if err := p.serve(); err != nil {
@@ -436,10 +718,20 @@ func (l *Lab) wireCNI(m *Member, rng netip.Prefix) error {
 		// kindnet's masquerade: pod traffic to anything outside the
 		// cluster's pod range leaves with the node's address unless the
 		// agent's no-SNAT rule keeps the source.
-		if err := nft(node.NS, fmt.Sprintf(`table ip lab-kindnet {
-	chain postrouting { type nat hook postrouting priority srcnat; policy accept; ip saddr %s ip daddr != %s counter masquerade; }
+		var rules []string
+		if rng4.IsValid() && l.Has4() {
+			rules = append(rules, fmt.Sprintf("ip saddr %s ip daddr != %s counter masquerade", rng4, rng4))
+		}
+		if rng6.IsValid() && l.Has6() {
+			rules = append(rules, fmt.Sprintf("ip6 saddr %s ip6 daddr != %s counter masquerade", rng6, rng6))
+		}
+		if err := nft(node.NS, fmt.Sprintf(`table inet lab-kindnet {
+	chain postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		%s
+	}
 }
-`, rng, rng)); err != nil {
+`, strings.Join(rules, "\n\t\t"))); err != nil {
 			return err
 		}
 	}
@@ -519,16 +811,11 @@ func (l *Lab) SetLinks(n *Node, up bool) error {
 		return nil
 	}
 	// The kernel flushed the routes via the links when they went down: put
-	// back what the CNI made (routes to the other nodes' podCIDRs) and the
-	// route to the WAN through the NAT.
-	lines = nil
-	for _, other := range n.Member.Nodes {
-		if other != n && other.PodCIDR.IsValid() {
-			lines = append(lines, fmt.Sprintf("route replace %s via %s dev eth0", other.PodCIDR, other.LANIP))
-		}
-	}
+	// back the routes to the other subnet, what the CNI made (routes to
+	// the other nodes' podCIDRs) and the route to the WAN through the NAT.
+	lines = append(l.subnetRoutes(n), l.podRoutes(n)...)
 	if n.Member.NAT && n.Candidate {
-		lines = append(lines, fmt.Sprintf("route replace %s via 198.19.%d.1", WANPrefix, n.Member.Index+1))
+		lines = append(lines, l.natRoutes(n)...)
 	}
 	return ipBatch(n.NS, lines)
 }

@@ -14,6 +14,22 @@ import (
 // EchoPort is where every pod's echo server listens.
 const EchoPort = 7070
 
+// Family is an IP family of pod addresses.
+type Family int
+
+// The two families.
+const (
+	Family4 Family = 4
+	Family6 Family = 6
+)
+
+func (f Family) String() string {
+	if f == Family6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}
+
 // serve starts the pod's echo server: it writes the address the connection
 // came from, then echoes.
 func (p *Pod) serve() error {
@@ -83,8 +99,10 @@ func Ping(src, dst *Pod, timeout time.Duration) error {
 	return err
 }
 
-// Cell is one entry of the connectivity matrix.
+// Cell is one entry of the connectivity matrix: Src and Dst are the pods
+// seen through their addresses of Family.
 type Cell struct {
+	Family   Family
 	Src, Dst *Pod
 	Seen     string // source address the receiver saw (TCP)
 	TCPErr   error
@@ -125,9 +143,21 @@ func CrossPairs(pods []*Pod) [][2]*Pod {
 	return out
 }
 
-// Matrix probes every cross-member pair over TCP and ICMP, a few at a time.
+// Matrix probes every cross-member pair over TCP and ICMP, a few at a
+// time, in every family both pods of the pair have.
 func Matrix(ctx context.Context, pods []*Pod, timeout time.Duration) []Cell {
-	pairs := CrossPairs(pods)
+	type pair struct {
+		f    Family
+		s, d *Pod
+	}
+	var pairs []pair
+	for _, f := range []Family{Family4, Family6} {
+		for _, pr := range CrossPairs(pods) {
+			if s, d := pr[0].As(f), pr[1].As(f); s != nil && d != nil {
+				pairs = append(pairs, pair{f, s, d})
+			}
+		}
+	}
 	cells := make([]Cell, len(pairs))
 	sem := make(chan struct{}, 8)
 	var wg sync.WaitGroup
@@ -137,11 +167,11 @@ func Matrix(ctx context.Context, pods []*Pod, timeout time.Duration) []Cell {
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			c := Cell{Src: pr[0], Dst: pr[1]}
+			c := Cell{Family: pr.f, Src: pr.s, Dst: pr.d}
 			start := time.Now()
-			c.Seen, c.TCPErr = TCP(ctx, pr[0], pr[1], timeout)
+			c.Seen, c.TCPErr = TCP(ctx, pr.s, pr.d, timeout)
 			c.RTT = time.Since(start)
-			c.PingErr = Ping(pr[0], pr[1], timeout)
+			c.PingErr = Ping(pr.s, pr.d, timeout)
 			cells[i] = c
 		}()
 	}
@@ -174,13 +204,19 @@ func WaitTCP(ctx context.Context, src, dst *Pod, timeout time.Duration) (time.Du
 }
 
 // WaitConverged waits until every cross-member pair of pods works over TCP
-// with its source address kept (the tunnels are up and every node has its
-// routes), or timeout.
+// in every family of the lab with its source address kept (the tunnels
+// are up and every node has its routes), or timeout.
 func (l *Lab) WaitConverged(ctx context.Context, timeout time.Duration) error {
 	start := time.Now()
-	for _, pr := range CrossPairs(l.Pods()) {
-		if _, err := WaitTCP(ctx, pr[0], pr[1], timeout-time.Since(start)); err != nil {
-			return err
+	for _, f := range l.Families() {
+		for _, pr := range CrossPairs(l.Pods()) {
+			s, d := pr[0].As(f), pr[1].As(f)
+			if s == nil || d == nil {
+				continue
+			}
+			if _, err := WaitTCP(ctx, s, d, timeout-time.Since(start)); err != nil {
+				return fmt.Errorf("%s: %w", f, err)
+			}
 		}
 	}
 	return nil

@@ -102,19 +102,34 @@ func (l *Lab) WaitTunnels(ctx context.Context, timeout time.Duration) error {
 // PrintMembers prints the members with ranges, nodes and gateways.
 func (l *Lab) PrintMembers(ctx context.Context, w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "MEMBER\tPOD RANGE\tAPISERVER\tACTIVE GATEWAY\tGATEWAY WAN\tNODES (podCIDR)")
+	fmt.Fprintln(tw, "MEMBER\tPOD RANGES\tAPISERVER\tACTIVE GATEWAY\tGATEWAY WAN\tNODES (podCIDRs)")
 	for _, m := range l.Members() {
 		gw, _ := l.ActiveGateway(ctx, m)
 		gname, wan := "-", "-"
 		if gw != nil {
 			gname, wan = gw.Name, gw.WANIP
-			if m.NAT {
+			if gw.WANIP6 != "" {
+				wan = gw.WANIP6
+			}
+			if m.NAT && gw.WANIP6 != "" {
+				wan += fmt.Sprintf(" (behind NAT fd18::%d)", 16*(m.Index+1))
+			} else if m.NAT {
 				wan += fmt.Sprintf(" (behind NAT 198.18.0.%d)", 16*(m.Index+1))
 			}
 		}
 		var nodes []string
 		for _, n := range m.Nodes {
-			nodes = append(nodes, fmt.Sprintf("%s %s (%s)", n.Name, n.LANIP, n.PodCIDR))
+			addr, cidrs := n.LANIP, n.PodCIDR.String()
+			if n.LANIP6 != "" {
+				addr += "," + n.LANIP6
+			}
+			if n.PodCIDR6.IsValid() {
+				cidrs += "," + n.PodCIDR6.String()
+			}
+			if n.Routed {
+				addr += " routed"
+			}
+			nodes = append(nodes, fmt.Sprintf("%s %s (%s)", n.Name, addr, cidrs))
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, strings.Join(m.PodCIDRs, ","), m.Cluster.InternalURL(), gname, wan, strings.Join(nodes, ", "))
 	}
@@ -150,18 +165,40 @@ func (l *Lab) PrintTunnels(ctx context.Context, w io.Writer) {
 	tw.Flush()
 }
 
-// PrintMatrix prints the matrix: rows are senders, columns receivers; a
-// cell shows the source address the receiver saw.
+// PrintMatrix prints the matrix, one table per family: rows are senders,
+// columns receivers; a cell shows the source address the receiver saw.
 func PrintMatrix(w io.Writer, pods []*Pod, cells []Cell) (failed int) {
-	idx := map[[2]*Pod]Cell{}
+	for _, f := range []Family{Family4, Family6} {
+		var fc []Cell
+		for _, c := range cells {
+			if c.Family == f {
+				fc = append(fc, c)
+			}
+		}
+		if len(fc) == 0 {
+			continue
+		}
+		var fp []*Pod
+		for _, p := range pods {
+			if q := p.As(f); q != nil {
+				fp = append(fp, q)
+			}
+		}
+		failed += printMatrix(w, f, fp, fc)
+	}
+	return failed
+}
+
+func printMatrix(w io.Writer, f Family, pods []*Pod, cells []Cell) (failed int) {
+	idx := map[[2]string]Cell{}
 	for _, c := range cells {
-		idx[[2]*Pod{c.Src, c.Dst}] = c
+		idx[[2]string{c.Src.Name, c.Dst.Name}] = c
 		if !c.OK() {
 			failed++
 		}
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprint(tw, "FROM \\ TO")
+	fmt.Fprintf(tw, "%s: FROM \\ TO", f)
 	for _, d := range pods {
 		fmt.Fprintf(tw, "\t%s", d.Name)
 	}
@@ -174,7 +211,7 @@ func PrintMatrix(w io.Writer, pods []*Pod, cells []Cell) (failed int) {
 	for _, s := range pods {
 		fmt.Fprintf(tw, "%s %s", s.Name, s.IP)
 		for _, d := range pods {
-			c, ok := idx[[2]*Pod{s, d}]
+			c, ok := idx[[2]string{s.Name, d.Name}]
 			switch {
 			case s.Node.Member == d.Node.Member:
 				fmt.Fprint(tw, "\t·")
@@ -187,7 +224,7 @@ func PrintMatrix(w io.Writer, pods []*Pod, cells []Cell) (failed int) {
 		fmt.Fprintln(tw)
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "%d of %d cross-cluster pairs ok (TCP + ICMP; a cell shows the source address the receiver saw; · = same cluster)\n", len(cells)-failed, len(cells))
+	fmt.Fprintf(w, "%s: %d of %d cross-cluster pairs ok (TCP + ICMP; a cell shows the source address the receiver saw; · = same cluster)\n", f, len(cells)-failed, len(cells))
 	return failed
 }
 
