@@ -49,11 +49,11 @@ type Member struct {
 	// JoinOutput is what the join command printed.
 	JoinOutput string
 
-	lanNS, natNS    string
+	lanNS, natNS string
 	// routedNS is the bridge of the routed subnet, routerNS the router
 	// between it and the LAN ("" when the member has no routed workers).
 	routedNS, routerNS string
-	agentKubeconfig string
+	agentKubeconfig    string
 	// gatewayKubeconfig is the gateway candidates' (ServiceAccount archipelago-gateway).
 	gatewayKubeconfig string
 	mu                sync.Mutex
@@ -70,14 +70,14 @@ type Node struct {
 	Candidate bool
 	// Routed nodes sit on the routed subnet (172.31.<member>.0/24), a
 	// router away from the LAN and its gateways.
-	Routed    bool
-	Iface     string // WireGuard interface name (unique in the lab)
-	StateDir  string
-	Endpoint  string // --public-endpoint
-	PodCIDR   netip.Prefix // the node's first podCIDR (IPv4 unless the lab is IPv6-only)
-	PodCIDR6  netip.Prefix // its IPv6 podCIDR in a dual lab
-	Pods      []*Pod
-	Member    *Member
+	Routed   bool
+	Iface    string // WireGuard interface name (unique in the lab)
+	StateDir string
+	Endpoint string       // --public-endpoint
+	PodCIDR  netip.Prefix // the node's first podCIDR (IPv4 unless the lab is IPv6-only)
+	PodCIDR6 netip.Prefix // its IPv6 podCIDR in a dual lab
+	Pods     []*Pod
+	Member   *Member
 
 	agent *Proc
 }
