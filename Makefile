@@ -102,7 +102,7 @@ demo: ## Show archipelago working end to end: a hub and three member clusters on
 	$(BIN)/archipelago-lab $(DEMO_FLAGS)
 
 .PHONY: e2e
-e2e: ## Run the lab end-to-end suite (root; builds what it needs).
+e2e: ## Run the lab end-to-end suite (root; builds what it needs). Dual-stack; ARCHIPELAGO_LAB_IP_FAMILY=ipv4|ipv6 for one family.
 	hack/install-packages.sh
 	$(MAKE) --no-print-directory test-binaries lab-binaries
 	go test -tags e2e -count=1 -timeout 20m -v ./test/e2e/lab/

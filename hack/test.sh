@@ -3,7 +3,7 @@
 #   1. unit + API integration (a real kube-apiserver and etcd from bin/k8s)
 #   2. the allocator's fuzz target, for a short fixed time
 #   3. privileged data path tests (root: network namespaces, TUN, nftables)
-#   4. the lab end-to-end suite (root)
+#   4. the lab end-to-end suite (root), dual-stack and then IPv6-only
 # A tier that cannot run here says why and is reported as skipped.
 # Set SKIP_E2E=1 to leave out tier 4.
 set -euo pipefail
@@ -64,7 +64,11 @@ if [[ $(id -u) -eq 0 ]]; then
   if [[ -z "${SKIP_E2E:-}" && -d test/e2e/lab ]]; then
     step "lab end-to-end suite"
     make --no-print-directory lab-binaries
-    gotest "e2e lab" -v -count=1 -timeout 30m -tags e2e ./test/e2e/lab/...
+    gotest "e2e lab (dual-stack)" -v -count=1 -timeout 30m -tags e2e ./test/e2e/lab/...
+    step "lab end-to-end suite, IPv6-only (tunnels over an IPv6 WAN)"
+    export ARCHIPELAGO_LAB_IP_FAMILY=ipv6
+    gotest "e2e lab (IPv6-only)" -v -count=1 -timeout 30m -tags e2e ./test/e2e/lab/...
+    unset ARCHIPELAGO_LAB_IP_FAMILY
   else
     summary+=("skipped e2e lab (SKIP_E2E set or no suite)")
   fi

@@ -478,6 +478,10 @@ func (d *diagnosis) checkNode(m *meshv1.ClusterSetMembership, s nodeState, podsR
 			if len(r.NextHops) > 1 {
 				hops = strings.Join(r.NextHops, " and ")
 			}
+			if r.Encapsulation != "" {
+				// Off-link gateway: "vxlan archipelago-vx to <gateway>".
+				hops += " (" + r.Encapsulation + ")"
+			}
 			d.add(name+" next hop", StatusOK, "Remote ranges via "+hops, "")
 		}
 	}

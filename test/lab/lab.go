@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"golang.org/x/sys/unix"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -230,6 +231,12 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 	// The lab's own clients log nothing (controller-runtime would warn
 	// with a stack trace that no logger is set).
 	crlog.SetLogger(logr.Discard())
+	// Descriptors this process inherited (a caller's flock on a lock
+	// file) are not passed on to what the lab starts: a device process
+	// left behind by a crash must not hold the caller's lock.
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		return nil, fmt.Errorf("mark inherited descriptors close-on-exec: %w", err)
+	}
 	l = &Lab{Config: cfg, used: map[int]bool{}}
 	l.Dir, err = os.MkdirTemp("", "archipelago-lab-")
 	if err != nil {

@@ -393,9 +393,11 @@ func (l *Lab) natRoutes(node *Node) []string {
 	return lines
 }
 
-// addNS makes a namespace; in a lab with IPv6, addresses and links of its
-// interfaces skip duplicate address detection (usable at once, as the
-// lab's addresses are unique by construction).
+// addNS makes a namespace. In a lab with IPv6, its interfaces skip
+// duplicate address detection (addresses are usable at once; the lab's are
+// unique by construction) and keep their IPv6 addresses while down, as
+// IPv4 ones are kept: a node that lost power comes back with its
+// addresses, as a real one does from its configuration.
 func (l *Lab) addNS(ns string) error {
 	if err := netns.Add(ns); err != nil {
 		return err
@@ -403,9 +405,15 @@ func (l *Lab) addNS(ns string) error {
 	if !l.Has6() {
 		return nil
 	}
-	for _, key := range []string{"net.ipv6.conf.all.accept_dad", "net.ipv6.conf.default.accept_dad"} {
-		if err := sysctl(ns, key, "0"); err != nil {
-			return err
+	for _, key := range []string{"accept_dad", "keep_addr_on_down"} {
+		value := "0"
+		if key == "keep_addr_on_down" {
+			value = "1"
+		}
+		for _, scope := range []string{"all", "default"} {
+			if err := sysctl(ns, "net.ipv6.conf."+scope+"."+key, value); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

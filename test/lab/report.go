@@ -248,16 +248,20 @@ func DeviceKey(n *Node) (string, []string, error) {
 }
 
 // AgentRoutes returns the destinations of the routes in the agent's table
-// (2684) on the node.
+// (2684) on the node, IPv4 and IPv6.
 func AgentRoutes(n *Node) []string {
-	out, err := nsRun(n.NS, "ip", "-4", "route", "show", "table", "2684")
-	if err != nil {
-		return nil
-	}
 	var dsts []string
-	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-		if f := strings.Fields(line); len(f) > 0 {
-			dsts = append(dsts, f[0])
+	for _, fam := range []string{"-4", "-6"} {
+		out, err := nsRun(n.NS, "ip", fam, "route", "show", "table", "2684")
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+			// "unreachable <dst> ..." lines (the fail-closed routes
+			// under the real ones) count as "unreachable".
+			if f := strings.Fields(line); len(f) > 0 {
+				dsts = append(dsts, f[0])
+			}
 		}
 	}
 	return dsts

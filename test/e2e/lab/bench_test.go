@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os/exec"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -264,4 +265,68 @@ func BenchmarkAPIWrites(b *testing.B) {
 	b.ReportMetric(perMin(busy.other(), busy.window)/nodes, "other-writes/min/node-traffic")
 	b.Logf("member alpha apiserver writes: idle %s; under 50 Mbit/s %s; besides Lease renewals %.1f/min per node idle, %.1f under traffic",
 		idle, busy, perMin(idle.other(), idle.window)/nodes, perMin(busy.other(), busy.window)/nodes)
+}
+
+// BenchmarkTunnelFamilies: one TCP stream pod -> pod across the tunnel
+// over IPv4 and over IPv6, the same pods and tunnel in one run (the dual
+// lab's tunnel rides an IPv4 WAN; the inner family differs). Each family
+// runs twice, alternating, and keeps its better run.
+func BenchmarkTunnelFamilies(b *testing.B) {
+	l := needBench(b)
+	if !l.Has4() || !l.Has6() {
+		b.Skip("the lab is not dual-stack")
+	}
+	ctx := context.Background()
+	const secs = 5
+	src, dst := podB(b, l, "alpha-w1-p1"), podB(b, l, "bravo-w1-p1")
+	best := map[lab.Family]float64{}
+	for round := 0; round < 2; round++ {
+		for _, f := range []lab.Family{lab.Family4, lab.Family6} {
+			s, d := src.As(f), dst.As(f)
+			if _, err := lab.WaitTCP(ctx, s, d, 30*time.Second); err != nil {
+				b.Fatal(err)
+			}
+			best[f] = max(best[f], iperf(b, l, s.NS, d.NS, d.IP.String(), secs))
+		}
+	}
+	g4, g6 := best[lab.Family4]/1e9, best[lab.Family6]/1e9
+	b.ReportMetric(g4, "Gbit/s-IPv4")
+	b.ReportMetric(g6, "Gbit/s-IPv6")
+	b.ReportMetric(g6/g4, "x-IPv6-vs-IPv4")
+	b.Logf("one TCP stream %s -> %s through the tunnel, best of 2 x %ds: IPv4 %.2f Gbit/s, IPv6 %.2f Gbit/s (IPv6 = %.0f%% of IPv4)",
+		src.Name, dst.Name, secs, g4, g6, 100*g6/g4)
+}
+
+// BenchmarkWorkerEncapsulation: one TCP stream from a worker's pod to a
+// remote pod, from the on-link worker (routes via the gateway) and from
+// the routed worker (VXLAN to the gateway through the router), in one run
+// and every family. The routed path also crosses the router namespace.
+func BenchmarkWorkerEncapsulation(b *testing.B) {
+	l := needBench(b)
+	m := l.Member("alpha")
+	if m.Node("r1") == nil {
+		b.Skip("alpha has no routed worker")
+	}
+	ctx := context.Background()
+	const secs = 5
+	onlink, routed, dst := podB(b, l, "alpha-w1-p1"), podB(b, l, "alpha-r1-p1"), podB(b, l, "bravo-w1-p1")
+	var lines []string
+	for _, f := range l.Families() {
+		best := map[string]float64{}
+		for round := 0; round < 2; round++ {
+			for _, src := range []*lab.Pod{onlink, routed} {
+				s, d := src.As(f), dst.As(f)
+				if _, err := lab.WaitTCP(ctx, s, d, 30*time.Second); err != nil {
+					b.Fatal(err)
+				}
+				best[src.Name] = max(best[src.Name], iperf(b, l, s.NS, d.NS, d.IP.String(), secs))
+			}
+		}
+		on, vx := best[onlink.Name]/1e9, best[routed.Name]/1e9
+		b.ReportMetric(on, "Gbit/s-on-link-"+f.String())
+		b.ReportMetric(vx, "Gbit/s-vxlan-"+f.String())
+		b.ReportMetric(vx/on, "x-vxlan-vs-on-link-"+f.String())
+		lines = append(lines, fmt.Sprintf("%s: on-link %.2f Gbit/s, VXLAN %.2f Gbit/s (VXLAN = %.0f%% of on-link)", f, on, vx, 100*vx/on))
+	}
+	b.Logf("one TCP stream worker pod -> %s, best of 2 x %ds:\n  %s", dst.Name, secs, strings.Join(lines, "\n  "))
 }

@@ -20,16 +20,20 @@ import (
 // namespace.
 func sinkCount(t *testing.T, ns string) int {
 	t.Helper()
-	out, err := exec.Command("ip", "netns", "exec", ns, "nft", "list", "chain", "ip", "sink", "pre").CombinedOutput()
+	out, err := exec.Command("ip", "netns", "exec", ns, "nft", "list", "chain", "inet", "sink", "pre").CombinedOutput()
 	if err != nil {
 		t.Fatalf("read the sink's counter: %v: %s", err, out)
 	}
-	m := regexp.MustCompile(`counter packets (\d+)`).FindSubmatch(out)
-	if m == nil {
+	ms := regexp.MustCompile(`counter packets (\d+)`).FindAllSubmatch(out, -1)
+	if ms == nil {
 		t.Fatalf("no counter in the sink's chain:\n%s", out)
 	}
-	n, _ := strconv.Atoi(string(m[1]))
-	return n
+	total := 0
+	for _, m := range ms {
+		n, _ := strconv.Atoi(string(m[1]))
+		total += n
+	}
+	return total
 }
 
 // sendUDP sends a small datagram every 20 ms for d from
@@ -58,10 +62,10 @@ func sendUDP(t *testing.T, src *lab.Pod, dst string, d time.Duration) int {
 
 // Fail closed. alpha's active gateway gets a default route to a
 // sink namespace (what a real node's main table has: a way out that is not
-// the tunnel). Its tunnel device is deleted (the device process dies) while
-// pods on the gateway and on a worker send to bravo's range: the sink sees
-// none of it, and traffic returns through the tunnel when the agent opens
-// the device again.
+// the tunnel), of every family of the lab. Its tunnel device is deleted
+// (the device process dies) while pods on the gateway and on a worker send
+// to bravo's ranges: the sink sees none of it, and traffic returns through
+// the tunnel when the agent opens the device again.
 func TestFailClosedSink(t *testing.T) {
 	l := need(t)
 	ctx := context.Background()
@@ -70,7 +74,7 @@ func TestFailClosedSink(t *testing.T) {
 	if err != nil || gw == nil {
 		t.Fatalf("active gateway of alpha: %v %v", gw, err)
 	}
-	remote := bravo.PodCIDRs[0]
+	remote := strings.Join(bravo.PodCIDRs, ",")
 	dst := pod(t, l, "bravo-w1-p1")
 	srcs := []*lab.Pod{gw.Pods[0], pod(t, l, "alpha-w1-p1")}
 	for _, s := range srcs {
@@ -89,25 +93,39 @@ func TestFailClosedSink(t *testing.T) {
 	run("ip", "netns", "add", sink)
 	t.Cleanup(func() {
 		_ = exec.Command("ip", "-n", gw.NS, "route", "del", "default", "via", "198.18.9.2").Run()
+		_ = exec.Command("ip", "-n", gw.NS, "-6", "route", "del", "default", "via", "fd18:9::2").Run()
 		_ = exec.Command("ip", "netns", "del", sink).Run()
 	})
 	run("ip", "-n", gw.NS, "link", "add", "sink0", "type", "veth", "peer", "name", "eth0", "netns", sink)
 	run("ip", "-n", gw.NS, "addr", "add", "198.18.9.1/30", "dev", "sink0")
+	run("ip", "-n", gw.NS, "addr", "add", "fd18:9::1/64", "dev", "sink0", "nodad")
 	run("ip", "-n", gw.NS, "link", "set", "sink0", "up")
 	run("ip", "-n", sink, "addr", "add", "198.18.9.2/30", "dev", "eth0")
+	run("ip", "-n", sink, "addr", "add", "fd18:9::2/64", "dev", "eth0", "nodad")
 	run("ip", "-n", sink, "link", "set", "eth0", "up")
 	run("ip", "-n", sink, "link", "set", "lo", "up")
-	nftScript := fmt.Sprintf("table ip sink {\n chain pre {\n  type filter hook prerouting priority raw;\n  ip daddr %s counter\n }\n}\n", remote)
+	var rules []string
+	for _, c := range bravo.PodCIDRs {
+		if strings.Contains(c, ":") {
+			rules = append(rules, "  ip6 daddr "+c+" counter")
+		} else {
+			rules = append(rules, "  ip daddr "+c+" counter")
+		}
+	}
+	nftScript := fmt.Sprintf("table inet sink {\n chain pre {\n  type filter hook prerouting priority raw;\n%s\n }\n}\n", strings.Join(rules, "\n"))
 	cmd := exec.Command("ip", "netns", "exec", sink, "nft", "-f", "-")
 	cmd.Stdin = strings.NewReader(nftScript)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("sink counter: %v: %s", err, out)
 	}
 	run("ip", "-n", gw.NS, "route", "add", "default", "via", "198.18.9.2", "dev", "sink0")
+	run("ip", "-n", gw.NS, "-6", "route", "add", "default", "via", "fd18:9::2", "dev", "sink0")
 
-	// The default route leads to the sink.
-	if out, _ := exec.Command("ip", "-n", gw.NS, "route", "get", "198.51.100.7").CombinedOutput(); !strings.Contains(string(out), "sink0") {
-		t.Fatalf("the default route does not lead to the sink: %s", out)
+	// The default routes lead to the sink.
+	for _, probe := range []string{"198.51.100.7", "2001:db8::7"} {
+		if out, _ := exec.Command("ip", "-n", gw.NS, "route", "get", probe).CombinedOutput(); !strings.Contains(string(out), "sink0") {
+			t.Fatalf("the default route does not lead to the sink: %s", out)
+		}
 	}
 
 	// The tunnel becomes unusable: its device disappears.
@@ -115,7 +133,9 @@ func TestFailClosedSink(t *testing.T) {
 	run("ip", "-n", gw.NS, "link", "del", gw.Iface)
 	sent := 0
 	for _, s := range srcs {
-		sent += sendUDP(t, s, dst.IP.String(), 1500*time.Millisecond)
+		for _, f := range l.Families() {
+			sent += sendUDP(t, s.As(f), dst.Addr(f).String(), 750*time.Millisecond)
+		}
 	}
 	route, _ := exec.Command("ip", "-n", gw.NS, "route", "get", dst.IP.String()).CombinedOutput()
 	if n := sinkCount(t, sink); n != 0 {

@@ -44,22 +44,24 @@ func waitPairs(t *testing.T, pods []*lab.Pod, timeout time.Duration) time.Durati
 	return time.Since(start)
 }
 
-// 1. Ranges are distinct and inside the pool; node podCIDRs inside the range.
+// 1. Ranges are distinct and inside the pools, one per family of the lab;
+// node podCIDRs inside the range of their family.
 func TestRangesDistinctInsidePool(t *testing.T) {
 	l := need(t)
 	ctx := context.Background()
-	pool := netip.MustParsePrefix(lab.Pool)
+	pools := map[bool]netip.Prefix{true: netip.MustParsePrefix(lab.Pool), false: netip.MustParsePrefix(lab.Pool6)}
 	var mcs meshv1.MemberClusterList
 	if err := l.Hub.Client.List(ctx, &mcs); err != nil {
 		t.Fatal(err)
 	}
 	var seen []netip.Prefix
 	for _, mc := range mcs.Items {
-		if len(mc.Status.PodCIDRs) == 0 {
-			t.Errorf("member %s has no range", mc.Name)
+		if len(mc.Status.PodCIDRs) != len(l.Families()) {
+			t.Errorf("member %s has ranges %v, want one per family %v", mc.Name, mc.Status.PodCIDRs, l.Families())
 		}
 		for _, s := range mc.Status.PodCIDRs {
 			p := netip.MustParsePrefix(s)
+			pool := pools[p.Addr().Is4()]
 			if !pool.Contains(p.Addr()) || p.Bits() < pool.Bits() {
 				t.Errorf("member %s: range %s outside pool %s", mc.Name, p, pool)
 			}
@@ -72,7 +74,11 @@ func TestRangesDistinctInsidePool(t *testing.T) {
 		}
 	}
 	for _, m := range l.Members() {
-		rng := netip.MustParsePrefix(m.PodCIDRs[0])
+		ranges := map[bool]netip.Prefix{}
+		for _, s := range m.PodCIDRs {
+			p := netip.MustParsePrefix(s)
+			ranges[p.Addr().Is4()] = p
+		}
 		var nodes corev1.NodeList
 		if err := m.Cluster.Client.List(ctx, &nodes); err != nil {
 			t.Fatal(err)
@@ -81,19 +87,24 @@ func TestRangesDistinctInsidePool(t *testing.T) {
 			t.Errorf("member %s has %d nodes, want >= 2", m.Name, len(nodes.Items))
 		}
 		for _, n := range nodes.Items {
+			if len(n.Spec.PodCIDRs) != len(l.Families()) {
+				t.Errorf("node %s of %s: podCIDRs %v, want one per family", n.Name, m.Name, n.Spec.PodCIDRs)
+			}
 			for _, s := range n.Spec.PodCIDRs {
 				p := netip.MustParsePrefix(s)
-				if !rng.Contains(p.Addr()) || p.Bits() < rng.Bits() {
-					t.Errorf("node %s of %s: podCIDR %s outside the member's range %s", n.Name, m.Name, p, rng)
+				rng, ok := ranges[p.Addr().Is4()]
+				if !ok || !rng.Contains(p.Addr()) || p.Bits() < rng.Bits() {
+					t.Errorf("node %s of %s: podCIDR %s outside the member's range of its family %v", n.Name, m.Name, p, m.PodCIDRs)
 				}
 			}
 		}
-		t.Logf("%s: %s, %d nodes", m.Name, rng, len(nodes.Items))
+		t.Logf("%s: %v, %d nodes", m.Name, m.PodCIDRs, len(nodes.Items))
 	}
 }
 
 // 2. Every pod reaches every pod of every other member over TCP and ICMP,
-// workers included, and the receiver sees the sender's pod IP.
+// in every family of the lab, workers (the routed one too) included, and
+// the receiver sees the sender's pod IP of that family.
 func TestEveryPodReachesEveryPod(t *testing.T) {
 	l := need(t)
 	pods := l.Pods()
@@ -101,17 +112,25 @@ func TestEveryPodReachesEveryPod(t *testing.T) {
 	var b strings.Builder
 	failed := lab.PrintMatrix(&b, pods, cells)
 	t.Log("\n" + b.String())
-	workerPairs := 0
+	workerPairs, routedPairs := map[lab.Family]int{}, map[lab.Family]int{}
 	for _, c := range cells {
 		if !c.Src.Node.Candidate && !c.Dst.Node.Candidate {
-			workerPairs++
+			workerPairs[c.Family]++
+		}
+		if c.Src.Node.Routed || c.Dst.Node.Routed {
+			routedPairs[c.Family]++
 		}
 		if !c.OK() {
-			t.Errorf("%s -> %s: %s (tcp %v, icmp %v)", c.Src.Name, c.Dst.Name, c.Status(), c.TCPErr, c.PingErr)
+			t.Errorf("%s %s -> %s: %s (tcp %v, icmp %v)", c.Family, c.Src.Name, c.Dst.Name, c.Status(), c.TCPErr, c.PingErr)
 		}
 	}
-	if failed > 0 || workerPairs == 0 {
-		t.Fatalf("%d failed cells, %d worker-to-worker pairs", failed, workerPairs)
+	for _, f := range l.Families() {
+		if workerPairs[f] == 0 || routedPairs[f] == 0 {
+			t.Errorf("%s: %d worker-to-worker pairs, %d pairs with the routed worker: the matrix did not cover them", f, workerPairs[f], routedPairs[f])
+		}
+	}
+	if failed > 0 {
+		t.Fatalf("%d failed cells", failed)
 	}
 }
 
@@ -159,6 +178,9 @@ func TestNATedMemberReachableBothWays(t *testing.T) {
 		}
 	}
 	natAddr := fmt.Sprintf("198.18.0.%d", 16*(nat.Index+1))
+	if l.IPFamily == lab.IPv6 {
+		natAddr = fmt.Sprintf("[fd18::%d]", 16*(nat.Index+1))
+	}
 	ts, err := l.Tunnels(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -363,6 +385,22 @@ func powerLoss(t *testing.T, hubDown bool) {
 	if res.tcpErr != nil {
 		t.Errorf("established TCP connection %s -> %s did not survive the failover: %v", res.src.Name, res.dst.Name, res.tcpErr)
 	}
+	if r := m.Node("r1"); r != nil {
+		// The worker behind the router follows the new gateway: its
+		// VXLAN device now points there, and its pod reaches bravo's.
+		start := time.Now()
+		for vxlanRemote(r) != gatewayAddr(l, now) {
+			if time.Since(start) > 30*time.Second {
+				t.Fatalf("%s: VXLAN remote %q 30s after the failover, want the new gateway %s", r.Name, vxlanRemote(r), gatewayAddr(l, now))
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if took, err := lab.WaitTCP(ctx, lab.PodByName(l, r.Name+"-p1"), res.dst, 30*time.Second); err != nil {
+			t.Error(err)
+		} else {
+			t.Logf("routed worker %s: VXLAN to %s after %s, pod reaches %s %s later", r.Name, now.Name, time.Since(start).Round(time.Millisecond), res.dst.Name, took.Round(time.Millisecond))
+		}
+	}
 	if hubDown {
 		if err := l.StartHub(ctx); err != nil {
 			t.Fatal(err)
@@ -535,6 +573,9 @@ func TestMemberLeaves(t *testing.T) {
 	if m == nil {
 		m, _ = joinTimed(t, l, "delta")
 	}
+	if m == nil || len(m.PodCIDRs) == 0 {
+		t.Fatalf("delta did not join: %+v", m)
+	}
 	rng := m.PodCIDRs[0]
 	var keys []string
 	for _, n := range m.Candidates() {
@@ -604,7 +645,8 @@ func TestMemberLeaves(t *testing.T) {
 		if q > 0 || held {
 			sawQuarantine = true
 		}
-		if q == 0 && !held && alloc == int64(len(l.Members())) {
+		// One block per family for every member still in the set.
+		if q == 0 && !held && alloc == int64(len(l.Members())*len(l.Families())) {
 			break
 		}
 		if time.Now().After(qdeadline) {

@@ -20,10 +20,17 @@ var (
 )
 
 // config is the suite's lab: three members, the first with two gateway
-// candidates (takeover), the second with a WAN of 1400 bytes (its tunnel
-// MTU is smaller), the last behind a NAT.
+// candidates (takeover) and a worker on a routed subnet (VXLAN to its
+// gateway), the second with a WAN of 1400 bytes (its tunnel MTU is
+// smaller), the last behind a NAT. Pods and nodes are dual-stack unless
+// ARCHIPELAGO_LAB_IP_FAMILY says ipv4 or ipv6.
 func config() lab.Config {
-	return lab.Config{Members: 3, Candidates: []int{2, 1, 1}, WANMTU: []int{0, 1400, 0}, Progress: os.Stderr, Keep: os.Getenv("ARCHIPELAGO_LAB_KEEP") != ""}
+	family := os.Getenv("ARCHIPELAGO_LAB_IP_FAMILY")
+	if family == "" {
+		family = lab.Dual
+	}
+	return lab.Config{Members: 3, Candidates: []int{2, 1, 1}, WANMTU: []int{0, 1400, 0}, RoutedWorkers: []int{1},
+		IPFamily: family, Progress: os.Stderr, Keep: os.Getenv("ARCHIPELAGO_LAB_KEEP") != ""}
 }
 
 func TestMain(m *testing.M) {

@@ -33,11 +33,17 @@ import (
 func TestTunnelMTUFollowsWAN(t *testing.T) {
 	l := need(t)
 	ctx := context.Background()
+	// WireGuard's overhead over the WAN's family: the IPv6 lab's
+	// tunnels ride IPv6.
+	overhead := 60
+	if l.IPFamily == lab.IPv6 {
+		overhead = 80
+	}
 	want := map[string]int{}
 	for _, m := range l.Members() {
-		want[m.Name] = 1440
+		want[m.Name] = 1500 - overhead
 		if m.WANMTU != 0 {
-			want[m.Name] = m.WANMTU - 60
+			want[m.Name] = m.WANMTU - overhead
 		}
 	}
 	for _, m := range l.Members() {
@@ -106,22 +112,40 @@ func TestTunnelMTUFollowsWAN(t *testing.T) {
 	// -> worker.
 	src, dst := workerPod(t, alpha), workerPod(t, bravo)
 
-	// Path MTU discovery across the clusters: a ping that does not fit
-	// gets "fragmentation needed" with the path MTU from alpha's gateway
-	// (not a silent drop on bravo's WAN), one that fits goes through.
-	big := exec.Command("ip", "netns", "exec", src.NS, "ping", "-n", "-c", "3", "-i", "0.3", "-W", "1", "-M", "do", "-s", fmt.Sprint(want[alpha.Name]-28), dst.IP.String())
-	out, _ := big.CombinedOutput()
-	if m := regexp.MustCompile(`mtu ?= ?(\d+)`).FindSubmatch(out); m == nil || string(m[1]) != fmt.Sprint(pathMTU) {
-		t.Errorf("ping of %d bytes with DF from %s to %s: want an ICMP error naming mtu %d, got:\n%s", want[alpha.Name], src.Name, dst.Name, pathMTU, out)
-	}
-	fits := exec.Command("ip", "netns", "exec", src.NS, "ping", "-n", "-q", "-c", "1", "-W", "2", "-M", "do", "-s", fmt.Sprint(pathMTU-28), dst.IP.String())
-	if out, err := fits.CombinedOutput(); err != nil {
-		t.Errorf("ping of %d bytes with DF from %s to %s: %v\n%s", pathMTU, src.Name, dst.Name, err, out)
-	}
-	// UDP larger than the path: the sockets learn the path MTU from the
-	// gateways' ICMP errors and fragment; the datagram and its echo arrive.
-	if err := bigUDPEcho(ctx, src, dst, want[alpha.Name]-28); err != nil {
-		t.Errorf("UDP datagram of %d bytes from %s to %s and back: %v", want[alpha.Name]-28, src.Name, dst.Name, err)
+	for _, f := range l.Families() {
+		s, d := src.As(f), dst.As(f)
+		// IP and ICMP (or UDP) headers of the family.
+		hdr := 28
+		if f == lab.Family6 {
+			hdr = 48
+		}
+		// Path MTU discovery across the clusters: a ping that does not
+		// fit gets "fragmentation needed" ("packet too big") with the
+		// path MTU from alpha's gateway (not a silent drop on bravo's
+		// WAN), one that fits goes through.
+		big := exec.Command("ip", "netns", "exec", s.NS, "ping", "-n", "-c", "3", "-i", "0.3", "-W", "1", "-M", "do", "-s", fmt.Sprint(want[alpha.Name]-hdr), d.IP.String())
+		out, _ := big.CombinedOutput()
+		if m := regexp.MustCompile(`mtu ?= ?(\d+)`).FindSubmatch(out); m == nil || string(m[1]) != fmt.Sprint(pathMTU) {
+			t.Errorf("%s ping of %d bytes with DF from %s to %s: want an ICMP error naming mtu %d, got:\n%s", f, want[alpha.Name], s.Name, d.Name, pathMTU, out)
+		}
+		fits := exec.Command("ip", "netns", "exec", s.NS, "ping", "-n", "-q", "-c", "1", "-W", "2", "-M", "do", "-s", fmt.Sprint(pathMTU-hdr), d.IP.String())
+		if out, err := fits.CombinedOutput(); err != nil {
+			t.Errorf("%s ping of %d bytes with DF from %s to %s: %v\n%s", f, pathMTU, s.Name, d.Name, err, out)
+		}
+		// UDP larger than the path: the sockets learn the path MTU from
+		// the gateways' ICMP errors and fragment; the datagram and its
+		// echo arrive.
+		if err := bigUDPEcho(ctx, s, d, want[alpha.Name]-hdr); err != nil {
+			t.Errorf("%s UDP datagram of %d bytes from %s to %s and back: %v", f, want[alpha.Name]-hdr, s.Name, d.Name, err)
+		}
+		// The first hop that needs it may be the remote gateway: bravo's
+		// gateway forwards to the worker over a link it routes with a
+		// smaller MTU. Its "fragmentation needed" has to come back
+		// through the tunnel, whose far end accepts from bravo only
+		// sources in bravo's pod ranges.
+		if err := remoteGatewaySaysFragNeeded(t, ctx, bravo, s, d, pathMTU, hdr); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
 	}
 
 	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
@@ -135,10 +159,14 @@ func TestTunnelMTUFollowsWAN(t *testing.T) {
 		t.Errorf("receiver saw %s, want %s", seen, src.IP)
 	}
 	mss := maxseg(t, c)
-	// The path MTU less 40 bytes of IPv4 and TCP headers; the kernel's
-	// value is a little lower again with TCP options.
-	if mss > pathMTU-40 {
-		t.Errorf("client MSS %d, want at most %d (path MTU %d)", mss, pathMTU-40, pathMTU)
+	// The path MTU less 40 bytes of IPv4 and TCP headers (60 of IPv6);
+	// the kernel's value is a little lower again with TCP options.
+	tcpHdr := 40
+	if src.IP.Is6() {
+		tcpHdr = 60
+	}
+	if mss > pathMTU-tcpHdr {
+		t.Errorf("client MSS %d, want at most %d (path MTU %d)", mss, pathMTU-tcpHdr, pathMTU)
 	}
 	payload := make([]byte, 1<<20)
 	_, _ = rand.Read(payload)
@@ -155,21 +183,13 @@ func TestTunnelMTUFollowsWAN(t *testing.T) {
 		t.Fatal("echo differs")
 	}
 	t.Logf("%s -> %s: MSS %d, 1 MiB echoed in %s", src.Name, dst.Name, mss, time.Since(start).Round(time.Millisecond))
-
-	// The first hop that needs it may be the remote gateway: bravo's
-	// gateway forwards to the worker over a link it routes with a smaller
-	// MTU. Its "fragmentation needed" has to come back through the tunnel,
-	// whose far end accepts from bravo only sources in bravo's pod ranges.
-	if err := remoteGatewaySaysFragNeeded(t, ctx, bravo, src, dst, pathMTU); err != nil {
-		t.Error(err)
-	}
 }
 
 // remoteGatewaySaysFragNeeded lowers the MTU of the route from m's active
 // gateway to dst's node to 1300 for a moment, sends a ping with DF that fits
 // the tunnel but not that route from src, and expects "fragmentation
 // needed" naming 1300 at src.
-func remoteGatewaySaysFragNeeded(t *testing.T, ctx context.Context, m *lab.Member, src, dst *lab.Pod, pathMTU int) error {
+func remoteGatewaySaysFragNeeded(t *testing.T, ctx context.Context, m *lab.Member, src, dst *lab.Pod, pathMTU, hdr int) error {
 	t.Helper()
 	var ms meshv1.ClusterSetMembership
 	if err := m.Cluster.Client.Get(ctx, client.ObjectKey{Name: "membership"}, &ms); err != nil {
@@ -184,7 +204,15 @@ func remoteGatewaySaysFragNeeded(t *testing.T, ctx context.Context, m *lab.Membe
 	if gw == nil || dst.Node == gw {
 		return fmt.Errorf("%s: active gateway %q is not a candidate, or hosts %s", m.Name, ms.Status.ActiveGateway, dst.Name)
 	}
-	route := []string{dst.Node.PodCIDR.String(), "via", dst.Node.LANIP, "dev", "eth0"}
+	// The CNI's route to dst's node for dst's family.
+	pc, via := dst.Node.PodCIDR, dst.Node.LANIP
+	if dst.IP.Is6() {
+		pc, via = dst.Node.PodCIDR6, dst.Node.LANIP6
+		if !pc.IsValid() {
+			pc = dst.Node.PodCIDR // an IPv6-only lab's first podCIDR
+		}
+	}
+	route := []string{pc.String(), "via", via, "dev", "eth0"}
 	set := func(extra ...string) error {
 		args := append(append([]string{"-n", gw.NS, "route", "replace"}, route...), extra...)
 		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
@@ -200,7 +228,7 @@ func remoteGatewaySaysFragNeeded(t *testing.T, ctx context.Context, m *lab.Membe
 			t.Errorf("restore the route of %s: %v", gw.Name, err)
 		}
 	}()
-	ping := exec.Command("ip", "netns", "exec", src.NS, "ping", "-n", "-c", "3", "-i", "0.3", "-W", "1", "-M", "do", "-s", fmt.Sprint(pathMTU-28), dst.IP.String())
+	ping := exec.Command("ip", "netns", "exec", src.NS, "ping", "-n", "-c", "3", "-i", "0.3", "-W", "1", "-M", "do", "-s", fmt.Sprint(pathMTU-hdr), dst.IP.String())
 	out, _ := ping.CombinedOutput()
 	if !regexp.MustCompile(`mtu ?= ?1300\b`).Match(out) {
 		return fmt.Errorf("ping of %d bytes with DF from %s to %s through %s's route at MTU 1300: want an ICMP error naming mtu 1300 from the remote gateway, got:\n%s", pathMTU, src.Name, dst.Name, gw.Name, out)
