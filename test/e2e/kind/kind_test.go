@@ -818,8 +818,21 @@ func (e *env) failover(t *testing.T, probes map[string][]probe, how string) stri
 	if got := lines[len(lines)-1]; !strings.HasPrefix(got, from.ip+":") {
 		t.Errorf("after failover the receiver saw %q, want %s", got, from.ip)
 	}
-	msg := fmt.Sprintf("FAILOVER (docker %s): active gateway node %s (docker %s took %.1fs); traffic %s -> %s back after %.1fs",
-		how, stopped, how, stopTook.Seconds(), from.pod, to.pod, took.Seconds())
+	// IPv6 follows the same takeover (the workers' next hop of each
+	// family, one peer per remote): it must answer too, source kept.
+	addr6 := net.JoinHostPort(to.ip6, strconv.Itoa(probePort))
+	if err := eventually(15*time.Second, 200*time.Millisecond, func() error {
+		seen, err := e.seen(c1, from.pod, addr6, time.Second)
+		if err == nil && seen != from.ip6 {
+			err = fmt.Errorf("the receiver saw %s, want %s", seen, from.ip6)
+		}
+		return err
+	}); err != nil {
+		t.Errorf("after 'docker %s %s', IPv6 %s -> %s: %v", how, stopped, from.pod, addr6, err)
+	}
+	took6 := time.Since(start)
+	msg := fmt.Sprintf("FAILOVER (docker %s): active gateway node %s (docker %s took %.1fs); traffic %s -> %s back after %.1fs (IPv4), IPv6 answering %.1fs after the command",
+		how, stopped, how, stopTook.Seconds(), from.pod, to.pod, took.Seconds(), took6.Seconds())
 	fmt.Println("==> " + msg)
 	t.Log(msg)
 	if took > 5*time.Second {
