@@ -23,7 +23,7 @@ budget=${CI_KIND_BUDGET:-3600}
 cold_binaries=${CI_KIND_COLD_BINARIES:-1100} # kubelet, kubeadm, kcm, scheduler, proxy, crictl, coredns, kind (measured 1070)
 cold_images=${CI_KIND_COLD_IMAGES:-570}      # docker install (14) + rootfs, base, components, node image (323) + project images (226)
 warm_build=${CI_KIND_WARM_BUILD:-120}        # Go cache warm: binaries relinked (52), node image reused or loaded (11), project images (7)
-suite=${CI_KIND_SUITE:-360}                  # clusters, install, all checks, delete (measured 212-309)
+suite=${CI_KIND_SUITE:-720}                  # clusters, install, all checks, delete (measured 530-676 with dual-stack members)
 
 if [[ "${CI_KIND:-}" == 0 ]]; then
   echo "==> kind e2e: skipped (CI_KIND=0)"

@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -169,8 +170,9 @@ func (e *env) phase(name string, f func()) {
 // nodeInfo is a node of a member cluster.
 type nodeInfo struct {
 	Name    string
-	IP      string
-	Gateway bool // labelled gateway candidate
+	IP      string // IPv4 InternalIP
+	IP6     string // IPv6 InternalIP (the members are dual-stack)
+	Gateway bool   // labelled gateway candidate
 }
 
 func (e *env) nodes(cluster string) []nodeInfo {
@@ -195,7 +197,11 @@ func (e *env) nodes(cluster string) []nodeInfo {
 		n := nodeInfo{Name: it.Metadata.Name}
 		_, n.Gateway = it.Metadata.Labels[gatewayKey]
 		for _, a := range it.Status.Addresses {
-			if a.Type == "InternalIP" && !strings.Contains(a.Address, ":") {
+			switch {
+			case a.Type != "InternalIP":
+			case strings.Contains(a.Address, ":"):
+				n.IP6 = a.Address
+			default:
 				n.IP = a.Address
 			}
 		}
@@ -275,26 +281,44 @@ spec:
 `, name, testNS, l.String(), node, probeImage, probePort)
 }
 
-// podIP waits until pod runs and returns its IP.
+// podIP waits until pod runs and returns its IP (the IPv4 one: IPv4 is the
+// members' primary family).
 func (e *env) podIP(cluster, pod string) string {
 	e.t.Helper()
-	var ip string
+	ip, _ := e.podIPs(cluster, pod)
+	return ip
+}
+
+// podIPs waits until pod runs and returns its IPv4 address and its IPv6
+// address ("" when the pod has none).
+func (e *env) podIPs(cluster, pod string) (ip4, ip6 string) {
+	e.t.Helper()
 	err := eventually(2*time.Minute, time.Second, func() error {
-		out, err := e.kubectl(cluster, "-n", testNS, "get", "pod", pod, "-o", "jsonpath={.status.phase} {.status.podIP}")
+		out, err := e.kubectl(cluster, "-n", testNS, "get", "pod", pod, "-o", "jsonpath={.status.phase} {.status.podIPs[*].ip}")
 		if err != nil {
 			return err
 		}
 		f := strings.Fields(out)
-		if len(f) != 2 || f[0] != "Running" {
+		if len(f) < 2 || f[0] != "Running" {
 			return fmt.Errorf("pod %s/%s: %q", cluster, pod, out)
 		}
-		ip = f[1]
+		ip4, ip6 = "", ""
+		for _, a := range f[1:] {
+			if strings.Contains(a, ":") {
+				ip6 = a
+			} else {
+				ip4 = a
+			}
+		}
+		if ip4 == "" {
+			return fmt.Errorf("pod %s/%s has no IPv4 address: %q", cluster, pod, out)
+		}
 		return nil
 	})
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	return ip
+	return ip4, ip6
 }
 
 // seen connects from pod to addr with archipelago-probe and returns the
@@ -304,9 +328,10 @@ func (e *env) seen(cluster, pod, addr string, timeout time.Duration) (string, er
 	if err != nil {
 		return "", err
 	}
+	// The receiver answers host:port ([v6]:port for IPv6).
 	answer := strings.TrimSpace(out)
-	if i := strings.LastIndex(answer, ":"); i > 0 && !strings.Contains(answer[:i], ":") {
-		answer = answer[:i]
+	if host, _, err := net.SplitHostPort(answer); err == nil {
+		return host, nil
 	}
 	return answer, nil
 }
@@ -353,3 +378,13 @@ spec:
 ---
 `, name, testNS, probeImage, probePort, replicas)
 }
+
+// The ClusterSet of the suite: an IPv4 and an IPv6 pool, so every member is
+// dual-stack (join --kind-config writes ipFamily dual with both ranges).
+// Each member's IPv6 block holds 256 of the node /64s kube-controller-manager
+// hands out.
+const (
+	poolV4  = "10.200.0.0/14"
+	poolV6  = "fd00:200::/48"
+	blockV6 = 56
+)

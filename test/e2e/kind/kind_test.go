@@ -6,6 +6,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -33,7 +35,7 @@ func TestKind(t *testing.T) {
 	probes := map[string][]probe{}
 	e.phase("probe pods", func() {
 		for _, c := range e.members {
-			e.mustKubectl(c, "create", "namespace", testNS)
+			e.apply(c, "apiVersion: v1\nkind: Namespace\nmetadata: {name: "+testNS+"}\n")
 			for _, n := range e.nodes(c) {
 				p := probe{cluster: c, node: n.Name, gateway: n.Gateway, pod: "probe-" + strings.TrimPrefix(n.Name, prefix)}
 				e.apply(c, probePod(p.pod, n.Name, nil))
@@ -42,24 +44,46 @@ func TestKind(t *testing.T) {
 		}
 		for _, c := range e.members {
 			for i := range probes[c] {
-				probes[c][i].ip = e.podIP(c, probes[c][i].pod)
+				probes[c][i].ip, probes[c][i].ip6 = e.podIPs(c, probes[c][i].pod)
 			}
 		}
 	})
 
-	t.Run("PodToPodEveryRolePair", func(t *testing.T) { e.testPodToPod(t, probes) })
+	// The members are dual-stack (IPv4 primary): both families, every pair.
+	t.Run("PodToPodEveryRolePair", func(t *testing.T) {
+		t.Run("IPv4", func(t *testing.T) { e.testPodToPod(t, probes, ipv4) })
+		t.Run("IPv6", func(t *testing.T) { e.testPodToPod(t, probes, ipv6) })
+	})
 	t.Run("Verify", func(t *testing.T) { e.testVerify(t) })
 	t.Run("Diagnose", func(t *testing.T) { e.testDiagnose(t) })
 	t.Run("ServiceEndpointSliceAddresses", func(t *testing.T) { e.testService(t, probes) })
 	t.Run("MultiClusterServices", func(t *testing.T) { e.testServices(t, probes) })
+	t.Run("DualStackServiceExport", func(t *testing.T) { e.testDualStackService(t, probes) })
 	t.Run("AgentRestartKeepsTCP", func(t *testing.T) { e.testAgentRestart(t, probes) })
 	t.Run("GatewayNodeStoppedFailover", func(t *testing.T) { e.testFailover(t, probes) })
 	t.Run("UninstallLeavesNothing", func(t *testing.T) { e.testUninstall(t) })
 }
 
 type probe struct {
-	cluster, node, pod, ip string
-	gateway                bool
+	cluster, node, pod string
+	ip, ip6            string // pod IPs: IPv4 (primary) and IPv6
+	gateway            bool
+}
+
+// family is an IP family of the dual-stack members.
+type family string
+
+const (
+	ipv4 family = "IPv4"
+	ipv6 family = "IPv6"
+)
+
+// addr is the probe pod's IP of family f.
+func (p probe) addr(f family) string {
+	if f == ipv6 {
+		return p.ip6
+	}
+	return p.ip
 }
 
 func (p probe) role(active string) string {
@@ -105,6 +129,14 @@ func (e *env) setUp() {
 	}
 
 	e.phase("create hub cluster", func() { e.createCluster(e.hub, "", nil) })
+	// kind made the Docker network with the hub: with an IPv6 subnet where
+	// the engine can (it falls back to IPv4 only where it cannot), and the
+	// dual-stack members need one.
+	if out := strings.TrimSpace(e.must(time.Minute, "docker", "network", "inspect", "-f", "{{.EnableIPv6}} {{range .IPAM.Config}}{{.Subnet}} {{end}}", dockerNet)); !strings.HasPrefix(out, "true ") {
+		t.Fatalf("Docker network %s has no IPv6 (%q): the dual-stack members need it (docs/kind.md, Dual stack)", dockerNet, out)
+	} else {
+		fmt.Printf("==> Docker network %s: IPv6 on, subnets %s\n", dockerNet, strings.TrimPrefix(out, "true "))
+	}
 	e.phase("install hub (kind load + kubectl apply -k config/hub)", func() {
 		e.must(time.Minute, "kind", "load", "docker-image", hubImage, "--name", e.hub)
 		e.must(2*time.Minute, "kubectl", "--context", ctxName(e.hub), "apply", "-k", filepath.Join(e.root, "config/hub"))
@@ -114,9 +146,9 @@ kind: ClusterSet
 metadata:
   name: %s
 spec:
-  podCIDRPools: ["10.200.0.0/14"]
-  blockSize: {ipv4: 16}
-`, clusterSet))
+  podCIDRPools: [%q, %q]
+  blockSize: {ipv4: 16, ipv6: %d}
+`, clusterSet, poolV4, poolV6, blockV6))
 	})
 
 	hubIP := strings.TrimSpace(e.must(time.Minute, "docker", "inspect", "-f",
@@ -307,10 +339,14 @@ func (e *env) waitTunnels(timeout time.Duration) {
 	}
 }
 
-// testPodToPod: every ordered pair of probe pods in different clusters, TCP
-// (the receiver reports the source address it saw) and ICMP (the receiver's
-// node's conntrack entry shows the sender's pod address).
-func (e *env) testPodToPod(t *testing.T, probes map[string][]probe) {
+// testPodToPod: every ordered pair of probe pods in different clusters, over
+// IP family f: TCP (the receiver reports the source address it saw) and ICMP
+// or ICMPv6 (the receiver's node's conntrack entry shows the sender's pod
+// address). For IPv6 it first checks what the family's path rests on: both
+// members hold an IPv6 range from the hub, every node has an IPv6 InternalIP
+// (the workers' next hop to the gateway) and every probe pod an IPv6 address
+// inside its member's range.
+func (e *env) testPodToPod(t *testing.T, probes map[string][]probe, f family) {
 	active := map[string]string{}
 	for _, c := range e.members {
 		m, err := e.membership(c)
@@ -318,41 +354,135 @@ func (e *env) testPodToPod(t *testing.T, probes map[string][]probe) {
 			t.Fatal(err)
 		}
 		active[c] = m.ActiveGateway
+		if f == ipv6 {
+			e.checkDualStack(t, c, m, probes[c])
+		}
+	}
+	if t.Failed() {
+		return
 	}
 	var all []probe
 	for _, c := range e.members {
 		all = append(all, probes[c]...)
+	}
+	e.checkRoutes(t, probes, f, active)
+	ping, ctFamily := "ICMP  ", []string{"-p", "icmp"}
+	if f == ipv6 {
+		ping, ctFamily = "ICMPv6", []string{"-f", "ipv6", "-p", "icmpv6"}
 	}
 	for _, from := range all {
 		for _, to := range all {
 			if from.cluster == to.cluster {
 				continue
 			}
+			src, dst := from.addr(f), to.addr(f)
 			name := fmt.Sprintf("%s(%s)->%s(%s)", from.pod, from.role(active[from.cluster]), to.pod, to.role(active[to.cluster]))
-			seen, err := e.seen(from.cluster, from.pod, fmt.Sprintf("%s:%d", to.ip, probePort), 5*time.Second)
+			seen, err := e.seen(from.cluster, from.pod, net.JoinHostPort(dst, strconv.Itoa(probePort)), 5*time.Second)
 			switch {
 			case err != nil:
-				t.Errorf("TCP %s: %v", name, err)
-			case seen != from.ip:
-				t.Errorf("TCP %s: receiver saw %s, want the sender's pod IP %s (SNAT)", name, seen, from.ip)
+				t.Errorf("TCP/%s %s: %v", f, name, err)
+			case seen != src:
+				t.Errorf("TCP/%s %s: receiver saw %s, want the sender's pod IP %s (SNAT)", f, name, seen, src)
 			default:
-				t.Logf("TCP  %s: ok, receiver saw %s", name, seen)
+				t.Logf("TCP/%s    %s: ok, %s -> %s, receiver saw %s", f, name, src, dst, seen)
 			}
-			if _, err := e.podExec(from.cluster, from.pod, 20*time.Second, "ping", "-c", "2", "-W", "3", to.ip); err != nil {
-				t.Errorf("ICMP %s: %v", name, err)
+			if _, err := e.podExec(from.cluster, from.pod, 20*time.Second, "ping", "-c", "2", "-W", "3", dst); err != nil {
+				t.Errorf("%s %s: %v", ping, name, err)
 				continue
 			}
-			ct, err := e.dockerExec(to.node, "conntrack", "-L", "-p", "icmp", "-d", to.ip)
+			ct, err := e.dockerExec(to.node, append(append([]string{"conntrack", "-L"}, ctFamily...), "-d", dst)...)
 			switch {
 			case err != nil:
-				t.Errorf("ICMP %s: conntrack on %s: %v", name, to.node, err)
-			case !strings.Contains(ct, "src="+from.ip+" "):
-				t.Errorf("ICMP %s: no conntrack entry from %s on %s (SNAT?):\n%s", name, from.ip, to.node, ct)
+				t.Errorf("%s %s: conntrack on %s: %v", ping, name, to.node, err)
+			case !strings.Contains(ct, "src="+src+" "):
+				t.Errorf("%s %s: no conntrack entry from %s on %s (SNAT?):\n%s", ping, name, src, to.node, ct)
 			default:
-				t.Logf("ICMP %s: ok, receiver's node saw src=%s", name, from.ip)
+				t.Logf("%s %s: ok, receiver's node saw src=%s", ping, name, src)
 			}
 		}
 	}
+}
+
+// checkRoutes: on every node of each member, the route to a pod of the other
+// member in family f is the agent's (table 2684): into the tunnel on the
+// active gateway, via the active gateway's InternalIP of that family
+// elsewhere.
+func (e *env) checkRoutes(t *testing.T, probes map[string][]probe, f family, active map[string]string) {
+	t.Helper()
+	ip := "-4"
+	if f == ipv6 {
+		ip = "-6"
+	}
+	for i, c := range e.members {
+		remote := probes[e.members[1-i]][0]
+		nodes := e.nodes(c)
+		var via string
+		for _, n := range nodes {
+			if n.Name == active[c] {
+				via = "via " + n.IP + " "
+				if f == ipv6 {
+					via = "via " + n.IP6 + " "
+				}
+			}
+		}
+		for _, n := range nodes {
+			out, err := e.dockerExec(n.Name, "ip", ip, "route", "get", remote.addr(f))
+			want := via
+			if n.Name == active[c] {
+				want = "dev " + wgInterface + " "
+			}
+			switch {
+			case err != nil:
+				t.Errorf("%s: ip %s route get %s: %v", n.Name, ip, remote.addr(f), err)
+			case !strings.Contains(out, want) || !strings.Contains(out, "table "+routeTable+" "):
+				t.Errorf("%s: route to %s (%s) is not the agent's %q in table %s: %s", n.Name, remote.addr(f), remote.pod, strings.TrimSpace(want), routeTable, out)
+			default:
+				t.Logf("%s: route to %s %s", n.Name, remote.addr(f), strings.TrimSpace(want))
+			}
+		}
+	}
+}
+
+// checkDualStack: member c holds an IPv4 and an IPv6 range from the hub,
+// every node has InternalIPs of both families, and every probe pod an
+// address of each family inside the member's range of that family.
+func (e *env) checkDualStack(t *testing.T, c string, m membership, probes []probe) {
+	t.Helper()
+	var v4, v6 netip.Prefix
+	for _, s := range m.PodCIDRs {
+		p, err := netip.ParsePrefix(s)
+		switch {
+		case err != nil:
+			t.Errorf("%s: membership podCIDR %q: %v", c, s, err)
+		case p.Addr().Is4():
+			v4 = p
+		default:
+			v6 = p
+		}
+	}
+	if !v4.IsValid() || !v6.IsValid() {
+		t.Errorf("%s: membership podCIDRs %v, want one range per family", c, m.PodCIDRs)
+		return
+	}
+	for _, n := range e.nodes(c) {
+		if n.IP == "" || n.IP6 == "" {
+			t.Errorf("%s: node %s InternalIPs %q and %q, want one of each family", c, n.Name, n.IP, n.IP6)
+		}
+		// The CNI masquerades IPv6 leaving the pod range too (as kindnet
+		// does): the source check below is against a real masquerade.
+		masq := fmt.Sprintf("ip6 saddr %s ip6 daddr != %s counter", v6, v6)
+		if out, err := e.dockerExec(n.Name, "nft", "list", "table", "inet", "kindcni"); err != nil || !strings.Contains(out, masq) || !strings.Contains(out, "masquerade") {
+			t.Errorf("%s: node %s has no IPv6 masquerade of kindcni (%q ... masquerade): %v\n%s", c, n.Name, masq, err, out)
+		}
+	}
+	for _, p := range probes {
+		a4, err4 := netip.ParseAddr(p.ip)
+		a6, err6 := netip.ParseAddr(p.ip6)
+		if err4 != nil || err6 != nil || !v4.Contains(a4) || !v6.Contains(a6) {
+			t.Errorf("%s: pod %s has addresses %q and %q, want one in each of %s and %s", c, p.pod, p.ip, p.ip6, v4, v6)
+		}
+	}
+	t.Logf("%s: ranges %s and %s from the hub; every node has an IPv4 and an IPv6 InternalIP and kindcni's IPv6 masquerade; every probe pod an address in each range", c, v4, v6)
 }
 
 func (e *env) testVerify(t *testing.T) {
@@ -688,8 +818,21 @@ func (e *env) failover(t *testing.T, probes map[string][]probe, how string) stri
 	if got := lines[len(lines)-1]; !strings.HasPrefix(got, from.ip+":") {
 		t.Errorf("after failover the receiver saw %q, want %s", got, from.ip)
 	}
-	msg := fmt.Sprintf("FAILOVER (docker %s): active gateway node %s (docker %s took %.1fs); traffic %s -> %s back after %.1fs",
-		how, stopped, how, stopTook.Seconds(), from.pod, to.pod, took.Seconds())
+	// IPv6 follows the same takeover (the workers' next hop of each
+	// family, one peer per remote): it must answer too, source kept.
+	addr6 := net.JoinHostPort(to.ip6, strconv.Itoa(probePort))
+	if err := eventually(15*time.Second, 200*time.Millisecond, func() error {
+		seen, err := e.seen(c1, from.pod, addr6, time.Second)
+		if err == nil && seen != from.ip6 {
+			err = fmt.Errorf("the receiver saw %s, want %s", seen, from.ip6)
+		}
+		return err
+	}); err != nil {
+		t.Errorf("after 'docker %s %s', IPv6 %s -> %s: %v", how, stopped, from.pod, addr6, err)
+	}
+	took6 := time.Since(start)
+	msg := fmt.Sprintf("FAILOVER (docker %s): active gateway node %s (docker %s took %.1fs); traffic %s -> %s back after %.1fs (IPv4), IPv6 answering %.1fs after the command",
+		how, stopped, how, stopTook.Seconds(), from.pod, to.pod, took.Seconds(), took6.Seconds())
 	fmt.Println("==> " + msg)
 	t.Log(msg)
 	if took > 5*time.Second {
