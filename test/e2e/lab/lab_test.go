@@ -395,10 +395,11 @@ func powerLoss(t *testing.T, hubDown bool) {
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
+		switched := time.Since(start)
 		if took, err := lab.WaitTCP(ctx, lab.PodByName(l, r.Name+"-p1"), res.dst, 30*time.Second); err != nil {
 			t.Error(err)
 		} else {
-			t.Logf("routed worker %s: VXLAN to %s after %s, pod reaches %s %s later", r.Name, now.Name, time.Since(start).Round(time.Millisecond), res.dst.Name, took.Round(time.Millisecond))
+			t.Logf("routed worker %s: VXLAN to %s %s after the new gateway was seen, its pod reached %s %s after that", r.Name, now.Name, switched.Round(time.Millisecond), res.dst.Name, took.Round(time.Millisecond))
 		}
 	}
 	if hubDown {
