@@ -30,14 +30,20 @@ type MemberSpec struct {
 	// RoutedWorkers are extra workers on a subnet of their own behind a
 	// router namespace (no shared L2 with the gateway).
 	RoutedWorkers int
+	// IPFamily of the member's pods ("": the lab's). A member of another
+	// family than the lab's joins with "join --ip-family"; in a dual lab
+	// an IPv6 member's nodes have only IPv6 InternalIPs and podCIDRs.
+	IPFamily string
 }
 
 // Member is one member cluster of the lab.
 type Member struct {
-	Name    string
-	Index   int
-	NAT     bool
-	WANMTU  int // 0: 1500
+	Name   string
+	Index  int
+	NAT    bool
+	WANMTU int // 0: 1500
+	// Family is the member's pod families: IPv4, IPv6 or Dual.
+	Family  string
 	Cluster *Cluster
 	// PodCIDRs are the ranges the hub assigned.
 	PodCIDRs []string
@@ -121,6 +127,12 @@ func (p *Pod) As(f Family) *Pod {
 	return &q
 }
 
+// Has4 reports whether the member's pods have IPv4 addresses.
+func (m *Member) Has4() bool { return m.Family != IPv6 }
+
+// Has6 reports whether the member's pods have IPv6 addresses.
+func (m *Member) Has6() bool { return m.Family == IPv6 || m.Family == Dual }
+
 // Pods returns the member's pods.
 func (m *Member) Pods() []*Pod {
 	var out []*Pod
@@ -190,7 +202,13 @@ func (l *Lab) PrepareMember(ctx context.Context, spec MemberSpec) (*Member, erro
 		return nil, err
 	}
 	n := idx + 1
-	m := &Member{Name: spec.Name, Index: idx, NAT: spec.NAT, WANMTU: spec.WANMTU, lanNS: NSPrefix + spec.Name + "-lan"}
+	m := &Member{Name: spec.Name, Index: idx, NAT: spec.NAT, WANMTU: spec.WANMTU, Family: spec.IPFamily, lanNS: NSPrefix + spec.Name + "-lan"}
+	if m.Family == "" {
+		m.Family = l.IPFamily
+	}
+	if (m.Has6() && !l.Has6()) || (m.Has4() && !l.Has4()) {
+		return nil, fmt.Errorf("member %s: family %s needs a lab with that family (the lab is %s)", m.Name, m.Family, l.IPFamily)
+	}
 	l.mu.Lock()
 	l.members = append(l.members, m)
 	l.mu.Unlock()
@@ -531,8 +549,12 @@ func (l *Lab) setWANMTU(m *Member, port, ns string) error {
 func (l *Lab) JoinMember(ctx context.Context, m *Member) error {
 	l.progress("%s: kubectl archipelago join %s --clusterset %s", m.Name, m.Name, ClusterSetName)
 	m.JoinStarted = time.Now()
-	out, code, err := l.CLI(ctx, "join", m.Name, "--clusterset", ClusterSetName, "--hub-context", HubContext,
-		"--context", m.Name, "--hub-server", l.Hub.InternalURL(), "--timeout", "60s")
+	args := []string{"join", m.Name, "--clusterset", ClusterSetName, "--hub-context", HubContext,
+		"--context", m.Name, "--hub-server", l.Hub.InternalURL(), "--timeout", "60s"}
+	if m.Family != l.IPFamily {
+		args = append(args, "--ip-family", m.Family)
+	}
+	out, code, err := l.CLI(ctx, args...)
 	m.JoinOutput = out
 	if err != nil || code != 0 {
 		return fmt.Errorf("join %s: exit %d %v: %s", m.Name, code, err, out)
@@ -551,10 +573,10 @@ func (l *Lab) JoinMember(ctx context.Context, m *Member) error {
 			rng6 = p
 		}
 	}
-	if l.Has4() && (!rng4.IsValid() || rng4.Bits() > 22) {
+	if m.Has4() && (!rng4.IsValid() || rng4.Bits() > 22) {
 		return fmt.Errorf("member %s: no usable IPv4 range assigned (%v)", m.Name, m.PodCIDRs)
 	}
-	if l.Has6() && (!rng6.IsValid() || rng6.Bits() > 60) {
+	if m.Has6() && (!rng6.IsValid() || rng6.Bits() > 60) {
 		return fmt.Errorf("member %s: no usable IPv6 range assigned (%v)", m.Name, m.PodCIDRs)
 	}
 	// Node IPAM stand-in: node i gets the i-th /24 of the member's IPv4
@@ -562,12 +584,12 @@ func (l *Lab) JoinMember(ctx context.Context, m *Member) error {
 	// 10+k of each.
 	for i, node := range m.Nodes {
 		var cidrs []netip.Prefix
-		if rng4.IsValid() && l.Has4() {
+		if rng4.IsValid() && m.Has4() {
 			a := rng4.Addr().As4()
 			a[2] += byte(i)
 			cidrs = append(cidrs, netip.PrefixFrom(netip.AddrFrom4(a), 24))
 		}
-		if rng6.IsValid() && l.Has6() {
+		if rng6.IsValid() && m.Has6() {
 			a := rng6.Addr().As16()
 			a[7] += byte(i)
 			cidrs = append(cidrs, netip.PrefixFrom(netip.AddrFrom16(a), 64))
@@ -628,10 +650,10 @@ func (l *Lab) createNodes(ctx context.Context, m *Member) error {
 		// lab's nodes have only the IPv6 one (their IPv4 LAN address
 		// carries only the control plane).
 		var addrs []corev1.NodeAddress
-		if l.Has4() {
+		if m.Has4() {
 			addrs = append(addrs, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: n.LANIP})
 		}
-		if n.LANIP6 != "" {
+		if n.LANIP6 != "" && m.Has6() {
 			addrs = append(addrs, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: n.LANIP6})
 		}
 		obj.Status = corev1.NodeStatus{
@@ -727,10 +749,10 @@ func (l *Lab) wireCNI(m *Member, rng4, rng6 netip.Prefix) error {
 		// cluster's pod range leaves with the node's address unless the
 		// agent's no-SNAT rule keeps the source.
 		var rules []string
-		if rng4.IsValid() && l.Has4() {
+		if rng4.IsValid() && m.Has4() {
 			rules = append(rules, fmt.Sprintf("ip saddr %s ip daddr != %s counter masquerade", rng4, rng4))
 		}
-		if rng6.IsValid() && l.Has6() {
+		if rng6.IsValid() && m.Has6() {
 			rules = append(rules, fmt.Sprintf("ip6 saddr %s ip6 daddr != %s counter masquerade", rng6, rng6))
 		}
 		if err := nft(node.NS, fmt.Sprintf(`table inet lab-kindnet {
