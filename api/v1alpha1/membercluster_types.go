@@ -9,7 +9,9 @@ const (
 	// MemberAccepted is True when the member's ClusterSet exists.
 	MemberAccepted = "Accepted"
 	// MemberCIDRAllocated is True when the member holds a pod range for every family it asks for
-	// (spec.ipFamilies; empty: every family of its ClusterSet).
+	// (spec.ipFamilies; empty: every family of its ClusterSet). A member that holds ranges stays
+	// True when a family it asks for later cannot be assigned; the reason (PoolExhausted,
+	// NoPoolForFamily) and message say so.
 	MemberCIDRAllocated = "CIDRAllocated"
 	// MemberGatewaysValid is False when one of the member's TunnelGateway objects is invalid.
 	MemberGatewaysValid = "GatewaysValid"
