@@ -88,10 +88,11 @@ NAME of ClusterSet SET on the hub of --hub-context:
 
   1. checks that the hub answers, SET exists and NAME is free (nothing is
      written before these checks pass);
-  2. creates the MemberCluster NAME on the hub (adopting --pod-cidr if given)
-     and waits until the hub assigns its pod range, hub namespace and
-     ServiceAccount; if the hub refuses the range (Conflict, OutsidePool,
-     PoolExhausted) the MemberCluster is deleted again and join fails;
+  2. creates the MemberCluster NAME on the hub (adopting --pod-cidr if given;
+     with --ip-family, blocks of those IP families only) and waits until
+     the hub assigns its pod range, hub namespace and ServiceAccount; if
+     the hub refuses the range (Conflict, OutsidePool, PoolExhausted,
+     NoPoolForFamily) the MemberCluster is deleted again and join fails;
   3. creates a credential Secret hub-credential-* in the member's hub
      namespace and requests a token of that ServiceAccount bound to it
      (TokenRequest, --token-ttl, default 24h; the elected agent renews it);
