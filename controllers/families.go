@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -13,8 +14,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
-
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
 )
@@ -72,7 +71,7 @@ func groupName(f FamilySet) string {
 	return "the members with " + f.String() + " only"
 }
 
-// setName names this member's families in a message.
+// ownName names a member's own families in a message.
 func ownName(f FamilySet) string {
 	if f == HasIPv4|HasIPv6 {
 		return "IPv4 and IPv6"
