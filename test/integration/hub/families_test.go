@@ -42,6 +42,24 @@ func waitFamiliesShared(t *testing.T, c client.Client, name string, status metav
 	return meta.FindStatusCondition(m.Status.Conditions, meshv1.MemberFamiliesShared).Message
 }
 
+// waitFamiliesMessage waits until member name's FamiliesShared condition has
+// status and reason and a message with every one of parts: the condition
+// follows the set's groups, which catch up with the members one by one.
+func waitFamiliesMessage(t *testing.T, c client.Client, name string, status metav1.ConditionStatus, reason string, parts ...string) {
+	t.Helper()
+	eventually(t, 20*time.Second, fmt.Sprintf("member %s has FamiliesShared=%s (%s) saying %q", name, status, reason, parts), func() error {
+		m := &meshv1.MemberCluster{}
+		if err := c.Get(context.Background(), client.ObjectKey{Name: name}, m); err != nil {
+			return err
+		}
+		cond := meta.FindStatusCondition(m.Status.Conditions, meshv1.MemberFamiliesShared)
+		if cond == nil || cond.Status != status || cond.Reason != reason || !containsAll(cond.Message, parts...) {
+			return fmt.Errorf("condition is %+v", cond)
+		}
+		return nil
+	})
+}
+
 // In a dual-stack set, a member gets blocks of the families it lists only;
 // one that lists none gets both. The peer directory carries exactly those,
 // and the FamiliesShared conditions of the members and the set say who
@@ -87,19 +105,13 @@ func TestMixedFamiliesInOneSet(t *testing.T) {
 		return nil
 	})
 
-	msg := waitFamiliesShared(t, c, "mix-six", metav1.ConditionFalse, meshv1.ReasonNoCommonFamily)
-	if !containsAll(msg, "no common IP family with the members with IPv4 only", "this member has IPv6 only",
-		"the members with IPv4 and IPv6 reach this member over IPv6 alone", "no IPv4 range") {
-		t.Errorf("mix-six FamiliesShared message %q", msg)
-	}
-	msg = waitFamiliesShared(t, c, "mix-four", metav1.ConditionFalse, meshv1.ReasonNoCommonFamily)
-	if !containsAll(msg, "no common IP family with the members with IPv6 only", "this member has IPv4 only") {
-		t.Errorf("mix-four FamiliesShared message %q", msg)
-	}
-	msg = waitFamiliesShared(t, c, "mix-dual", metav1.ConditionFalse, meshv1.ReasonPartialFamilies)
-	if !containsAll(msg, "this member's IPv6 pods cannot reach the members with IPv4 only", "this member's IPv4 pods cannot reach the members with IPv6 only") {
-		t.Errorf("mix-dual FamiliesShared message %q", msg)
-	}
+	waitFamiliesMessage(t, c, "mix-six", metav1.ConditionFalse, meshv1.ReasonNoCommonFamily,
+		"no common IP family with the members with IPv4 only", "this member has IPv6 only",
+		"the members with IPv4 and IPv6 reach this member over IPv6 alone", "no IPv4 range")
+	waitFamiliesMessage(t, c, "mix-four", metav1.ConditionFalse, meshv1.ReasonNoCommonFamily,
+		"no common IP family with the members with IPv6 only", "this member has IPv4 only")
+	waitFamiliesMessage(t, c, "mix-dual", metav1.ConditionFalse, meshv1.ReasonPartialFamilies,
+		"this member's IPv6 pods cannot reach the members with IPv4 only", "this member's IPv4 pods cannot reach the members with IPv6 only")
 	// Being Ready does not depend on it.
 	if m := getMember(t, c, "mix-six"); !meta.IsStatusConditionTrue(m.Status.Conditions, meshv1.MemberCIDRAllocated) {
 		t.Errorf("mix-six CIDRAllocated: %+v", meta.FindStatusCondition(m.Status.Conditions, meshv1.MemberCIDRAllocated))
@@ -125,7 +137,7 @@ func TestMixedFamiliesInOneSet(t *testing.T) {
 
 	// The IPv4-only member leaves: what remains shares IPv6 at least.
 	deleteMember(t, c, "mix-four")
-	msg = waitFamiliesShared(t, c, "mix-six", metav1.ConditionFalse, meshv1.ReasonPartialFamilies)
+	msg := waitFamiliesShared(t, c, "mix-six", metav1.ConditionFalse, meshv1.ReasonPartialFamilies)
 	if strings.Contains(msg, "no common") {
 		t.Errorf("mix-six after mix-four left: %q", msg)
 	}
