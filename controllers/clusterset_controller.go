@@ -83,6 +83,7 @@ func (r *ClusterSetReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 		return ctrl.Result{}, nil
 	}
 	setUsageStatus(cs, usage)
+	setClusterSetFamilies(cs, usage.Families)
 	// A quarantine that ends frees a block: come back then, so a member
 	// waiting on an exhausted pool gets it.
 	if next > 0 {

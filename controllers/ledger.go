@@ -537,7 +537,18 @@ func (l *BlockLedger) choose(ctx context.Context, cs *meshv1.ClusterSet, m *mesh
 		}
 		return Assignment{Reason: reason, Message: msg}, nil, err
 	}
-	for _, fam := range families(s.pools, current) {
+	fams, missing := memberFamilies(m, s.pools, current)
+	if len(missing) > 0 {
+		return fail(meshv1.ReasonNoPoolForFamily, noPoolMessage(cs.Name, missing, s.pools))
+	}
+	for fam, req := range requested {
+		// The API server refuses this too; a member stored before the
+		// field's rule existed is refused here.
+		if len(m.Spec.IPFamilies) > 0 && !slices.Contains(m.Spec.IPFamilies, apiFamily(fam)) {
+			return fail(meshv1.ReasonInvalidRequest, fmt.Sprintf("spec.podCIDRs adopts %s, but spec.ipFamilies does not list %s: add %s to spec.ipFamilies or remove the range", req, fam, fam))
+		}
+	}
+	for _, fam := range fams {
 		if p, ok := current[fam]; ok {
 			// Assigned ranges never change, even when their pool is gone;
 			// keep the index in step.
@@ -824,6 +835,75 @@ func (l *BlockLedger) DeleteClaims(ctx context.Context, set string) error {
 type Usage struct {
 	Stats   []ipam.PoolStats
 	Orphans []ipam.Allocation
+	// Families maps every member that holds a block to the families it
+	// holds blocks of.
+	Families map[string]FamilySet
+}
+
+// FamilySet is a set of IP families: none, IPv4, IPv6 or both.
+type FamilySet uint8
+
+// The members of a FamilySet.
+const (
+	HasIPv4 FamilySet = 1 << iota
+	HasIPv6
+)
+
+// FamiliesOf is the set of families of ranges (unparsable ones are skipped).
+func FamiliesOf(ranges []string) FamilySet {
+	var f FamilySet
+	for _, r := range ranges {
+		if p, err := netip.ParsePrefix(r); err == nil {
+			f |= familyBit(ipam.FamilyOf(p.Addr()))
+		}
+	}
+	return f
+}
+
+func familyBit(f ipam.Family) FamilySet {
+	if f == ipam.IPv6 {
+		return HasIPv6
+	}
+	return HasIPv4
+}
+
+// Families lists the members of f, IPv4 first.
+func (f FamilySet) Families() []meshv1.IPFamily {
+	var out []meshv1.IPFamily
+	if f&HasIPv4 != 0 {
+		out = append(out, meshv1.IPv4)
+	}
+	if f&HasIPv6 != 0 {
+		out = append(out, meshv1.IPv6)
+	}
+	return out
+}
+
+// String is "IPv4", "IPv6", "IPv4 and IPv6" or "no family".
+func (f FamilySet) String() string {
+	fams := f.Families()
+	if len(fams) == 0 {
+		return "no family"
+	}
+	out := make([]string, len(fams))
+	for i, x := range fams {
+		out[i] = string(x)
+	}
+	return strings.Join(out, " and ")
+}
+
+// FamilySetOf is the set of the families listed.
+func FamilySetOf(fams []meshv1.IPFamily) FamilySet {
+	var f FamilySet
+	for _, x := range fams {
+		switch x {
+		case meshv1.IPv4:
+			f |= HasIPv4
+		case meshv1.IPv6:
+			f |= HasIPv6
+		}
+	}
+	return f
 }
 
 // Usage returns the block counts of cs.
@@ -834,7 +914,13 @@ func (l *BlockLedger) Usage(ctx context.Context, cs *meshv1.ClusterSet) (Usage, 
 	if err != nil {
 		return Usage{}, err
 	}
-	return Usage{Stats: s.alloc.Stats(), Orphans: s.alloc.Orphaned()}, nil
+	fams := map[string]FamilySet{}
+	for _, a := range s.alloc.Allocations() {
+		if a.QuarantinedUntil.IsZero() && !strings.Contains(a.Owner, "/") {
+			fams[a.Owner] |= familyBit(ipam.FamilyOf(a.Prefix.Addr()))
+		}
+	}
+	return Usage{Stats: s.alloc.Stats(), Orphans: s.alloc.Orphaned(), Families: fams}, nil
 }
 
 func parsePools(cidrs []meshv1.CIDR) ([]netip.Prefix, error) {
@@ -850,17 +936,34 @@ func parsePools(cidrs []meshv1.CIDR) ([]netip.Prefix, error) {
 	return out, nil
 }
 
-// families lists the IP families of pools and of a member's assigned
-// ranges (the last pool of a family may be gone), IPv4 first.
-func families(pools []netip.Prefix, assigned map[ipam.Family]netip.Prefix) []ipam.Family {
-	var out []ipam.Family
+// memberFamilies lists, IPv4 first, the IP families member m holds or gets
+// a block of: those of its assigned ranges (kept whatever spec says, and
+// even when the last pool of the family is gone), and those it asks for
+// (spec.ipFamilies; empty: every family of pools). missing are the families
+// it asks for and holds no range of that pools have none of.
+func memberFamilies(m *meshv1.MemberCluster, pools []netip.Prefix, assigned map[ipam.Family]netip.Prefix) (fams, missing []ipam.Family) {
 	for _, f := range []ipam.Family{ipam.IPv4, ipam.IPv6} {
 		_, has := assigned[f]
-		if has || slices.ContainsFunc(pools, func(p netip.Prefix) bool { return ipam.FamilyOf(p.Addr()) == f }) {
-			out = append(out, f)
+		pooled := slices.ContainsFunc(pools, func(p netip.Prefix) bool { return ipam.FamilyOf(p.Addr()) == f })
+		wanted := len(m.Spec.IPFamilies) == 0 && pooled || slices.Contains(m.Spec.IPFamilies, apiFamily(f))
+		switch {
+		case has || wanted && pooled:
+			fams = append(fams, f)
+		case wanted:
+			missing = append(missing, f)
 		}
 	}
-	return out
+	return fams, missing
+}
+
+func noPoolMessage(set string, missing []ipam.Family, pools []netip.Prefix) string {
+	names := make([]string, len(missing))
+	for i, f := range missing {
+		names[i] = f.String()
+	}
+	fams := strings.Join(names, " and ")
+	return fmt.Sprintf("spec.ipFamilies lists %s, but ClusterSet %s has no %s pool (pools: %s): add one to the set's spec.podCIDRPools or remove %s from spec.ipFamilies; no new range is assigned until then",
+		fams, set, fams, joinPrefixes(pools), fams)
 }
 
 func joinPrefixes(ps []netip.Prefix) string {

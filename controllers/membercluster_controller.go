@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -33,6 +34,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	meshv1 "github.com/archipelago-mesh/archipelago/api/v1alpha1"
+	"github.com/archipelago-mesh/archipelago/internal/ipam"
 )
 
 // IndexClusterSet indexes MemberClusters by spec.clusterSet.
@@ -136,6 +138,7 @@ func (r *MemberClusterReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 	phases := []func(context.Context, *memberScope) (ctrl.Result, error){
 		r.reconcileClusterSet,
 		r.reconcileRanges,
+		r.reconcileFamilies,
 		r.reconcileNamespace,
 		r.reconcileGateways,
 		r.reconcileConnectivity,
@@ -216,7 +219,8 @@ func (r *MemberClusterReconciler) reconcileRanges(ctx context.Context, s *member
 	if a.Unchanged {
 		// Keep the reason of the pass that assigned the ranges (Allocated or
 		// Adopted); only a request that now differs is worth a new message.
-		if cond := meta.FindStatusCondition(m.Status.Conditions, meshv1.MemberCIDRAllocated); cond != nil && cond.Status == metav1.ConditionTrue && cond.Reason != meshv1.ReasonRequestDiffers {
+		if cond := meta.FindStatusCondition(m.Status.Conditions, meshv1.MemberCIDRAllocated); cond != nil && cond.Status == metav1.ConditionTrue &&
+			(cond.Reason == meshv1.ReasonAllocated || cond.Reason == meshv1.ReasonAdopted) {
 			a.Reason, a.Message = cond.Reason, cond.Message
 		}
 	}
@@ -229,12 +233,35 @@ func (r *MemberClusterReconciler) reconcileRanges(ctx context.Context, s *member
 			a.Message = "assigned " + strings.Join(a.PodCIDRs, ", ") + "; spec.podCIDRs asks for " + req + " but an assigned range never changes: delete and re-create the member to move it"
 			a.Reason = meshv1.ReasonRequestDiffers
 		}
+		if extra := familiesNotListed(m); extra != "" {
+			// Like a podCIDRs edit: reported, not applied. Taking a range
+			// from a live member would cut its pods off without a drain.
+			a.Message = "assigned " + strings.Join(a.PodCIDRs, ", ") + "; spec.ipFamilies no longer lists the family of " + extra +
+				", but an assigned range never changes while the member exists: it stays routed to this member; delete and re-create the member to give it up"
+			a.Reason = meshv1.ReasonFamiliesDiffer
+		}
 	} else if len(m.Status.PodCIDRs) > 0 {
 		// Never take an assigned range away; report why the rest failed.
 		a.PodCIDRs = m.Status.PodCIDRs
 	}
 	setCIDRAllocatedCondition(m, a)
 	return ctrl.Result{}, nil
+}
+
+// familiesNotListed names the assigned ranges of a family that a non-empty
+// spec.ipFamilies does not list.
+func familiesNotListed(m *meshv1.MemberCluster) string {
+	if len(m.Spec.IPFamilies) == 0 {
+		return ""
+	}
+	var out []string
+	for _, c := range m.Status.PodCIDRs {
+		p, err := netip.ParsePrefix(c)
+		if err == nil && !slices.Contains(m.Spec.IPFamilies, apiFamily(ipam.FamilyOf(p.Addr()))) {
+			out = append(out, c)
+		}
+	}
+	return strings.Join(out, ", ")
 }
 
 func requestedNotAssigned(m *meshv1.MemberCluster) string {
@@ -730,6 +757,7 @@ func (r *MemberClusterReconciler) SetupWithManager(ctx context.Context, mgr ctrl
 		For(&meshv1.MemberCluster{}).
 		Watches(&meshv1.ClusterSet{}, handler.EnqueueRequestsFromMapFunc(r.pendingMembersOfSet),
 			builder.WithPredicates(clusterSetChangeForMembers())).
+		Watches(&meshv1.ClusterSet{}, r.familyGroupEvents()).
 		Watches(&meshv1.TunnelGateway{}, r.gatewayEvents()).
 		Watches(&meshv1.MemberCluster{}, r.publishedKeyEvents()).
 		// The hub's own writes of the directory wake the member once (a
@@ -758,7 +786,10 @@ func (r *MemberClusterReconciler) pendingMembersOfSet(ctx context.Context, o cli
 	for i := range members.Items {
 		m := &members.Items[i]
 		cond := meta.FindStatusCondition(m.Status.Conditions, meshv1.MemberCIDRAllocated)
-		if cond == nil || cond.Status != metav1.ConditionTrue || !meta.IsStatusConditionTrue(m.Status.Conditions, meshv1.MemberAccepted) {
+		// A member that holds ranges but waits for a family (its pool is
+		// exhausted or missing) is pending too.
+		if cond == nil || cond.Status != metav1.ConditionTrue || cond.Reason == meshv1.ReasonPoolExhausted || cond.Reason == meshv1.ReasonNoPoolForFamily ||
+			!meta.IsStatusConditionTrue(m.Status.Conditions, meshv1.MemberAccepted) {
 			out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Name: m.Name}})
 		}
 	}

@@ -3,6 +3,7 @@ package plan_test
 import (
 	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -90,5 +91,35 @@ func TestNextHopPerFamily(t *testing.T) {
 	in.ActiveGatewayIPs = []netip.Addr{gw4, gw6}
 	if p := plan.Compute(in); len(p.WorkersCannotRoute) != 0 {
 		t.Errorf("dual-stack gateway: workers cannot route %+v", p.WorkersCannotRoute)
+	}
+}
+
+// TestIPv6OnlyMemberGateway: the gateway of a member with IPv6 ranges only
+// puts a dual-stack peer's IPv6 range into the tunnel and says that its
+// pods cannot reach the peer's IPv4 range (they have no IPv4 address),
+// naming the peer and the family.
+func TestIPv6OnlyMemberGateway(t *testing.T) {
+	b := plan.Peer{Cluster: "bravo", PodCIDRs: pfx("10.2.0.0/16", "fd00:2::/48"), Gateway: "b-gw", PublicKey: key(t).PublicKey(),
+		Endpoint: netip.MustParseAddrPort("[2001:db8::2]:51820")}
+	in := plan.Inputs{Node: "gw", Role: plan.RoleGateway, LocalPodCIDRs: pfx("fd00:1::/48"), Peers: []plan.Peer{b},
+		ActiveGatewayIPs: []netip.Addr{netip.MustParseAddr("fd00:ffff::1")}, PrivateKey: key(t),
+		Tunnel: plan.Tunnel{Interface: "wg0", Port: 51820, Keepalive: 25 * time.Second}}
+	p := plan.Compute(in)
+	var routed []string
+	for _, r := range p.Routes.Routes {
+		routed = append(routed, r.Dst.String())
+	}
+	if !slices.Contains(routed, "fd00:2::/48") {
+		t.Errorf("routes %v: the peer's IPv6 range must be routed into the tunnel", routed)
+	}
+	var cannot []string
+	for _, u := range p.CannotRoute {
+		cannot = append(cannot, u.Prefix.String()+" ("+u.Cluster+"): "+u.Reason)
+	}
+	if len(cannot) != 1 || !strings.HasPrefix(cannot[0], "10.2.0.0/16 (bravo): this cluster has no IPv4 pod range") {
+		t.Errorf("cannot route %q, want bravo's IPv4 range with the reason", cannot)
+	}
+	if !p.Host.IPv6 {
+		t.Errorf("host settings %+v: IPv6 forwarding must be on", p.Host)
 	}
 }

@@ -13,6 +13,11 @@ const (
 	// ClusterSetRemovedPoolsInUse is True when blocks are in use outside the
 	// current pools (a pool was removed from spec while members still use it).
 	ClusterSetRemovedPoolsInUse = "RemovedPoolsInUse"
+	// ClusterSetFamiliesShared is True when every member that holds ranges
+	// holds the same IP families; False names the groups of members whose
+	// pods cannot reach each other over some family (PartialFamilies) or at
+	// all (NoCommonFamily).
+	ClusterSetFamiliesShared = "FamiliesShared"
 
 	ReasonAvailable          = "BlocksAvailable"
 	ReasonExhausted          = "Exhausted"
@@ -117,6 +122,15 @@ type FamilyStatus struct {
 	Free int64 `json:"free"`
 }
 
+// FamilyGroup counts the members that hold ranges of exactly these IP families.
+type FamilyGroup struct {
+	// Families: [IPv4], [IPv6] or [IPv4, IPv6].
+	// +listType=atomic
+	Families []IPFamily `json:"families"`
+	// Members is how many members hold exactly these families.
+	Members int32 `json:"members"`
+}
+
 // ClusterSetStatus is what the hub observed of a ClusterSet.
 type ClusterSetStatus struct {
 	// ObservedGeneration is the generation this status describes.
@@ -133,12 +147,19 @@ type ClusterSetStatus struct {
 	// +listMapKey=family
 	Families []FamilyStatus `json:"families,omitempty"`
 
+	// MemberFamilies groups the members that hold ranges by their IP
+	// families (IPv4 only, IPv6 only, both), in that order. Each member's
+	// FamiliesShared condition follows from the groups present.
+	// +optional
+	// +listType=atomic
+	MemberFamilies []FamilyGroup `json:"memberFamilies,omitempty"`
+
 	// BlocksOutsidePools lists assigned blocks that lie outside every current
 	// pool because their pool was removed from spec.
 	// +optional
 	BlocksOutsidePools []string `json:"blocksOutsidePools,omitempty"`
 
-	// Conditions: Ready, PoolExhausted, RemovedPoolsInUse.
+	// Conditions: Ready, PoolExhausted, RemovedPoolsInUse, FamiliesShared.
 	// +optional
 	// +listType=map
 	// +listMapKey=type
@@ -157,6 +178,7 @@ type ClusterSetStatus struct {
 // +kubebuilder:printcolumn:name="Free IPv4",type=integer,JSONPath=`.status.families[?(@.family=="IPv4")].free`
 // +kubebuilder:printcolumn:name="Free IPv6",type=integer,JSONPath=`.status.families[?(@.family=="IPv6")].free`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Families Shared",type=string,priority=1,JSONPath=`.status.conditions[?(@.type=="FamiliesShared")].reason`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type ClusterSet struct {
 	metav1.TypeMeta   `json:",inline"`

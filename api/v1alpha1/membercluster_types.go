@@ -8,7 +8,10 @@ import (
 const (
 	// MemberAccepted is True when the member's ClusterSet exists.
 	MemberAccepted = "Accepted"
-	// MemberCIDRAllocated is True when the member holds a pod range for every family of its ClusterSet.
+	// MemberCIDRAllocated is True when the member holds a pod range for every family it asks for
+	// (spec.ipFamilies; empty: every family of its ClusterSet). A member that holds ranges stays
+	// True when a family it asks for later cannot be assigned; the reason (PoolExhausted,
+	// NoPoolForFamily) and message say so.
 	MemberCIDRAllocated = "CIDRAllocated"
 	// MemberGatewaysValid is False when one of the member's TunnelGateway objects is invalid.
 	MemberGatewaysValid = "GatewaysValid"
@@ -17,6 +20,11 @@ const (
 	MemberAgentConnected = "AgentConnected"
 	// MemberConnected is True when the member's active gateway reports tunnels up to every other member.
 	MemberConnected = "Connected"
+	// MemberFamiliesShared is True when every other member of the set that
+	// holds ranges has the same IP families as this one; False says which
+	// members (by the families they hold) cannot reach this one's pods, or
+	// whose pods this one's cannot reach.
+	MemberFamiliesShared = "FamiliesShared"
 )
 
 // MemberCluster condition reasons.
@@ -45,9 +53,21 @@ const (
 	ReasonReady              = "Ready"
 	ReasonRequestDiffers     = "RequestDiffersFromAssignment"
 	ReasonMultipleActive     = "MultipleActiveGateways"
+	// ReasonNoPoolForFamily: spec.ipFamilies lists a family the ClusterSet
+	// has no pool of.
+	ReasonNoPoolForFamily = "NoPoolForFamily"
+	// ReasonFamiliesDiffer: an assigned range is of a family spec.ipFamilies
+	// no longer lists; it stays assigned (reported, not applied).
+	ReasonFamiliesDiffer = "FamiliesDifferFromAssignment"
+	// FamiliesShared reasons (MemberCluster and ClusterSet).
+	ReasonAllFamiliesShared = "AllFamiliesShared"
+	ReasonPartialFamilies   = "PartialFamilies"
+	ReasonNoCommonFamily    = "NoCommonFamily"
 )
 
 // MemberClusterSpec says which ClusterSet a member cluster belongs to.
+//
+// +kubebuilder:validation:XValidation:rule="!has(self.ipFamilies) || size(self.ipFamilies) == 0 || !has(self.podCIDRs) || self.podCIDRs.all(c, !isCIDR(c) || (cidr(c).ip().family() == 4 ? 'IPv4' : 'IPv6') in self.ipFamilies)",message="spec.podCIDRs adopts a range of an IP family that spec.ipFamilies does not list: add the family to spec.ipFamilies or remove the range",fieldPath=".podCIDRs"
 type MemberClusterSpec struct {
 	// ClusterSet is the name of the ClusterSet this member belongs to (a DNS label).
 	// +kubebuilder:validation:MinLength=1
@@ -66,6 +86,20 @@ type MemberClusterSpec struct {
 	// +kubebuilder:validation:XValidation:rule="self.size() < 2 || !isCIDR(self[0]) || !isCIDR(self[1]) || cidr(self[0]).ip().family() != cidr(self[1]).ip().family()",message="spec.podCIDRs may hold at most one range per IP family"
 	// +optional
 	PodCIDRs []CIDR `json:"podCIDRs,omitempty"`
+
+	// IPFamilies are the IP families the member's pods have addresses of:
+	// [IPv4], [IPv6] or both. The hub assigns a block of these families
+	// only. Empty means every family the ClusterSet has a pool of (a member
+	// created before this field existed keeps its ranges). A listed family
+	// the set has no pool of gets no block: CIDRAllocated=False,
+	// NoPoolForFamily, and no family is assigned until it can be. Adding a
+	// family later assigns it; removing one is reported, not applied: an
+	// assigned range never changes while the member exists.
+	// +kubebuilder:validation:MaxItems=2
+	// +listType=set
+	// +kubebuilder:validation:XValidation:rule="self.all(f, self.exists_one(g, g == f))",message="spec.ipFamilies must list each IP family at most once"
+	// +optional
+	IPFamilies []IPFamily `json:"ipFamilies,omitempty"`
 }
 
 // MemberGateway is a validated gateway of a member, copied by the hub from
@@ -134,7 +168,7 @@ type MemberClusterStatus struct {
 	// +optional
 	TotalPeers int32 `json:"totalPeers"`
 
-	// Conditions: Ready, Accepted, CIDRAllocated, GatewaysValid, AgentConnected, Connected.
+	// Conditions: Ready, Accepted, CIDRAllocated, GatewaysValid, AgentConnected, Connected, FamiliesShared.
 	// +optional
 	// +listType=map
 	// +listMapKey=type
@@ -155,6 +189,8 @@ type MemberClusterStatus struct {
 // +kubebuilder:printcolumn:name="Peers",type=integer,JSONPath=`.status.totalPeers`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Reason",type=string,priority=1,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`
+// +kubebuilder:printcolumn:name="Families",type=string,priority=1,JSONPath=`.spec.ipFamilies`
+// +kubebuilder:printcolumn:name="Families Shared",type=string,priority=1,JSONPath=`.status.conditions[?(@.type=="FamiliesShared")].reason`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type MemberCluster struct {
 	metav1.TypeMeta   `json:",inline"`

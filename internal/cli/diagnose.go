@@ -196,6 +196,7 @@ func BuildDiagnosis(ctx context.Context, c client.Reader, now time.Time, limits 
 	d.condition("tunnels ready", m.Status.Conditions, meshv1.MembershipTunnelsReady, false,
 		"Some tunnels are down: see the peer rows")
 	d.checkPeers(m, gateway)
+	d.checkFamilies(m)
 	if err := d.checkExports(ctx, c, m); err != nil {
 		return nil, err
 	}
@@ -596,6 +597,30 @@ func (d *diagnosis) checkPeers(m *meshv1.ClusterSetMembership, gateway *nodeStat
 		d.add("peer/"+c, StatusWarn, fmt.Sprintf("The tunnel on %s has a peer %s that the membership does not list", gwName, c),
 			"The member may have left the ClusterSet a moment ago: run diagnose again; if it stays, read the agent's log")
 	}
+}
+
+// checkFamilies names the peers whose pods this member's cannot reach, or
+// that cannot reach this member's, over some IP family or any: the
+// families of the ranges the hub assigned on each side differ.
+func (d *diagnosis) checkFamilies(m *meshv1.ClusterSetMembership) {
+	own := rangeFamilies(m.Status.PodCIDRs)
+	if len(own) == 0 {
+		return
+	}
+	var gaps []string
+	for _, p := range m.Status.Peers {
+		if fams := rangeFamilies(p.PodCIDRs); len(fams) > 0 {
+			if g := familyGap("this member", own, p.Cluster, fams); g != "" {
+				gaps = append(gaps, g)
+			}
+		}
+	}
+	if len(gaps) == 0 {
+		return
+	}
+	slices.Sort(gaps)
+	d.add("ip families", StatusWarn, fmt.Sprintf("This member has %s; %s", strings.Join(own, " and "), strings.Join(gaps, "; ")),
+		"Expected if the clusters are single-stack; otherwise give the member the missing family (spec.ipFamilies of its MemberCluster on the hub, and a pod range of that family in the cluster)")
 }
 
 func ageOrNever(now time.Time, t *metav1.Time) string {

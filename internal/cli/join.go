@@ -68,6 +68,8 @@ type joinOptions struct {
 	hubContext    string
 	hubServer     string
 	podCIDRs      []string
+	ipFamily      string
+	ipFamilies    []meshv1.IPFamily
 	serviceSubnet string
 	tokenTTL      time.Duration
 	timeout       time.Duration
@@ -86,10 +88,11 @@ NAME of ClusterSet SET on the hub of --hub-context:
 
   1. checks that the hub answers, SET exists and NAME is free (nothing is
      written before these checks pass);
-  2. creates the MemberCluster NAME on the hub (adopting --pod-cidr if given)
-     and waits until the hub assigns its pod range, hub namespace and
-     ServiceAccount; if the hub refuses the range (Conflict, OutsidePool,
-     PoolExhausted) the MemberCluster is deleted again and join fails;
+  2. creates the MemberCluster NAME on the hub (adopting --pod-cidr if given;
+     with --ip-family, blocks of those IP families only) and waits until
+     the hub assigns its pod range, hub namespace and ServiceAccount; if
+     the hub refuses the range (Conflict, OutsidePool, PoolExhausted,
+     NoPoolForFamily) the MemberCluster is deleted again and join fails;
   3. creates a credential Secret hub-credential-* in the member's hub
      namespace and requests a token of that ServiceAccount bound to it
      (TokenRequest, --token-ttl, default 24h; the elected agent renews it);
@@ -122,6 +125,9 @@ of the same NAME with --context completes it.`,
   kubectl archipelago join c2 --clusterset demo --hub-context kind-hub --context kind-c2 \
     --pod-cidr 10.244.0.0/16
 
+  # Join an IPv6-only cluster to a dual-stack ClusterSet (no IPv4 block for it)
+  kubectl archipelago join c5 --clusterset demo --hub-context kind-hub --context kind-c5 --ip-family ipv6
+
   # Reserve a range for a cluster that does not exist yet, and create it with kind
   kubectl archipelago join c3 --clusterset demo --hub-context kind-hub --kind-config > c3.yaml
   kind create cluster --name c3 --config c3.yaml
@@ -140,6 +146,7 @@ of the same NAME with --context completes it.`,
 	f.StringVar(&j.hubContext, "hub-context", "", "Kubeconfig context of the hub cluster (required)")
 	f.StringVar(&j.hubServer, "hub-server", "", "Hub API URL as the member's nodes reach it (default: the hub context's server; kind's 127.0.0.1 addresses do not work from other clusters)")
 	f.StringSliceVar(&j.podCIDRs, "pod-cidr", nil, "Pod range the cluster already uses, to adopt (at most one per IP family; repeat or comma-separate)")
+	f.StringVar(&j.ipFamily, "ip-family", "", "IP families of the member's pods: ipv4, ipv6 or dual; the hub assigns blocks of these only (default: every family the ClusterSet has a pool of)")
 	f.StringVar(&j.serviceSubnet, "service-subnet", "", "serviceSubnet written by --kind-config (default: kind's 10.96.0.0/16, or another range outside the ClusterSet's pools)")
 	f.DurationVar(&j.tokenTTL, "token-ttl", DefaultTokenTTL, "Lifetime of the member's hub token; the elected agent renews it at 75% of its lifetime")
 	f.DurationVar(&j.timeout, "timeout", 2*time.Minute, "How long to wait for the hub to assign the range")
@@ -201,7 +208,52 @@ func (j *joinOptions) validate() error {
 		seen[p.Addr().Is4()] = true
 		j.podCIDRs[i] = p.String()
 	}
+	fams, err := parseIPFamily(j.ipFamily)
+	if err != nil {
+		return err
+	}
+	j.ipFamilies = fams
+	for _, c := range j.podCIDRs {
+		if fam := cidrFamily(c); len(fams) > 0 && !slices.Contains(fams, fam) {
+			return usageError("--pod-cidr %s is an %s range, but --ip-family %s has no %s: add the family or drop the range", c, fam, j.ipFamily, fam)
+		}
+	}
 	return nil
+}
+
+// parseIPFamily turns --ip-family into spec.ipFamilies ("" is none: every
+// family of the ClusterSet).
+func parseIPFamily(s string) ([]meshv1.IPFamily, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "":
+		return nil, nil
+	case "ipv4", "4":
+		return []meshv1.IPFamily{meshv1.IPv4}, nil
+	case "ipv6", "6":
+		return []meshv1.IPFamily{meshv1.IPv6}, nil
+	case "dual", "dual-stack", "ipv4,ipv6", "ipv6,ipv4":
+		return []meshv1.IPFamily{meshv1.IPv4, meshv1.IPv6}, nil
+	}
+	return nil, usageError("--ip-family %q: use ipv4, ipv6 or dual (or leave it out for every family the ClusterSet has a pool of)", s)
+}
+
+// cidrFamily is the IP family of a canonical CIDR.
+func cidrFamily(c string) meshv1.IPFamily {
+	if p, err := netip.ParsePrefix(c); err == nil && p.Addr().Is6() {
+		return meshv1.IPv6
+	}
+	return meshv1.IPv4
+}
+
+// poolFamiliesMissing lists the families of fams that none of pools has.
+func poolFamiliesMissing(fams []meshv1.IPFamily, pools []string) []string {
+	var out []string
+	for _, f := range fams {
+		if !slices.ContainsFunc(pools, func(p string) bool { return cidrFamily(p) == f }) {
+			out = append(out, string(f))
+		}
+	}
+	return out
 }
 
 func (j *joinOptions) run(ctx context.Context) (retErr error) {
@@ -248,7 +300,7 @@ func (j *joinOptions) run(ctx context.Context) (retErr error) {
 				Name:   j.name,
 				Labels: map[string]string{meshv1.LabelClusterSet: j.clusterSet},
 			},
-			Spec: meshv1.MemberClusterSpec{ClusterSet: j.clusterSet},
+			Spec: meshv1.MemberClusterSpec{ClusterSet: j.clusterSet, IPFamilies: j.ipFamilies},
 		}
 		for _, c := range j.podCIDRs {
 			mc.Spec.PodCIDRs = append(mc.Spec.PodCIDRs, meshv1.CIDR(c))
@@ -380,6 +432,10 @@ func (j *joinOptions) preflight(ctx context.Context, hub, member *cluster) (*pre
 	for _, p := range cs.Spec.PodCIDRPools {
 		res.pools = append(res.pools, string(p))
 	}
+	if missing := poolFamiliesMissing(j.ipFamilies, res.pools); len(missing) > 0 {
+		return nil, finding("ClusterSet %q has no %s pool (pools %s), so --ip-family %s cannot be served: add a pool of that family to the set's spec.podCIDRPools, or pick another --ip-family",
+			j.clusterSet, strings.Join(missing, " or "), strings.Join(res.pools, ","), j.ipFamily)
+	}
 
 	var membership *meshv1.ClusterSetMembership
 	if member != nil {
@@ -422,6 +478,10 @@ func (j *joinOptions) preflight(ctx context.Context, hub, member *cluster) (*pre
 	default:
 		return nil, taken
 	}
+	if j.ipFamily != "" && !slices.Equal(familySetOf(mc.Spec.IPFamilies), familySetOf(j.ipFamilies)) {
+		return nil, finding("member %q already asks for IP families %s (spec.ipFamilies), not %s: run join without --ip-family, or change spec.ipFamilies on the hub (adding a family assigns it; a removed family's range stays)",
+			j.name, familiesOrAll(mc.Spec.IPFamilies), familiesOrAll(j.ipFamilies))
+	}
 	if len(j.podCIDRs) > 0 {
 		want := slices.Clone(j.podCIDRs)
 		slices.Sort(want)
@@ -436,7 +496,26 @@ func (j *joinOptions) preflight(ctx context.Context, hub, member *cluster) (*pre
 }
 
 // refusedReasons are CIDRAllocated reasons that waiting will not fix.
-var refusedReasons = []string{meshv1.ReasonConflict, meshv1.ReasonOutsidePool, meshv1.ReasonPoolExhausted, meshv1.ReasonInvalidRequest}
+var refusedReasons = []string{meshv1.ReasonConflict, meshv1.ReasonOutsidePool, meshv1.ReasonPoolExhausted, meshv1.ReasonInvalidRequest, meshv1.ReasonNoPoolForFamily}
+
+// familySetOf is fams sorted, IPv4 first.
+func familySetOf(fams []meshv1.IPFamily) []meshv1.IPFamily {
+	out := slices.Clone(fams)
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// familiesOrAll prints spec.ipFamilies.
+func familiesOrAll(fams []meshv1.IPFamily) string {
+	if len(fams) == 0 {
+		return "(every family of the ClusterSet)"
+	}
+	s := make([]string, len(fams))
+	for i, f := range familySetOf(fams) {
+		s[i] = string(f)
+	}
+	return strings.Join(s, ",")
+}
 
 // waitAssigned waits until the hub assigned the member's ranges and made
 // its namespace and ServiceAccount, or refused.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -110,14 +111,19 @@ type ClusterSetReport struct {
 	Members    []MemberReport `json:"members"`
 	// Services are the set's multi-cluster services and their exporters.
 	Services []ServiceReport `json:"services,omitempty"`
+	// CannotTalk are pairs of members whose pods cannot reach each other
+	// over some IP family, or any (at most maxFamilyGaps, then a count).
+	CannotTalk []string `json:"cannotTalk,omitempty"`
 }
 
 // MemberReport is one row of the status table.
 type MemberReport struct {
 	Name     string   `json:"name"`
 	PodCIDRs []string `json:"podCIDRs,omitempty"`
-	Gateway  string   `json:"gateway,omitempty"`
-	Tunnels  string   `json:"tunnels,omitempty"`
+	// IPFamilies are the families of PodCIDRs.
+	IPFamilies []string `json:"ipFamilies,omitempty"`
+	Gateway    string   `json:"gateway,omitempty"`
+	Tunnels    string   `json:"tunnels,omitempty"`
 	// LastSeen is the active gateway's latest heartbeat (status.lastSeen).
 	LastSeen *metav1.Time `json:"lastSeen,omitempty"`
 	// LastSeenAge is LAST SEEN as printed: an age, "never" or "-".
@@ -157,7 +163,7 @@ func (r *StatusReport) Healthy() bool {
 // order in which a member comes to life, so the first is the root cause.
 var memberConditionOrder = []string{
 	meshv1.MemberAccepted, meshv1.MemberCIDRAllocated, meshv1.MemberGatewaysValid,
-	meshv1.MemberAgentConnected, meshv1.MemberConnected, meshv1.ConditionReady,
+	meshv1.MemberAgentConnected, meshv1.MemberConnected, meshv1.MemberFamiliesShared, meshv1.ConditionReady,
 }
 
 // BuildStatus reads the hub's ClusterSets, MemberClusters and the active
@@ -229,6 +235,7 @@ func BuildStatusWithLimits(ctx context.Context, c client.Reader, onlySet string,
 	slices.SortFunc(report.ClusterSets, func(a, b ClusterSetReport) int { return strings.Compare(a.Name, b.Name) })
 	for i := range report.ClusterSets {
 		slices.SortFunc(report.ClusterSets[i].Members, func(a, b MemberReport) int { return strings.Compare(a.Name, b.Name) })
+		report.ClusterSets[i].CannotTalk = familyGaps(report.ClusterSets[i].Members)
 	}
 	return report, nil
 }
@@ -252,11 +259,12 @@ func tunnels(m *meshv1.MemberCluster) string {
 
 func memberRow(ctx context.Context, c client.Reader, m *meshv1.MemberCluster, now time.Time, staleAfter time.Duration) (MemberReport, error) {
 	row := MemberReport{
-		Name:     m.Name,
-		PodCIDRs: m.Status.PodCIDRs,
-		Gateway:  m.Status.ActiveGateway,
-		Tunnels:  tunnels(m),
-		Age:      age(now, &m.CreationTimestamp),
+		Name:       m.Name,
+		PodCIDRs:   m.Status.PodCIDRs,
+		IPFamilies: rangeFamilies(m.Status.PodCIDRs),
+		Gateway:    m.Status.ActiveGateway,
+		Tunnels:    tunnels(m),
+		Age:        age(now, &m.CreationTimestamp),
 	}
 	row.Ready = meta.IsStatusConditionTrue(m.Status.Conditions, meshv1.ConditionReady)
 	row.Connected = meta.IsStatusConditionTrue(m.Status.Conditions, meshv1.MemberConnected)
@@ -361,6 +369,12 @@ func WriteStatus(w io.Writer, r *StatusReport, format string) error {
 		if err := t.Flush(); err != nil {
 			return err
 		}
+		if len(cs.CannotTalk) > 0 {
+			fmt.Fprintln(w, "\nPods that cannot reach each other (IP families):")
+			for _, g := range cs.CannotTalk {
+				fmt.Fprintln(w, "  "+g)
+			}
+		}
 		if err := writeServices(w, cs.Services); err != nil {
 			return err
 		}
@@ -369,4 +383,81 @@ func WriteStatus(w io.Writer, r *StatusReport, format string) error {
 		fmt.Fprintf(w, "\nNeed attention: %s (run 'kubectl archipelago diagnose --context <member>' for each)\n", strings.Join(unhealthy, ", "))
 	}
 	return nil
+}
+
+// maxFamilyGaps bounds the pairs status lists: a set of many single-stack
+// and dual-stack members has a great many.
+const maxFamilyGaps = 20
+
+// rangeFamilies lists the IP families of ranges, IPv4 first.
+func rangeFamilies(ranges []string) []string {
+	var v4, v6 bool
+	for _, r := range ranges {
+		if p, err := netip.ParsePrefix(r); err == nil {
+			v4, v6 = v4 || p.Addr().Is4(), v6 || p.Addr().Is6()
+		}
+	}
+	var out []string
+	if v4 {
+		out = append(out, string(meshv1.IPv4))
+	}
+	if v6 {
+		out = append(out, string(meshv1.IPv6))
+	}
+	return out
+}
+
+// familyGap says what pods of a (families fa) cannot reach of b (fb), or
+// "" when nothing.
+func familyGap(a string, fa []string, b string, fb []string) string {
+	var common, aOnly, bOnly []string
+	for _, f := range fa {
+		if slices.Contains(fb, f) {
+			common = append(common, f)
+		} else {
+			aOnly = append(aOnly, f)
+		}
+	}
+	for _, f := range fb {
+		if !slices.Contains(fa, f) {
+			bOnly = append(bOnly, f)
+		}
+	}
+	switch {
+	case len(aOnly) == 0 && len(bOnly) == 0:
+		return ""
+	case len(common) == 0:
+		return fmt.Sprintf("%s and %s: no common IP family (%s has %s only, %s %s only): their pods cannot reach each other",
+			a, b, a, strings.Join(fa, " and "), b, strings.Join(fb, " and "))
+	case len(aOnly) > 0:
+		return fmt.Sprintf("%s's %s pods cannot reach %s: %s has no %s range (they talk over %s)", a, aOnly[0], b, b, aOnly[0], strings.Join(common, " and "))
+	default:
+		return fmt.Sprintf("%s's %s pods cannot reach %s: %s has no %s range (they talk over %s)", b, bOnly[0], a, a, bOnly[0], strings.Join(common, " and "))
+	}
+}
+
+// familyGaps lists the pairs of members (with ranges, sorted by name) that
+// cannot reach each other over some family, at most maxFamilyGaps of them.
+func familyGaps(members []MemberReport) []string {
+	var out []string
+	more := 0
+	for i := range members {
+		for j := i + 1; j < len(members); j++ {
+			a, b := &members[i], &members[j]
+			if len(a.IPFamilies) == 0 || len(b.IPFamilies) == 0 {
+				continue
+			}
+			if g := familyGap(a.Name, a.IPFamilies, b.Name, b.IPFamilies); g != "" {
+				if len(out) < maxFamilyGaps {
+					out = append(out, g)
+				} else {
+					more++
+				}
+			}
+		}
+	}
+	if more > 0 {
+		out = append(out, fmt.Sprintf("and %d more pairs (kubectl get memberclusters -o wide shows each member's FamiliesShared)", more))
+	}
+	return out
 }

@@ -54,3 +54,8 @@ func WithPodCIDRs(cidrs ...string) MemberOption {
 		}
 	}
 }
+
+// WithIPFamilies sets spec.ipFamilies.
+func WithIPFamilies(fams ...meshv1.IPFamily) MemberOption {
+	return func(m *meshv1.MemberCluster) { m.Spec.IPFamilies = append(m.Spec.IPFamilies, fams...) }
+}

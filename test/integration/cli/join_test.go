@@ -63,6 +63,12 @@ func TestJoinLeave(t *testing.T) {
 		assertNothingMade(t, "a", memberA)
 	})
 
+	t.Run("an IP family the ClusterSet has no pool of fails before writing anything", func(t *testing.T) {
+		r := kubectlArchipelago(t, "join", "a", "--clusterset", set, "--hub-context", "hub", "--context", "member-a", "--ip-family", "ipv6")
+		wantFailure(t, r, cli.ExitFinding, "has no IPv6 pool", "--ip-family ipv6")
+		assertNothingMade(t, "a", memberA)
+	})
+
 	var rangeA string
 	t.Run("join writes exactly the expected objects on both sides", func(t *testing.T) {
 		r := kubectlArchipelago(t, "join", "a", "--clusterset", set, "--hub-context", "hub", "--context", "member-a")

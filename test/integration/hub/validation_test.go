@@ -54,6 +54,11 @@ func TestBadSpecsAreRejected(t *testing.T) {
 		{"member podCIDR not a CIDR", framework.NewMember("bad", "prod", framework.WithPodCIDRs("10.1.0.0")), []string{"spec.podCIDRs[0]", "must be a CIDR"}},
 		{"member podCIDR host bits", framework.NewMember("bad", "prod", framework.WithPodCIDRs("10.1.0.1/16")), []string{"spec.podCIDRs[0]", "canonical"}},
 		{"member two IPv4 ranges", framework.NewMember("bad", "prod", framework.WithPodCIDRs("10.1.0.0/16", "10.2.0.0/16")), []string{"spec.podCIDRs", "one range per IP family"}},
+		{"member family listed twice", framework.NewMember("bad", "prod", framework.WithIPFamilies(meshv1.IPv4, meshv1.IPv4)), []string{"spec.ipFamilies", "at most once"}},
+		{"member unknown family", framework.NewMember("bad", "prod", framework.WithIPFamilies("IPv5")), []string{"spec.ipFamilies[0]", "IPv4", "IPv6"}},
+		{"member three families", framework.NewMember("bad", "prod", framework.WithIPFamilies(meshv1.IPv4, meshv1.IPv6, meshv1.IPv4)), []string{"spec.ipFamilies"}},
+		{"member adopts a range of an unlisted family", framework.NewMember("bad", "prod", framework.WithIPFamilies(meshv1.IPv6), framework.WithPodCIDRs("10.1.0.0/16")),
+			[]string{"spec.podCIDRs", "spec.ipFamilies does not list"}},
 
 		{"gateway key too long", &meshv1.TunnelGateway{ObjectMeta: metav1.ObjectMeta{Name: "bad", Namespace: "default"}, Spec: meshv1.TunnelGatewaySpec{NodeName: "n", PublicKey: strings.Repeat("A", 65)}}, []string{"spec.publicKey"}},
 		{"gateway without node", &meshv1.TunnelGateway{ObjectMeta: metav1.ObjectMeta{Name: "bad", Namespace: "default"}, Spec: meshv1.TunnelGatewaySpec{PublicKey: "x"}}, []string{"spec.nodeName"}},
