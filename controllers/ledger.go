@@ -504,7 +504,8 @@ func (l *BlockLedger) choose(ctx context.Context, cs *meshv1.ClusterSet, m *mesh
 	// were left by a pass that died or failed (claims without the status):
 	// roll them back before choosing.
 	kept := map[netip.Prefix]bool{}
-	if stale := staleRanges(s.alloc.Held(member), current, requested, kept); len(stale) > 0 {
+	fams, missing := memberFamilies(m, s.pools, current)
+	if stale := staleRanges(s.alloc.Held(member), current, requested, fams, kept); len(stale) > 0 {
 		logf.FromContext(ctx).Info("Rolling back ranges an unfinished pass left", "member", member, "ranges", stale)
 		dropped, err := l.rollBackRanges(ctx, cs.Name, m, stale)
 		for _, p := range dropped {
@@ -537,7 +538,6 @@ func (l *BlockLedger) choose(ctx context.Context, cs *meshv1.ClusterSet, m *mesh
 		}
 		return Assignment{Reason: reason, Message: msg}, nil, err
 	}
-	fams, missing := memberFamilies(m, s.pools, current)
 	if len(missing) > 0 {
 		return fail(meshv1.ReasonNoPoolForFamily, noPoolMessage(cs.Name, missing, s.pools))
 	}
@@ -612,7 +612,7 @@ func (l *BlockLedger) choose(ctx context.Context, cs *meshv1.ClusterSet, m *mesh
 // requested ranges does not keep: per family, the assigned range, else the
 // requested one, else the lowest held one (what Allocate returns) is kept
 // and recorded in kept.
-func staleRanges(held []netip.Prefix, current, requested map[ipam.Family]netip.Prefix, kept map[netip.Prefix]bool) []netip.Prefix {
+func staleRanges(held []netip.Prefix, current, requested map[ipam.Family]netip.Prefix, wanted []ipam.Family, kept map[netip.Prefix]bool) []netip.Prefix {
 	var stale []netip.Prefix
 	seen := map[ipam.Family]bool{}
 	for _, p := range held { // sorted, so the lowest of a family comes first
@@ -623,7 +623,10 @@ func staleRanges(held []netip.Prefix, current, requested map[ipam.Family]netip.P
 		} else if r, ok := requested[fam]; ok {
 			keep = p == r
 		} else {
-			keep = !seen[fam]
+			// A block an unfinished pass left is reused only for a family
+			// the member still wants: spec.ipFamilies may have dropped it
+			// since (that pass's status write then conflicted).
+			keep = !seen[fam] && slices.Contains(wanted, fam)
 		}
 		seen[fam] = true
 		if keep {

@@ -48,23 +48,29 @@ func TestStaleRanges(t *testing.T) {
 		held               []string
 		current, requested map[ipam.Family]netip.Prefix
 		stale              []string
+		wanted             []ipam.Family // nil: both
 	}{
-		{"nothing held", nil, nil, nil, nil},
-		{"assigned range kept", []string{"10.0.0.0/16"}, map[ipam.Family]netip.Prefix{v4: p("10.0.0.0/16")}, nil, nil},
-		{"unfinished pass reused", []string{"10.0.0.0/16"}, nil, nil, nil},
-		{"unfinished adoption still asked for", []string{"10.1.0.0/16"}, nil, map[ipam.Family]netip.Prefix{v4: p("10.1.0.0/16")}, nil},
-		{"request changed", []string{"10.1.0.0/16"}, nil, map[ipam.Family]netip.Prefix{v4: p("10.2.0.0/16")}, []string{"10.1.0.0/16"}},
-		{"beside the assigned range", []string{"10.0.0.0/16", "10.1.0.0/16", "fd00::/64"}, map[ipam.Family]netip.Prefix{v4: p("10.1.0.0/16")}, nil, []string{"10.0.0.0/16"}},
-		{"two of a family, no request", []string{"10.0.0.0/16", "10.3.0.0/16"}, nil, nil, []string{"10.3.0.0/16"}},
-		{"other family assigned", []string{"fd00::/64"}, map[ipam.Family]netip.Prefix{v6: p("fd00:0:0:1::/64")}, nil, []string{"fd00::/64"}},
+		{"nothing held", nil, nil, nil, nil, nil},
+		{"assigned range kept", []string{"10.0.0.0/16"}, map[ipam.Family]netip.Prefix{v4: p("10.0.0.0/16")}, nil, nil, nil},
+		{"unfinished pass reused", []string{"10.0.0.0/16"}, nil, nil, nil, nil},
+		{"unfinished adoption still asked for", []string{"10.1.0.0/16"}, nil, map[ipam.Family]netip.Prefix{v4: p("10.1.0.0/16")}, nil, nil},
+		{"request changed", []string{"10.1.0.0/16"}, nil, map[ipam.Family]netip.Prefix{v4: p("10.2.0.0/16")}, []string{"10.1.0.0/16"}, nil},
+		{"beside the assigned range", []string{"10.0.0.0/16", "10.1.0.0/16", "fd00::/64"}, map[ipam.Family]netip.Prefix{v4: p("10.1.0.0/16")}, nil, []string{"10.0.0.0/16"}, nil},
+		{"two of a family, no request", []string{"10.0.0.0/16", "10.3.0.0/16"}, nil, nil, []string{"10.3.0.0/16"}, nil},
+		{"other family assigned", []string{"fd00::/64"}, map[ipam.Family]netip.Prefix{v6: p("fd00:0:0:1::/64")}, nil, []string{"fd00::/64"}, nil},
+		{"unfinished pass of a family no longer wanted", []string{"10.0.0.0/16", "fd00::/64"}, nil, nil, []string{"10.0.0.0/16"}, []ipam.Family{v6}},
+		{"assigned range of a family no longer wanted stays", []string{"10.0.0.0/16"}, map[ipam.Family]netip.Prefix{v4: p("10.0.0.0/16")}, nil, nil, []ipam.Family{v6}},
 	} {
+		if tc.wanted == nil {
+			tc.wanted = []ipam.Family{v4, v6}
+		}
 		var held []netip.Prefix
 		for _, s := range tc.held {
 			held = append(held, p(s))
 		}
 		kept := map[netip.Prefix]bool{}
 		var got []string
-		for _, s := range staleRanges(held, tc.current, tc.requested, kept) {
+		for _, s := range staleRanges(held, tc.current, tc.requested, tc.wanted, kept) {
 			got = append(got, s.String())
 		}
 		if !slices.Equal(got, tc.stale) {

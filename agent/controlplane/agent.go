@@ -228,6 +228,9 @@ type Agent struct {
 	roaming   map[string]roamed
 	hub       *hubConn
 	directory *directory // last good hub read, kept through hub outages
+	// overlaySenders are the node addresses last read for the gateway's
+	// VXLAN port (kept when a read fails).
+	overlaySenders []netip.Addr
 	// services runs multi-cluster services while this agent is elected.
 	services services
 	key      wgtypes.Key

@@ -130,7 +130,7 @@ func (a *Agent) applyPlan(ctx context.Context, s *scope) error {
 	}
 	p := plan.WithStandbyDevice(plan.Compute(in), in)
 	if mode := a.cfg.Encapsulation; mode != "" && mode != plan.EncapDirect {
-		in.Overlay = a.overlayInputs(s, p)
+		in.Overlay = a.overlayInputs(ctx, s, p)
 	}
 	s.plan = plan.WithOverlay(p, in)
 	if s.role == meshv1.RoleGateway && !a.stillLeading() {
@@ -182,8 +182,11 @@ type linkProber interface {
 // address, whether the active gateway's address of that family is on-link,
 // and the path the VXLAN packets take (for the device's MTU). Two route
 // lookups, no packet.
-func (a *Agent) overlayInputs(s *scope, p plan.NodePlan) plan.Overlay {
+func (a *Agent) overlayInputs(ctx context.Context, s *scope, p plan.NodePlan) plan.Overlay {
 	o := plan.Overlay{Mode: a.cfg.Encapsulation, Local: nodeIP(s.node)}
+	if s.role == meshv1.RoleGateway {
+		o.Senders = a.nodeAddresses(ctx)
+	}
 	lp, ok := a.cfg.Datapath.(linkProber)
 	if !ok || !o.Local.IsValid() {
 		return o
@@ -207,6 +210,30 @@ func (a *Agent) overlayInputs(s *scope, p plan.NodePlan) plan.Overlay {
 		o.Underlay = u
 	}
 	return o
+}
+
+// nodeAddresses are the InternalIPs of the cluster's Nodes (from the
+// cache): who may send to the gateway's VXLAN port. A failed list keeps
+// the last addresses read rather than shutting every off-link worker out.
+func (a *Agent) nodeAddresses(ctx context.Context) []netip.Addr {
+	nodes := &corev1.NodeList{}
+	if err := a.member.List(ctx, nodes); err != nil {
+		a.log.Info("Cannot list Nodes for the VXLAN senders; keeping the last ones", "error", err.Error())
+		return a.overlaySenders
+	}
+	var out []netip.Addr
+	for _, n := range nodes.Items {
+		for _, ad := range n.Status.Addresses {
+			if ad.Type != corev1.NodeInternalIP {
+				continue
+			}
+			if ip, err := netip.ParseAddr(ad.Address); err == nil {
+				out = append(out, ip.Unmap())
+			}
+		}
+	}
+	a.overlaySenders = out
+	return out
 }
 
 // underlayProber is a Datapath that finds the interface under the tunnel

@@ -18,4 +18,13 @@ type FilterPlan struct {
 	MSSClamp bool
 	// MTU is the tunnel's effective MTU that MSSClamp clamps to.
 	MTU int
+	// OverlayPort is the UDP port of the receiving VXLAN device of a
+	// gateway candidate (0: none). Only OverlaySenders may send to it:
+	// what the device decapsulates is forwarded like traffic from the
+	// node's LAN, so anyone else reaching the port could inject packets
+	// with this cluster's pod addresses into the tunnels.
+	OverlayPort int
+	// OverlaySenders are the addresses (the cluster's node InternalIPs) the
+	// VXLAN port accepts packets from.
+	OverlaySenders []netip.Prefix
 }

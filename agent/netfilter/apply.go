@@ -205,8 +205,8 @@ func read(conn Conn) (*observed, error) {
 }
 
 var (
-	setOrder   = []string{SetLocal4, SetRemote4, SetLocal6, SetRemote6}
-	chainOrder = []string{ChainNoSNAT, ChainForward, ChainMSS, ChainTunnelGuard, ChainTunnelInput, ChainTunnelICMP}
+	setOrder   = []string{SetLocal4, SetRemote4, SetLocal6, SetRemote6, SetOverlay4, SetOverlay6}
+	chainOrder = []string{ChainNoSNAT, ChainForward, ChainMSS, ChainOverlayInput, ChainTunnelGuard, ChainTunnelInput, ChainTunnelICMP}
 )
 
 // order sorts the kernel's listing the way Render orders things; unknown

@@ -19,6 +19,11 @@
 //     mtu" when it is 0), and SYNs out of it also to their route's MTU
 //     ("rt mtu": lower than the tunnel's for a peer with a smaller path
 //     MTU; the kernel only lowers, so the smaller wins);
+//   - chain "overlay-input" (type filter, hook input, priority filter-10)
+//     with sets "overlay4"/"overlay6", only with a receiving VXLAN device
+//     (the active gateway): UDP to the VXLAN port from an address that is
+//     no Node's InternalIP is dropped ("udp dport 4790 ip saddr !=
+//     @overlay4 drop" and the IPv6 twin); see overlayInput;
 //   - chains "tunnel-guard" (type filter, hook prerouting, priority raw) and
 //     "tunnel-input" (type filter, hook input, priority filter-10), only on
 //     the gateway: what comes in through the tunnel interface may only go to

@@ -28,6 +28,10 @@ const (
 	SetRemote4 = "remote4"
 	SetLocal6  = "local6"
 	SetRemote6 = "remote6"
+	// SetOverlay4 and SetOverlay6 (gateway candidates with a receiving
+	// VXLAN device only) are the node addresses the VXLAN port accepts.
+	SetOverlay4 = "overlay4"
+	SetOverlay6 = "overlay6"
 
 	// Chain names.
 	ChainNoSNAT  = "postrouting"
@@ -40,6 +44,9 @@ const (
 	// ChainTunnelICMP exists only on a gateway with a local pod range; see
 	// tunnelICMP.
 	ChainTunnelICMP = "tunnel-icmp"
+	// ChainOverlayInput exists only with a receiving VXLAN device; see
+	// overlayInput.
+	ChainOverlayInput = "overlay-input"
 
 	// PriorityNoSNAT runs before srcnat (100), where CNIs and iptables-nft's
 	// nat POSTROUTING masquerade.
@@ -148,6 +155,16 @@ func Render(plan FilterPlan) (Ruleset, error) {
 	if sets[1].Ranges, sets[3].Ranges, err = ranges(plan.RemotePodCIDRs); err != nil {
 		return Ruleset{}, fmt.Errorf("remote pod CIDRs: %w", err)
 	}
+	if plan.OverlayPort < 0 || plan.OverlayPort > 65535 {
+		return Ruleset{}, fmt.Errorf("overlay port %d out of range", plan.OverlayPort)
+	}
+	if plan.OverlayPort != 0 {
+		o4, o6 := Set{Name: SetOverlay4}, Set{Name: SetOverlay6, IPv6: true}
+		if o4.Ranges, o6.Ranges, err = ranges(plan.OverlaySenders); err != nil {
+			return Ruleset{}, fmt.Errorf("overlay senders: %w", err)
+		}
+		sets = append(sets, o4, o6)
+	}
 	if len(plan.TunnelInterface) >= unix.IFNAMSIZ {
 		return Ruleset{}, fmt.Errorf("tunnel interface name %q is longer than %d bytes", plan.TunnelInterface, unix.IFNAMSIZ-1)
 	}
@@ -213,6 +230,9 @@ func Render(plan FilterPlan) (Ruleset, error) {
 			}
 		}
 		rs.Chains = append(rs.Chains, mss)
+	}
+	if plan.OverlayPort != 0 {
+		rs.Chains = append(rs.Chains, overlayInput(plan.OverlayPort, v4, v6))
 	}
 	if plan.TunnelInterface != "" {
 		rs.Chains = append(rs.Chains, tunnelGuard(plan.TunnelInterface, v4, v6)...)
@@ -351,6 +371,34 @@ func tunnelGuard(tun string, fams ...family) []Chain {
 	input := Chain{Name: ChainTunnelInput, Type: nftables.ChainTypeFilter, Hook: *nftables.ChainHookInput, Priority: PriorityTunnelInput,
 		Rules: []Rule{rule("tunnel-input", iif(), drop())}}
 	return []Chain{guard, input}
+}
+
+// overlayInput keeps the receiving VXLAN port to the cluster's nodes:
+// "meta l4proto udp udp dport <port> ip saddr != @overlay4 counter drop"
+// and the IPv6 twin, at input (VXLAN is delivered to a local UDP socket,
+// after this hook). What the device decapsulates is forwarded like the
+// LAN's traffic; without the chain anyone who reaches the port (the WAN
+// side included) could send packets with this cluster's pod addresses
+// into the tunnels.
+func overlayInput(port int, fams ...family) Chain {
+	c := Chain{Name: ChainOverlayInput, Type: nftables.ChainTypeFilter, Hook: *nftables.ChainHookInput, Priority: PriorityTunnelInput}
+	set := map[string]string{"v4": SetOverlay4, "v6": SetOverlay6}
+	for _, f := range fams {
+		notNode := f.match(f.saddr(), set[f.name])
+		notNode[len(notNode)-1] = &expr.Lookup{SourceRegister: 1, SetName: set[f.name], Invert: true}
+		c.Rules = append(c.Rules, rule("overlay-input-"+f.name,
+			[]expr.Any{
+				&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{f.proto}},
+				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, uint16(port))},
+			},
+			notNode,
+			[]expr.Any{&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop}}))
+	}
+	return c
 }
 
 type family struct {

@@ -228,3 +228,75 @@ func matchesIIF(r Rule, name string) bool {
 	c, ok2 := r.Exprs[1].(*expr.Cmp)
 	return ok1 && ok2 && m.Key == expr.MetaKeyIIFNAME && c.Op == expr.CmpOpEq && slices.Equal(c.Data, ifname(name))
 }
+
+// The VXLAN port of a gateway with a receiving device accepts only the
+// cluster's nodes: a chain at input that drops UDP to the port from any
+// other source, per family; a change of nodes is an element update.
+func TestRenderOverlayInput(t *testing.T) {
+	base := FilterPlan{TunnelInterface: "wg0"}
+	rs, err := Render(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := rs.Shape(); strings.Contains(s, ChainOverlayInput) || strings.Contains(s, SetOverlay4) {
+		t.Errorf("no overlay port, yet:\n%s", s)
+	}
+	plan := base
+	plan.OverlayPort = 4790
+	plan.OverlaySenders = []netip.Prefix{netip.MustParsePrefix("192.168.10.2/32"), netip.MustParsePrefix("fd00:10::2/128")}
+	rs, err = Render(plan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c Chain
+	for _, ch := range rs.Chains {
+		if ch.Name == ChainOverlayInput {
+			c = ch
+		}
+	}
+	if c.Hook != *nftables.ChainHookInput || c.Type != nftables.ChainTypeFilter || len(c.Rules) != 2 {
+		t.Fatalf("overlay chain %+v, want filter input with 2 rules", c)
+	}
+	for i, want := range []struct {
+		proto byte
+		set   string
+	}{{unix.NFPROTO_IPV4, SetOverlay4}, {unix.NFPROTO_IPV6, SetOverlay6}} {
+		var proto, udp, port, lookup, drop bool
+		for _, e := range c.Rules[i].Exprs {
+			switch e := e.(type) {
+			case *expr.Cmp:
+				proto = proto || slices.Equal(e.Data, []byte{want.proto})
+				udp = udp || slices.Equal(e.Data, []byte{unix.IPPROTO_UDP})
+				port = port || slices.Equal(e.Data, []byte{0x12, 0xb6})
+			case *expr.Lookup:
+				lookup = e.SetName == want.set && e.Invert
+			case *expr.Verdict:
+				drop = e.Kind == expr.VerdictDrop
+			}
+		}
+		if !proto || !udp || !port || !lookup || !drop {
+			t.Errorf("rule %s: nfproto %v udp %v dport 4790 %v saddr != @%s %v drop %v", c.Rules[i].ID, proto, udp, port, want.set, lookup, drop)
+		}
+	}
+	var o4, o6 []Range
+	for _, s := range rs.Sets {
+		switch s.Name {
+		case SetOverlay4:
+			o4 = s.Ranges
+		case SetOverlay6:
+			o6 = s.Ranges
+		}
+	}
+	if len(o4) != 1 || len(o6) != 1 {
+		t.Errorf("overlay sets %v %v, want one address each", o4, o6)
+	}
+	more := plan
+	more.OverlaySenders = append(slices.Clone(plan.OverlaySenders), netip.MustParsePrefix("192.168.10.3/32"))
+	rs2, _ := Render(more)
+	if rs2.Shape() != rs.Shape() {
+		t.Error("a new node changed the ruleset shape")
+	}
+	if _, err := Render(FilterPlan{OverlayPort: 70000}); err == nil {
+		t.Error("overlay port 70000 accepted")
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/archipelago-mesh/archipelago/agent/desired"
+	"github.com/archipelago-mesh/archipelago/agent/netfilter"
 	"github.com/archipelago-mesh/archipelago/agent/overlay"
 	"github.com/archipelago-mesh/archipelago/agent/routing"
 	"github.com/archipelago-mesh/archipelago/internal/netnstest"
@@ -255,3 +256,72 @@ func TestWorkerOffLinkThroughVXLAN(t *testing.T) {
 
 // Links is overlay.Links, named for the table above.
 type Links = overlay.Links
+
+// TestGatewayVXLANPortOnlyFromNodes: the gateway's VXLAN port accepts only
+// the cluster's node addresses (netfilter's overlay-input chain). With the
+// worker among the senders its pod reaches the remote pod through the
+// VXLAN; with only other addresses listed the same traffic is dropped at
+// the gateway's input, before the device decapsulates anything.
+func TestGatewayVXLANPortOnlyFromNodes(t *testing.T) {
+	r := newRouted(t)
+	wl, gl := handle(t, r.workerH), handle(t, r.gwH)
+	wnl, _ := routing.NewAt(r.workerH)
+	t.Cleanup(wnl.Close)
+	remote := netip.MustParsePrefix("10.99.0.0/16")
+	for _, tc := range []struct {
+		l Links
+		p *desired.OverlayPlan
+	}{
+		{gl, &desired.OverlayPlan{Interface: desired.DefaultOverlayInterface, VNI: desired.DefaultOverlayVNI, Port: desired.DefaultOverlayPort, MTU: 1450, Local: r.gwIP}},
+		{wl, &desired.OverlayPlan{Interface: desired.DefaultOverlayInterface, VNI: desired.DefaultOverlayVNI, Port: desired.DefaultOverlayPort, MTU: 1450, Local: r.workerIP, Remote: r.gwIP}},
+	} {
+		if _, err := overlay.Apply(tc.l, tc.p.Interface, tc.p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := routing.Apply(wnl, desired.RoutePlan{Routes: []desired.Route{{Dst: remote, Via: desired.OverlayGatewayIPv4, Dev: desired.DefaultOverlayInterface, OnLink: true}},
+		Unreachable: []netip.Prefix{remote}}); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := netfilter.NewAt(int(r.gwH))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = netfilter.Cleanup(conn) })
+	filter := func(senders ...string) {
+		t.Helper()
+		plan := netfilter.FilterPlan{LocalPodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.10.0.0/16")}, OverlayPort: desired.DefaultOverlayPort}
+		for _, s := range senders {
+			plan.OverlaySenders = append(plan.OverlaySenders, netip.MustParsePrefix(s))
+		}
+		if _, err := netfilter.Apply(conn, plan); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	filter("192.168.10.2/32", "fd00:10::2/128")
+	if src, err := r.dial(t); err != nil || src != r.wpodIP {
+		t.Fatalf("with the worker among the senders: source %v, %v; want the pod's %s", src, err, r.wpodIP)
+	}
+
+	// Another sender only (the worker's address no node's): dropped.
+	filter("192.168.10.99/32")
+	before := rxPackets(t, r.gw, desired.DefaultOverlayInterface)
+	if _, err := r.dial(t); err == nil {
+		t.Fatal("a sender that is no node reached the remote pod through the gateway's VXLAN")
+	}
+	if got := rxPackets(t, r.gw, desired.DefaultOverlayInterface) - before; got != 0 {
+		t.Errorf("the gateway's VXLAN device decapsulated %d packets from a sender that is no node", got)
+	}
+	out := netnstest.Run(t, "ip", "netns", "exec", r.gw, "nft", "list", "chain", "inet", netfilter.TableName, netfilter.ChainOverlayInput)
+	n := 0
+	for _, m := range regexp.MustCompile(`counter packets (\d+)`).FindAllStringSubmatch(out, -1) {
+		v, _ := strconv.Atoi(m[1])
+		n += v
+	}
+	if n == 0 {
+		t.Errorf("overlay-input dropped nothing:\n%s", out)
+	} else {
+		t.Logf("VXLAN from a sender that is no node: dropped at input (%d packets), the device decapsulated none", n)
+	}
+}

@@ -42,6 +42,9 @@ type Overlay struct {
 	GatewayOnLink bool
 	// Underlay is the path the VXLAN packets take, for the device's MTU.
 	Underlay Underlay
+	// Senders (gateway) are the cluster's node addresses: the only ones
+	// its VXLAN port accepts packets from.
+	Senders []netip.Addr
 }
 
 // WithOverlay adds the VXLAN device to p when in.Overlay asks for one: on
@@ -77,6 +80,14 @@ func WithOverlay(p NodePlan, in Inputs) NodePlan {
 	}
 	if p.Role == RoleGateway {
 		p.Overlay = &dev
+		p.Filter.OverlayPort = dev.Port
+		p.Filter.OverlaySenders = make([]netip.Prefix, 0, len(o.Senders))
+		for _, a := range o.Senders {
+			if a.IsValid() {
+				a = a.Unmap()
+				p.Filter.OverlaySenders = append(p.Filter.OverlaySenders, netip.PrefixFrom(a, a.BitLen()))
+			}
+		}
 		return p
 	}
 	if p.Hold != "" || (o.Mode == EncapAuto && o.GatewayOnLink) {

@@ -72,3 +72,31 @@ func TestWithOverlay(t *testing.T) {
 		t.Errorf("held worker: overlay %+v routes %+v", p.Overlay, p.Routes.Routes)
 	}
 }
+
+// The gateway's VXLAN port is limited to the cluster's node addresses.
+func TestWithOverlayGatewaySenders(t *testing.T) {
+	me := netip.MustParseAddr("192.168.10.2")
+	in := plan.Inputs{Node: "gw", Role: plan.RoleGateway, LocalPodCIDRs: pfx("10.1.0.0/16"),
+		Tunnel: plan.Tunnel{Interface: "wg0", Port: 51820}}
+	in.Overlay = plan.Overlay{Mode: plan.EncapAuto, Local: me,
+		Senders: []netip.Addr{me, netip.MustParseAddr("192.168.20.7"), netip.MustParseAddr("fd00:10::7"), netip.MustParseAddr("::ffff:192.168.30.1")}}
+	p := plan.WithOverlay(plan.Compute(in), in)
+	if p.Overlay == nil || p.Filter.OverlayPort != desired.DefaultOverlayPort {
+		t.Fatalf("overlay %+v, filter port %d", p.Overlay, p.Filter.OverlayPort)
+	}
+	want := pfx("192.168.10.2/32", "192.168.20.7/32", "fd00:10::7/128", "192.168.30.1/32")
+	if len(p.Filter.OverlaySenders) != len(want) {
+		t.Fatalf("senders %v, want %v", p.Filter.OverlaySenders, want)
+	}
+	for i := range want {
+		if p.Filter.OverlaySenders[i] != want[i] {
+			t.Errorf("sender %d: %v, want %v", i, p.Filter.OverlaySenders[i], want[i])
+		}
+	}
+	// A worker's plan has no such filter: it only sends.
+	w := in
+	w.Role, w.ActiveGatewayIPs = plan.RoleWorker, []netip.Addr{netip.MustParseAddr("192.168.20.2")}
+	if wp := plan.WithOverlay(plan.Compute(w), w); wp.Filter.OverlayPort != 0 || wp.Filter.OverlaySenders != nil {
+		t.Errorf("worker filter %+v", wp.Filter)
+	}
+}

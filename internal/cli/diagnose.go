@@ -479,11 +479,12 @@ func (d *diagnosis) checkNode(m *meshv1.ClusterSetMembership, s nodeState, podsR
 			if len(r.NextHops) > 1 {
 				hops = strings.Join(r.NextHops, " and ")
 			}
+			msg := "Remote ranges via " + hops
 			if r.Encapsulation != "" {
 				// Off-link gateway: "vxlan archipelago-vx to <gateway>".
-				hops += " (" + r.Encapsulation + ")"
+				msg = "Remote ranges through " + r.Encapsulation + " (the gateway is off-link)"
 			}
-			d.add(name+" next hop", StatusOK, "Remote ranges via "+hops, "")
+			d.add(name+" next hop", StatusOK, msg, "")
 		}
 	}
 	if len(r.CannotRoute) > 0 {

@@ -328,6 +328,12 @@ func (j *joinOptions) run(ctx context.Context) (retErr error) {
 				}
 			}
 		}()
+		// A hub whose MemberCluster CRD predates spec.ipFamilies drops the
+		// field: the member would get every family. Refuse (and roll back)
+		// rather than join it with ranges it did not ask for.
+		if len(j.ipFamilies) > 0 && !slices.Equal(familySetOf(mc.Spec.IPFamilies), familySetOf(j.ipFamilies)) {
+			return finding("the hub dropped spec.ipFamilies of MemberCluster %q (its CRD is older than this plugin): apply config/hub's CRDs on the hub, then join again", j.name)
+		}
 	}
 
 	mc, err := j.waitAssigned(ctx, hub)

@@ -116,6 +116,20 @@ func TestRoutedWorkerThroughVXLAN(t *testing.T) {
 		t.Logf("%d TCP exchanges from %s, %d packets through %s's VXLAN device", sent, src.Name, got, gw.Name)
 	}
 
+	// The gateway's VXLAN port takes only the member's nodes: its sender
+	// set has the routed worker's address, not the WAN's.
+	set := "overlay4"
+	if !l.Has4() {
+		set = "overlay6"
+	}
+	senders, err := exec.Command("ip", "netns", "exec", gw.NS, "nft", "list", "set", "inet", "archipelago", set).CombinedOutput()
+	if err != nil || !strings.Contains(string(senders), want) && !strings.Contains(string(senders), r.LANIP) {
+		t.Errorf("the gateway's VXLAN senders do not hold %s: %v\n%s", r.Name, err, senders)
+	}
+	if strings.Contains(string(senders), "198.18.") || strings.Contains(string(senders), "fd18:") {
+		t.Errorf("the gateway's VXLAN senders hold a WAN address:\n%s", senders)
+	}
+
 	// diagnose tells the operator.
 	out2, code, err := l.CLI(ctx, "diagnose", "--context", m.Name, "--stale-after", "30s")
 	if err != nil || code != 0 {
