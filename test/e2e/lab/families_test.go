@@ -54,7 +54,9 @@ func TestIPv6OnlyMemberInDualSet(t *testing.T) {
 		t.Skip("the lab is not dual-stack")
 	}
 	ctx := context.Background()
-	name := l.NextMemberName()
+	// The lab never reuses a member's name (or its addresses), and later
+	// tests join "delta", "echo", …: take the last name.
+	name := lab.MemberNames[len(lab.MemberNames)-1]
 	m, err := l.PrepareMember(ctx, lab.MemberSpec{Name: name, IPFamily: lab.IPv6})
 	if err != nil {
 		t.Fatal(err)
