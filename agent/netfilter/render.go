@@ -28,8 +28,8 @@ const (
 	SetRemote4 = "remote4"
 	SetLocal6  = "local6"
 	SetRemote6 = "remote6"
-	// SetOverlay4 and SetOverlay6 (gateway candidates with a receiving
-	// VXLAN device only) are the node addresses the VXLAN port accepts.
+	// SetOverlay4 and SetOverlay6 (only on the active gateway, which has
+	// the receiving VXLAN device) are the node addresses its port accepts.
 	SetOverlay4 = "overlay4"
 	SetOverlay6 = "overlay6"
 

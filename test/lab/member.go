@@ -463,9 +463,11 @@ func (l *Lab) addRouter(m *Member, cpNS string) error {
 	if err := l.addNS(m.routerNS); err != nil {
 		return err
 	}
-	lan, routed := []string{fmt.Sprintf("172.30.%d.254/24", n)}, []string{fmt.Sprintf("172.31.%d.1/24", n)}
+	lan4, lan6 := routerHop(m, false)
+	routed4, routed6 := routerHop(m, true)
+	lan, routed := []string{lan4 + "/24"}, []string{routed4 + "/24"}
 	if l.Has6() {
-		lan, routed = append(lan, fmt.Sprintf("fd30:%d::fe/64", n)), append(routed, fmt.Sprintf("fd31:%d::1/64", n))
+		lan, routed = append(lan, lan6+"/64"), append(routed, routed6+"/64")
 	}
 	if err := l.plugIntoBridge(m.lanNS, "rt", m.routerNS, "eth0", lan...); err != nil {
 		return err
@@ -477,7 +479,17 @@ func (l *Lab) addRouter(m *Member, cpNS string) error {
 		return err
 	}
 	// The control plane answers the routed workers' agents.
-	return ipBatch(cpNS, []string{fmt.Sprintf("route replace 172.31.%d.0/24 via 172.30.%d.254", n, n)})
+	return ipBatch(cpNS, []string{fmt.Sprintf("route replace 172.31.%d.0/24 via %s", n, lan4)})
+}
+
+// routerHop is the router's address on the LAN (routed false) or on the
+// routed subnet of member m, IPv4 and IPv6.
+func routerHop(m *Member, routed bool) (v4, v6 string) {
+	n := m.Index + 1
+	if routed {
+		return fmt.Sprintf("172.31.%d.1", n), fmt.Sprintf("fd31:%d::1", n)
+	}
+	return fmt.Sprintf("172.30.%d.254", n), fmt.Sprintf("fd30:%d::fe", n)
 }
 
 // subnetRoutes are a node's routes to the other subnet of its member
@@ -488,9 +500,10 @@ func (l *Lab) subnetRoutes(node *Node) []string {
 		return nil
 	}
 	n := m.Index + 1
-	dst, via, dst6, via6 := fmt.Sprintf("172.31.%d.0/24", n), fmt.Sprintf("172.30.%d.254", n), fmt.Sprintf("fd31:%d::/64", n), fmt.Sprintf("fd30:%d::fe", n)
+	via, via6 := routerHop(m, node.Routed)
+	dst, dst6 := fmt.Sprintf("172.31.%d.0/24", n), fmt.Sprintf("fd31:%d::/64", n)
 	if node.Routed {
-		dst, via, dst6, via6 = fmt.Sprintf("172.30.%d.0/24", n), fmt.Sprintf("172.31.%d.1", n), fmt.Sprintf("fd30:%d::/64", n), fmt.Sprintf("fd31:%d::1", n)
+		dst, dst6 = fmt.Sprintf("172.30.%d.0/24", n), fmt.Sprintf("fd30:%d::/64", n)
 	}
 	lines := []string{fmt.Sprintf("route replace %s via %s dev eth0", dst, via)}
 	if node.LANIP6 != "" {
@@ -502,7 +515,6 @@ func (l *Lab) subnetRoutes(node *Node) []string {
 // podRoutes are what the CNI routes on node: every other node's podCIDRs
 // via that node, or via the router when it is on the other subnet.
 func (l *Lab) podRoutes(node *Node) []string {
-	n := node.Member.Index + 1
 	var lines []string
 	for _, other := range node.Member.Nodes {
 		if other == node || !other.PodCIDR.IsValid() {
@@ -510,10 +522,7 @@ func (l *Lab) podRoutes(node *Node) []string {
 		}
 		via4, via6 := other.LANIP, other.LANIP6
 		if other.Routed != node.Routed {
-			via4, via6 = fmt.Sprintf("172.30.%d.254", n), fmt.Sprintf("fd30:%d::fe", n)
-			if node.Routed {
-				via4, via6 = fmt.Sprintf("172.31.%d.1", n), fmt.Sprintf("fd31:%d::1", n)
-			}
+			via4, via6 = routerHop(node.Member, node.Routed)
 		}
 		for _, pc := range []netip.Prefix{other.PodCIDR, other.PodCIDR6} {
 			if !pc.IsValid() {
